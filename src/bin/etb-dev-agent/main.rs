@@ -1,0 +1,91 @@
+//! `etb-dev-agent`: a stand-in for the Python agent's side of PROTOCOL.md sections 2, 3 and 6,
+//! for the demo and the tests. It cleans up stale files and semaphores as the deployed launch
+//! scripts do, creates the command queue as its leader, then the state LMDB, then writes a
+//! heartbeat about every millisecond (its commits skip fsync). It does not consume commands yet.
+//!
+//! Prints one line `ready pid=<pid>` on stdout after its first heartbeat. On SIGTERM, SIGINT or
+//! `--exit-after`, it removes its files and semaphores (as the agent's clean exit does).
+
+mod options;
+mod queue_leader;
+mod state_writer;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use options::Options;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+fn run(opts: &Options) -> Result<(), String> {
+    if opts.die_with_parent {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) };
+    }
+    install_signal_handlers();
+    if let Some(delay) = opts.start_delay {
+        std::thread::sleep(delay);
+    }
+    queue_leader::clean_stale(&opts.paths.command_queue, &opts.paths.state);
+    let queue = if opts.create_queue { Some(queue_leader::QueueLeader::create(&opts.paths.command_queue)?) } else { None };
+    let state = state_writer::StateWriter::create(&opts.paths.state)?;
+    state.beat(opts.heartbeat_offset)?;
+    println!("ready pid={}", std::process::id());
+    let _ = std::io::stdout().flush();
+
+    let started = Instant::now();
+    while !STOP.load(Ordering::SeqCst) {
+        if opts.exit_after.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        if !opts.stall_heartbeat {
+            state.beat(opts.heartbeat_offset)?;
+        }
+    }
+    if opts.keep_files {
+        std::mem::forget(queue);
+        std::mem::forget(state);
+        return Ok(());
+    }
+    if let Some(q) = queue {
+        q.destroy();
+    }
+    state.destroy();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let opts = match Options::parse(std::env::args_os().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("etb-dev-agent: {e}\n\n{}", options::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("etb-dev-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

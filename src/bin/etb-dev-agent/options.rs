@@ -1,0 +1,85 @@
+//! Command-line options of etb-dev-agent.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use etha_tensor_bus::naming::AgentPaths;
+
+pub const USAGE: &str = "\
+usage: etb-dev-agent (--rank N | --command-queue PATH --state PATH) [options]
+  --rank N                 use the default paths /tmp/agent_rank{N}_{command,state}.lmdb
+  --command-queue PATH     the command-queue LMDB file
+  --state PATH             the state LMDB file
+  --no-queue               do not create the command queue (a broken agent)
+  --stall-heartbeat        write the first heartbeat, then never again
+  --heartbeat-offset SECS  write heartbeats SECS in the past (negative: in the future)
+  --start-delay SECS       wait before creating anything
+  --exit-after SECS        exit cleanly after SECS
+  --keep-files             on exit, leave files and semaphores in place (as a crash would)
+  --die-with-parent        exit when the parent process dies";
+
+pub struct Options {
+    pub paths: AgentPaths,
+    pub create_queue: bool,
+    pub stall_heartbeat: bool,
+    pub heartbeat_offset: f64,
+    pub start_delay: Option<Duration>,
+    pub exit_after: Option<Duration>,
+    pub keep_files: bool,
+    pub die_with_parent: bool,
+}
+
+fn secs(flag: &str, v: Option<OsString>) -> Result<f64, String> {
+    let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+    v.to_str()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|f| f.is_finite())
+        .ok_or_else(|| format!("{flag}: {v:?} is not a number of seconds"))
+}
+
+fn duration(flag: &str, v: Option<OsString>) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(secs(flag, v)?).map_err(|e| format!("{flag}: {e}"))
+}
+
+impl Options {
+    pub fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Options, String> {
+        let (mut rank, mut queue, mut state) = (None, None, None);
+        let mut o = Options {
+            paths: AgentPaths::default_for_rank(0),
+            create_queue: true,
+            stall_heartbeat: false,
+            heartbeat_offset: 0.0,
+            start_delay: None,
+            exit_after: None,
+            keep_files: false,
+            die_with_parent: false,
+        };
+        while let Some(arg) = args.next() {
+            match arg.to_str().unwrap_or("") {
+                "--rank" => {
+                    let v = args.next().ok_or("--rank needs a value")?;
+                    rank = Some(
+                        v.to_str().and_then(|s| s.parse::<i64>().ok()).filter(|r| *r >= 0).ok_or(format!("--rank: {v:?}"))?,
+                    );
+                }
+                "--command-queue" => queue = Some(args.next().ok_or("--command-queue needs a path")?),
+                "--state" => state = Some(args.next().ok_or("--state needs a path")?),
+                "--no-queue" => o.create_queue = false,
+                "--stall-heartbeat" => o.stall_heartbeat = true,
+                "--heartbeat-offset" => o.heartbeat_offset = secs("--heartbeat-offset", args.next())?,
+                "--start-delay" => o.start_delay = Some(duration("--start-delay", args.next())?),
+                "--exit-after" => o.exit_after = Some(duration("--exit-after", args.next())?),
+                "--keep-files" => o.keep_files = true,
+                "--die-with-parent" => o.die_with_parent = true,
+                "--help" | "-h" => return Err("help".into()),
+                _ => return Err(format!("unknown argument {arg:?}")),
+            }
+        }
+        o.paths = match (rank, queue, state) {
+            (Some(r), None, None) => AgentPaths::default_for_rank(r),
+            (None, Some(q), Some(s)) => AgentPaths { command_queue: q.into(), state: s.into() },
+            _ => return Err("give either --rank, or both --command-queue and --state".into()),
+        };
+        Ok(o)
+    }
+}

@@ -1,0 +1,220 @@
+//! `bootstrap_client`: from the environment to an attached client (PROTOCOL.md sections 1-3).
+//!
+//! 1. Resolve the agent rank (`rank`), then the two paths (`naming`).
+//! 2. Within one deadline: wait for the state LMDB, open it read-only, wait for a fresh
+//!    heartbeat; then attach to the command queue as a follower. Polls every millisecond (the
+//!    reference polls every 100 ms), so a worker started before its agent connects within a few
+//!    ms of the first heartbeat.
+//! 3. Authorize the agent (only its pid, when known) to ptrace this process.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::client::Client;
+use crate::command_queue::{AttachError, CommandQueue};
+use crate::error::{Error, ErrorKind, Result};
+use crate::lmdb_registry::FileId;
+use crate::naming::AgentPaths;
+use crate::ptrace::{self, Tracer};
+use crate::rank::{self, EnvSource, Method, RankInfo};
+use crate::state_db::{StateDb, StateError, HEARTBEAT_FRESH_SECS};
+use crate::timeout::{Deadline, Timeout};
+
+/// How often the waits poll.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The reference's default connection timeout, in seconds.
+pub const DEFAULT_CONNECTION_TIMEOUT_SECS: f64 = 30.0;
+
+/// A path naming function: agent rank to paths.
+pub type PathNaming<'a> = &'a mut dyn FnMut(i64) -> Result<AgentPaths>;
+
+/// What `bootstrap_client` needs.
+pub struct BootstrapOptions<'a> {
+    /// `None`: the default names (`naming::AgentPaths::default_for_rank`).
+    pub path_naming: Option<PathNaming<'a>>,
+    pub connection_timeout: Timeout,
+    pub env: &'a dyn EnvSource,
+}
+
+/// What bootstrap found out, as the reference's `BootstrapInfo` plus the agent's pid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapInfo {
+    pub agent_rank: i64,
+    pub global_rank: i64,
+    pub rank_offset: Option<i64>,
+    pub local_rank: i32,
+    pub device: String,
+    pub paths: AgentPaths,
+    pub method: Method,
+    pub agent_pid: Option<i32>,
+}
+
+/// How the rank was found, for error messages.
+fn rank_origin(r: &RankInfo) -> String {
+    match r.method {
+        Method::Direct => format!("agent rank {} from AGENT_RANK", r.agent_rank),
+        Method::Offset => format!(
+            "agent rank {} = RANK {} + AGENT_RANK_OFFSET {}",
+            r.agent_rank,
+            r.global_rank,
+            r.rank_offset.unwrap_or(0)
+        ),
+    }
+}
+
+/// Runs the whole bootstrap.
+pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, BootstrapInfo)> {
+    let ranks = rank::resolve(options.env)?;
+    let paths = match options.path_naming {
+        Some(naming) => naming(ranks.agent_rank)?,
+        None => AgentPaths::default_for_rank(ranks.agent_rank),
+    }
+    .validate()?;
+    let deadline = options.connection_timeout.start();
+    let origin = rank_origin(&ranks);
+
+    let state = wait_for_state(&paths.state, &deadline, &origin)?;
+    let queue = wait_for_queue(&paths.command_queue, state.file_id(), &deadline, &origin)?;
+    let agent_pid = state.agent_pid();
+    authorize_agent(agent_pid);
+
+    let info = BootstrapInfo {
+        agent_rank: ranks.agent_rank,
+        global_rank: ranks.global_rank,
+        rank_offset: ranks.rank_offset,
+        local_rank: ranks.local_rank,
+        device: ranks.device(),
+        paths: paths.clone(),
+        method: ranks.method,
+        agent_pid,
+    };
+    log::info!(
+        "bootstrapped: {origin}, state {}, queue {}, agent pid {agent_pid:?}, {:.3} ms",
+        paths.state.display(),
+        paths.command_queue.display(),
+        deadline.elapsed_secs() * 1e3
+    );
+    Ok((Client::new(ranks.agent_rank, paths, state, queue, agent_pid), info))
+}
+
+fn wait_for_state(path: &Path, deadline: &Deadline, origin: &str) -> Result<StateDb> {
+    let mut state: Option<StateDb> = None;
+    loop {
+        let attempt = match &state {
+            Some(s) => s.fresh_heartbeat_age().map(|_| ()),
+            None => StateDb::open(path).and_then(|s| {
+                let r = s.fresh_heartbeat_age().map(|_| ());
+                state = Some(s);
+                r
+            }),
+        };
+        let last = match attempt {
+            Ok(()) => return Ok(state.expect("set when the heartbeat was read")),
+            Err(e) => e,
+        };
+        // A restarted agent replaces its files: follow the new one.
+        if let Some(s) = &state {
+            if FileId::of_path(path).ok() != Some(s.file_id()) {
+                state = None;
+            }
+        }
+        if !deadline.sleep_step(POLL_INTERVAL) {
+            return Err(state_error(path, last, deadline.elapsed_secs(), origin));
+        }
+    }
+}
+
+fn state_error(path: &Path, last: StateError, secs: f64, origin: &str) -> Error {
+    let p = path.display();
+    let hint = format!("Check AGENT_RANK, or RANK and AGENT_RANK_OFFSET ({origin}).");
+    match last {
+        StateError::Missing(_) => Error::new(
+            ErrorKind::AgentNotFound,
+            format!("Agent LMDB not found at {p} after {secs:.3}s. Please ensure the agent process is running. {hint}"),
+        ),
+        StateError::Lmdb(e) => Error::new(
+            ErrorKind::Lmdb,
+            format!("Agent state LMDB at {p} could not be read after {secs:.3}s: {}. {hint}", e.text()),
+        ),
+        other => {
+            let why = match other {
+                StateError::NoDatabase => "The state LMDB has no 'pair_state' database yet".to_string(),
+                StateError::NoHeartbeat => "Heartbeat is missing".to_string(),
+                StateError::BadHeartbeat(v) => format!("Heartbeat {v:?} is not a finite number of seconds"),
+                StateError::Stale(age) if age < 0.0 => {
+                    format!("Heartbeat lies {:.3}s in the future", -age)
+                }
+                StateError::Stale(age) => {
+                    format!("Heartbeat is too old ({age:.3}s; fresh means under {HEARTBEAT_FRESH_SECS}s)")
+                }
+                StateError::Missing(_) | StateError::Lmdb(_) => unreachable!("handled above"),
+            };
+            Error::new(
+                ErrorKind::AgentNotResponding,
+                format!("Agent at {p} is not responding after {secs:.3}s. {why}. Agent may have crashed or be stalled. {hint}"),
+            )
+        }
+    }
+}
+
+fn wait_for_queue(path: &Path, state_id: FileId, deadline: &Deadline, origin: &str) -> Result<CommandQueue> {
+    loop {
+        if FileId::of_path(path).ok() == Some(state_id) {
+            return Err(Error::new(
+                ErrorKind::Naming,
+                format!("the command queue path {} is the state LMDB itself (same file)", path.display()),
+            ));
+        }
+        let last = match CommandQueue::attach(path) {
+            Ok(q) => return Ok(q),
+            Err(e) => e,
+        };
+        if !deadline.sleep_step(POLL_INTERVAL) {
+            return Err(queue_error(path, last, deadline.elapsed_secs(), origin));
+        }
+    }
+}
+
+fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &str) -> Error {
+    let p = path.display();
+    let tail = format!(
+        "The agent creates its queue before its state, so it may have crashed, or it uses another queue path ({origin})."
+    );
+    match last {
+        AttachError::MissingSemaphores(names) => Error::new(
+            ErrorKind::AgentNotFound,
+            format!("Agent command queue at {p} is not ready after {secs:.3}s: semaphore {} missing. {tail}", names.join(" and ")),
+        ),
+        AttachError::MissingFile => Error::new(
+            ErrorKind::AgentNotFound,
+            format!("Agent command queue LMDB not found at {p} after {secs:.3}s. {tail}"),
+        ),
+        AttachError::Semaphore(name, e) => Error::new(
+            ErrorKind::Ipc,
+            format!("Agent command queue semaphore {name} could not be opened: {}", e.text()),
+        ),
+        AttachError::Lmdb(e) => Error::new(
+            ErrorKind::Lmdb,
+            format!("Agent command queue LMDB at {p} could not be opened after {secs:.3}s: {}", e.text()),
+        ),
+    }
+}
+
+/// Lets the agent (only it, when known) ptrace this process; failures are logged, not returned.
+fn authorize_agent(agent_pid: Option<i32>) {
+    let tracer = match agent_pid {
+        Some(pid) => Tracer::Pid(pid),
+        None => {
+            log::warn!(
+                "the agent's process could not be identified (no holder of the state LMDB's lock \
+                 visible from this pid namespace): authorizing every process to ptrace this worker \
+                 (PR_SET_PTRACER_ANY)"
+            );
+            Tracer::Any
+        }
+    };
+    if let Err(e) = ptrace::authorize(tracer, Path::new(ptrace::YAMA_DIR)) {
+        log::warn!("{e}; the agent may fail to import CUDA memory shared by this worker");
+    }
+}

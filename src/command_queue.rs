@@ -1,0 +1,179 @@
+//! The agent's command queue (PROTOCOL.md section 3): a one-file LMDB ring written by the
+//! worker and read by the agent, with POSIX named semaphores counting items and free slots.
+//!
+//! The worker is always a *follower*: it opens what the agent (the leader) created and never
+//! creates the semaphores, never touches `/cq_ready_{stem}` (a worker killed between its wait
+//! and its post would block every later opener), and never writes at attach time. The
+//! existence of `/cq_{stem}` and `/cq_space_{stem}` means the leader finished initializing.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use once_cell::sync::Lazy;
+
+use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
+use crate::lmdb_registry::{FileId, Lease, Registry};
+use crate::naming::file_stem;
+use crate::semaphore::{NamedSemaphore, SemError};
+
+pub const DB_NAME: &str = "command_queue";
+pub const HEAD_KEY: &[u8] = b"__head__";
+pub const TAIL_KEY: &[u8] = b"__tail__";
+/// Slots in the ring; not stored anywhere: both sides must agree.
+pub const CAPACITY: u64 = 50_000;
+/// The queue's map size on both sides.
+pub const MAP_SIZE: usize = 1 << 30;
+
+/// The three semaphore names of a queue, from its file's stem alone (so two queues with the
+/// same file name in different folders share them: a defect of the protocol we must keep).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueNames {
+    /// `/cq_{stem}`: items available.
+    pub items: Vec<u8>,
+    /// `/cq_space_{stem}`: free slots.
+    pub space: Vec<u8>,
+    /// `/cq_ready_{stem}`: the leader's "initialized" flag. Workers never use it.
+    pub ready: Vec<u8>,
+}
+
+impl QueueNames {
+    pub fn for_path(path: &Path) -> QueueNames {
+        let stem = file_stem(path);
+        let name = |prefix: &[u8]| [prefix, stem].concat();
+        QueueNames { items: name(b"/cq_"), space: name(b"/cq_space_"), ready: name(b"/cq_ready_") }
+    }
+}
+
+/// Encodes a logical position or slot as the protocol does: 8 bytes, native order.
+pub fn encode_u64(v: u64) -> [u8; 8] {
+    v.to_ne_bytes()
+}
+
+/// Decodes an 8-byte native-order integer.
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_ne_bytes(bytes.try_into().ok()?))
+}
+
+/// The slot key of logical position `p`.
+pub fn slot_key(position: u64) -> [u8; 8] {
+    encode_u64(position % CAPACITY)
+}
+
+static QUEUE_ENVS: Lazy<Registry<Environment>> = Lazy::new(Registry::new);
+
+/// Why the queue could not be attached (yet).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttachError {
+    /// The semaphores the leader creates are not there: the names missing.
+    MissingSemaphores(Vec<String>),
+    /// A semaphore exists but could not be opened.
+    Semaphore(String, SemError),
+    /// The queue's file does not exist.
+    MissingFile,
+    /// LMDB refused to open it, or it has no `command_queue` database.
+    Lmdb(LmdbError),
+}
+
+/// A worker's handle on the agent's command queue.
+pub struct CommandQueue {
+    path: PathBuf,
+    names: QueueNames,
+    env: Lease<Environment>,
+    dbi: Dbi,
+    items: NamedSemaphore,
+    space: NamedSemaphore,
+}
+
+fn display(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+impl CommandQueue {
+    /// Attaches to an existing queue as a follower. Nothing is created or written.
+    pub fn attach(path: &Path) -> Result<CommandQueue, AttachError> {
+        let names = QueueNames::for_path(path);
+        let open = |name: &[u8]| match NamedSemaphore::open_existing(name) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.errno == libc::ENOENT => Ok(None),
+            Err(e) => Err(AttachError::Semaphore(display(name), e)),
+        };
+        let (items, space) = (open(&names.items)?, open(&names.space)?);
+        let (items, space) = match (items, space) {
+            (Some(i), Some(s)) => (i, s),
+            (i, s) => {
+                let mut missing = Vec::new();
+                if i.is_none() {
+                    missing.push(display(&names.items));
+                }
+                if s.is_none() {
+                    missing.push(display(&names.space));
+                }
+                return Err(AttachError::MissingSemaphores(missing));
+            }
+        };
+        // LMDB would create a missing data file: look first.
+        let id = FileId::of_path(path).map_err(|_| AttachError::MissingFile)?;
+        let env = QUEUE_ENVS.get_or_open(id, || {
+            let options = EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: MAP_SIZE, max_dbs: 2 };
+            let env = Environment::open(path, &options).map_err(AttachError::Lmdb)?;
+            match env.fd().ok().and_then(|fd| FileId::of_fd(fd).ok()) {
+                Some(now) if now == id => Ok(env),
+                _ => Err(AttachError::MissingFile),
+            }
+        })?;
+        let dbi = env.open_db(DB_NAME).map_err(AttachError::Lmdb)?;
+        Ok(CommandQueue { path: path.to_owned(), names, env, dbi, items, space })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn names(&self) -> &QueueNames {
+        &self.names
+    }
+
+    pub fn file_id(&self) -> FileId {
+        self.env.id()
+    }
+
+    /// (head, tail) as stored; absent keys read as 0.
+    pub fn positions(&self) -> Result<(u64, u64), LmdbError> {
+        self.env.read(|t| -> Result<(u64, u64), LmdbError> {
+            let read = |key| Ok(t.get(self.dbi, key)?.as_deref().and_then(decode_u64).unwrap_or(0));
+            Ok((read(HEAD_KEY)?, read(TAIL_KEY)?))
+        })?
+    }
+
+    /// The semaphore counts (items, free slots), for diagnostics.
+    pub fn semaphore_values(&self) -> Result<(i32, i32), SemError> {
+        Ok((self.items.value()?, self.space.value()?))
+    }
+
+    /// The path bytes, for messages.
+    pub fn path_bytes(&self) -> &[u8] {
+        self.path.as_os_str().as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_stem() {
+        let n = QueueNames::for_path(Path::new("/tmp/agent_rank0_command.lmdb"));
+        assert_eq!(n.items, b"/cq_agent_rank0_command");
+        assert_eq!(n.space, b"/cq_space_agent_rank0_command");
+        assert_eq!(n.ready, b"/cq_ready_agent_rank0_command");
+        assert_eq!(QueueNames::for_path(Path::new("/other/dir/agent_rank0_command.lmdb")), n);
+    }
+
+    #[test]
+    fn slots_wrap() {
+        assert_eq!(slot_key(0), 0u64.to_ne_bytes());
+        assert_eq!(slot_key(CAPACITY + 3), 3u64.to_ne_bytes());
+        assert_eq!(decode_u64(&encode_u64(u64::MAX)), Some(u64::MAX));
+        assert_eq!(decode_u64(b"short"), None);
+    }
+}

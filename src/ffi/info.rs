@@ -1,0 +1,126 @@
+//! `EtbBootstrapInfo` and its accessors.
+
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+
+use super::boundary::{static_str, value, FfiError};
+use super::status::ETB_ERR_NULL_ARGUMENT;
+use crate::bootstrap::BootstrapInfo;
+use crate::rank::Method;
+
+/// What `etb_bootstrap_client` found out. Opaque; read through the `etb_info_*` accessors,
+/// released with `etb_info_free`. Immutable: the accessors may be called from any thread at once.
+pub struct EtbBootstrapInfo {
+    info: BootstrapInfo,
+    device: CString,
+    command_queue_path: CString,
+    state_path: CString,
+}
+
+impl EtbBootstrapInfo {
+    pub(crate) fn new(info: BootstrapInfo) -> Result<Self, String> {
+        let c = |bytes: &[u8]| CString::new(bytes).map_err(|_| "a path contains a NUL byte".to_string());
+        Ok(EtbBootstrapInfo {
+            device: c(info.device.as_bytes())?,
+            command_queue_path: c(info.paths.command_queue.as_os_str().as_bytes())?,
+            state_path: c(info.paths.state.as_os_str().as_bytes())?,
+            info,
+        })
+    }
+}
+
+/// Borrows the info behind a pointer, or fails with ETB_ERR_NULL_ARGUMENT.
+fn with_info<'a>(function: &str, info: *const EtbBootstrapInfo) -> Result<&'a EtbBootstrapInfo, FfiError> {
+    // SAFETY: non-NULL pointers come from etb_bootstrap_client and are not yet freed (contract).
+    unsafe { info.as_ref() }.ok_or_else(|| FfiError::new(ETB_ERR_NULL_ARGUMENT, format!("{function}: argument `info` is NULL")))
+}
+
+/// The agent rank this worker is connected to; -1 when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_agent_rank(info: *const EtbBootstrapInfo) -> i64 {
+    value("etb_info_agent_rank", -1, || Ok(with_info("etb_info_agent_rank", info)?.info.agent_rank))
+}
+
+/// The worker's global rank (`RANK`); -1 when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_global_rank(info: *const EtbBootstrapInfo) -> i64 {
+    value("etb_info_global_rank", -1, || Ok(with_info("etb_info_global_rank", info)?.info.global_rank))
+}
+
+/// Whether the agent rank came from `RANK + AGENT_RANK_OFFSET` (method "offset"), so that
+/// `etb_info_rank_offset` is meaningful; false for "direct" and when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_has_rank_offset(info: *const EtbBootstrapInfo) -> bool {
+    value("etb_info_has_rank_offset", false, || Ok(with_info("etb_info_has_rank_offset", info)?.info.rank_offset.is_some()))
+}
+
+/// The `AGENT_RANK_OFFSET` used (0 when it was unset); 0 when absent (method "direct") or when
+/// `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_rank_offset(info: *const EtbBootstrapInfo) -> i64 {
+    value("etb_info_rank_offset", 0, || Ok(with_info("etb_info_rank_offset", info)?.info.rank_offset.unwrap_or(0)))
+}
+
+/// The CUDA device string, `"cuda:{LOCAL_RANK}"`. Owned by `info`: valid until `etb_info_free`.
+/// NULL when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_device(info: *const EtbBootstrapInfo) -> *const libc::c_char {
+    value("etb_info_device", std::ptr::null(), || Ok(with_info("etb_info_device", info)?.device.as_ptr()))
+}
+
+/// The CUDA device ordinal (`LOCAL_RANK`, 0 when unset); -1 when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_device_index(info: *const EtbBootstrapInfo) -> i32 {
+    value("etb_info_device_index", -1, || Ok(with_info("etb_info_device_index", info)?.info.local_rank))
+}
+
+/// The agent's command-queue LMDB path (bytes, NUL-terminated, not necessarily UTF-8). Owned by
+/// `info`: valid until `etb_info_free`. NULL when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_command_queue_path(info: *const EtbBootstrapInfo) -> *const libc::c_char {
+    value("etb_info_command_queue_path", std::ptr::null(), || {
+        Ok(with_info("etb_info_command_queue_path", info)?.command_queue_path.as_ptr())
+    })
+}
+
+/// The agent's state LMDB path (bytes, NUL-terminated, not necessarily UTF-8). Owned by `info`:
+/// valid until `etb_info_free`. NULL when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_state_path(info: *const EtbBootstrapInfo) -> *const libc::c_char {
+    value("etb_info_state_path", std::ptr::null(), || Ok(with_info("etb_info_state_path", info)?.state_path.as_ptr()))
+}
+
+/// How the agent rank was determined: `"direct"` (AGENT_RANK) or `"offset"` (RANK +
+/// AGENT_RANK_OFFSET). A static string, valid forever. NULL when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_method(info: *const EtbBootstrapInfo) -> *const libc::c_char {
+    value("etb_info_method", std::ptr::null(), || {
+        let method: &'static CStr = match with_info("etb_info_method", info)?.info.method {
+            Method::Direct => c"direct",
+            Method::Offset => c"offset",
+        };
+        Ok(static_str(method))
+    })
+}
+
+/// The agent's process id, identified at bootstrap as the holder of LMDB's lock on the state
+/// LMDB's lock file; -1 when it could not be identified (no holder visible, or a holder in
+/// another pid namespace) or when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_agent_pid(info: *const EtbBootstrapInfo) -> i32 {
+    value("etb_info_agent_pid", -1, || Ok(with_info("etb_info_agent_pid", info)?.info.agent_pid.unwrap_or(-1)))
+}
+
+/// Releases an info and every string its accessors returned. NULL is accepted and ignored.
+/// Freeing twice, or using the info or its strings afterwards, is undefined behaviour. Must not
+/// race with accessors on the same info.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_free(info: *mut EtbBootstrapInfo) {
+    value("etb_info_free", (), || {
+        if !info.is_null() {
+            // SAFETY: made by Box::into_raw in etb_bootstrap_client; the caller gives it up.
+            drop(unsafe { Box::from_raw(info) });
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,85 @@
+//! Letting the agent trace this worker (PROTOCOL.md section 1): the agent takes file
+//! descriptors out of the worker with `pidfd_getfd`, which under Yama `ptrace_scope=1` needs the
+//! worker's consent, given with `prctl(PR_SET_PTRACER, ...)`.
+//!
+//! `PR_SET_PTRACER_ANY` (the reference's prototype shortcut) lets every process of the same user
+//! trace the worker; `PR_SET_PTRACER, pid` lets only that process and its descendants. Without
+//! Yama the kernel has no such consent and answers `EINVAL`: nothing is needed then.
+
+use std::path::Path;
+
+use crate::error::{errno_text, last_errno, Error, ErrorKind, Result};
+
+/// Where the kernel shows Yama's settings, when Yama is built in.
+pub const YAMA_DIR: &str = "/proc/sys/kernel/yama";
+
+/// Whom to authorize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracer {
+    /// Every process (`PR_SET_PTRACER_ANY`).
+    Any,
+    /// One process and its descendants.
+    Pid(i32),
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Authorized,
+    /// The kernel has no Yama: ptrace consent does not exist, nothing to do.
+    NoYama,
+}
+
+/// Authorizes `tracer`. `yama_dir` is where Yama's settings would be (a seam for tests).
+pub fn authorize(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
+    let arg: libc::c_ulong = match tracer {
+        Tracer::Any => libc::PR_SET_PTRACER_ANY as libc::c_ulong,
+        Tracer::Pid(pid) if pid > 0 => pid as libc::c_ulong,
+        Tracer::Pid(pid) => {
+            return Err(Error::new(ErrorKind::InvalidArgument, format!("tracer pid {pid} is not a process id")))
+        }
+    };
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PTRACER, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    if rc == 0 {
+        log::debug!("prctl(PR_SET_PTRACER, {tracer:?}) done");
+        return Ok(Outcome::Authorized);
+    }
+    let errno = last_errno();
+    if errno == libc::EINVAL && !yama_dir.exists() {
+        log::debug!("prctl(PR_SET_PTRACER) answered EINVAL and {} does not exist: no Yama, no consent needed", yama_dir.display());
+        return Ok(Outcome::NoYama);
+    }
+    Err(Error::new(
+        ErrorKind::Ptrace,
+        format!("prctl(PR_SET_PTRACER, {tracer:?}) failed: {} (errno {errno})", errno_text(errno)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_pid_is_rejected() {
+        assert_eq!(authorize(Tracer::Pid(0), Path::new(YAMA_DIR)).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(authorize(Tracer::Pid(-5), Path::new(YAMA_DIR)).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn any_succeeds_or_reports_no_yama() {
+        let out = authorize(Tracer::Any, Path::new(YAMA_DIR)).unwrap();
+        assert_eq!(out == Outcome::NoYama, !Path::new(YAMA_DIR).exists());
+    }
+
+    #[test]
+    fn einval_with_yama_present_is_an_error() {
+        if Path::new(YAMA_DIR).exists() {
+            return; // Yama answers 0 here, so EINVAL cannot be provoked this way.
+        }
+        // Pretend Yama exists (the seam): EINVAL must then be a real error.
+        let e = authorize(Tracer::Any, Path::new("/")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Ptrace);
+        assert!(e.message().contains("errno 22"), "{e}");
+    }
+}

@@ -1,0 +1,187 @@
+//! The agent's state LMDB (PROTOCOL.md section 2): written by the agent, read by the worker.
+//!
+//! Opened read-only *with* the lock file when this process can write it, so that our read
+//! transactions hold a reader slot and the agent never recycles pages we are reading (the
+//! reference opens it with `MDB_NOLOCK`, a defect). Only when the lock file is missing or not
+//! writable do we fall back to `MDB_NOLOCK`, with a warning.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use once_cell::sync::Lazy;
+
+use crate::agent_process::{probe_lock_file, LockProbe};
+use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
+use crate::lmdb_registry::{FileId, Lease, Registry};
+
+pub const DB_NAME: &str = "pair_state";
+pub const HEARTBEAT_KEY: &[u8] = b"agent:heartbeat";
+/// A heartbeat younger than this is fresh (the reference's threshold).
+pub const HEARTBEAT_FRESH_SECS: f64 = 5.0;
+/// The agent's map size for the state LMDB (we keep whatever the file says).
+pub const AGENT_MAP_SIZE: usize = 256 << 20;
+
+/// `{path}-lock`, LMDB's lock file of a one-file environment.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut s: OsString = path.as_os_str().to_owned();
+    s.push("-lock");
+    PathBuf::from(s)
+}
+
+/// An open state environment and what was learnt when opening it.
+pub struct StateEnv {
+    pub env: Environment,
+    /// Whether the environment uses the lock file (false: opened with `MDB_NOLOCK`).
+    pub locking: bool,
+    /// The agent's pid, from the lock file's holder, probed before we opened the environment.
+    pub agent_pid: Option<i32>,
+}
+
+static STATE_ENVS: Lazy<Registry<StateEnv>> = Lazy::new(Registry::new);
+
+/// Why the state could not be read (yet).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateError {
+    /// The state file does not exist.
+    Missing(std::io::ErrorKind),
+    /// LMDB refused to open or read it.
+    Lmdb(LmdbError),
+    /// The environment has no `pair_state` database yet.
+    NoDatabase,
+    /// There is no heartbeat key yet.
+    NoHeartbeat,
+    /// The heartbeat is not a number we can use.
+    BadHeartbeat(String),
+    /// The heartbeat is too old (or too far in the future): its age in seconds.
+    Stale(f64),
+}
+
+/// A worker's read-only handle on the state LMDB.
+pub struct StateDb {
+    env: Lease<StateEnv>,
+    dbi: Dbi,
+}
+
+/// Seconds since the Unix epoch, as Python's `time.time()`.
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Parses the heartbeat value: ASCII decimal seconds, as Python's `str(time.time())` writes.
+pub fn parse_heartbeat(value: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E')) {
+        return None;
+    }
+    text.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// The age of a heartbeat written at `beat`, if fresh at `now`: younger than 5 s and no more
+/// than 5 s in the future (clocks of one host agree; a beat far ahead is garbage).
+pub fn fresh_age(beat: f64, now: f64) -> Result<f64, f64> {
+    let age = now - beat;
+    if age.is_finite() && age < HEARTBEAT_FRESH_SECS && age > -HEARTBEAT_FRESH_SECS {
+        Ok(age)
+    } else {
+        Err(age)
+    }
+}
+
+impl StateDb {
+    /// Opens the state LMDB read-only, sharing one environment per file in this process.
+    pub fn open(path: &Path) -> Result<StateDb, StateError> {
+        let id = FileId::of_path(path).map_err(|e| StateError::Missing(e.kind()))?;
+        let env = STATE_ENVS
+            .get_or_open(id, || {
+                // Probe before opening: see agent_process.
+                let LockProbe { writable, holder_pid } = probe_lock_file(&lock_path(path));
+                if !writable {
+                    log::warn!(
+                        "state LMDB lock file {} is missing or not writable by this process: reading {} \
+                         without a reader slot (MDB_NOLOCK); reads may race with the agent's writes",
+                        lock_path(path).display(),
+                        path.display()
+                    );
+                }
+                let options = EnvOptions { read_only: true, no_lock: !writable, no_sync: false, map_size: 0, max_dbs: 2 };
+                let env = Environment::open(path, &options).map_err(StateError::Lmdb)?;
+                // The file may have been replaced between our stat and LMDB's open.
+                let fd = env.fd().map_err(StateError::Lmdb)?;
+                match FileId::of_fd(fd) {
+                    Ok(now) if now == id => Ok(StateEnv { env, locking: writable, agent_pid: holder_pid }),
+                    _ => Err(StateError::Missing(std::io::ErrorKind::NotFound)),
+                }
+            })?;
+        let dbi = match env.env.open_db(DB_NAME) {
+            Ok(dbi) => dbi,
+            Err(e) if e.is_not_found() => return Err(StateError::NoDatabase),
+            Err(e) => return Err(StateError::Lmdb(e)),
+        };
+        Ok(StateDb { env, dbi })
+    }
+
+    pub fn file_id(&self) -> FileId {
+        self.env.id()
+    }
+
+    pub fn agent_pid(&self) -> Option<i32> {
+        self.env.agent_pid
+    }
+
+    pub fn locking(&self) -> bool {
+        self.env.locking
+    }
+
+    /// Reads one key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LmdbError> {
+        self.env.env.read(|t| t.get(self.dbi, key))?
+    }
+
+    /// The agent's last heartbeat, in seconds since the Unix epoch.
+    pub fn heartbeat(&self) -> Result<f64, StateError> {
+        let raw = self.get(HEARTBEAT_KEY).map_err(StateError::Lmdb)?.ok_or(StateError::NoHeartbeat)?;
+        parse_heartbeat(&raw).ok_or_else(|| {
+            StateError::BadHeartbeat(match String::from_utf8(raw) {
+                Ok(text) => text,
+                Err(e) => format!("{:?}", OsString::from_vec(e.into_bytes())),
+            })
+        })
+    }
+
+    /// The heartbeat's age in seconds, if the heartbeat is fresh now.
+    pub fn fresh_heartbeat_age(&self) -> Result<f64, StateError> {
+        fresh_age(self.heartbeat()?, unix_now()).map_err(StateError::Stale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_parsing() {
+        assert_eq!(parse_heartbeat(b"1795856314.2741683"), Some(1795856314.2741683));
+        assert_eq!(parse_heartbeat(b"1795856314"), Some(1795856314.0));
+        assert_eq!(parse_heartbeat(b" 1.5e9 "), Some(1.5e9));
+        for bad in [&b""[..], b"abc", b"nan", b"NaN", b"inf", b"-inf", b"infinity", b"1e999", b"1,5", b"\xff", b"0x10"] {
+            assert_eq!(parse_heartbeat(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn freshness() {
+        assert_eq!(fresh_age(100.0, 101.0), Ok(1.0));
+        assert!(fresh_age(100.0, 105.0).is_err());
+        assert!(fresh_age(100.0, 104.99).is_ok());
+        assert!(fresh_age(110.0, 104.0).is_err(), "6 s in the future");
+        assert!(fresh_age(102.0, 100.0).is_ok(), "small clock skew");
+        assert!(fresh_age(-1.0, 100.0).is_err());
+    }
+
+    #[test]
+    fn lock_path_appends() {
+        assert_eq!(lock_path(Path::new("/tmp/a_state.lmdb")), Path::new("/tmp/a_state.lmdb-lock"));
+    }
+}
