@@ -113,6 +113,7 @@ fn wait_for_state(path: &Path, deadline: &Deadline, origin: &str) -> Result<Stat
             Ok(()) => return Ok(state.expect("set when the heartbeat was read")),
             Err(e) => e,
         };
+        log::trace!("state not ready: {last:?}");
         // A restarted agent replaces its files: follow the new one.
         if let Some(s) = &state {
             if FileId::of_path(path).ok() != Some(s.file_id()) {

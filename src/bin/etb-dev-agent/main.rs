@@ -48,8 +48,9 @@ fn run(opts: &Options) -> Result<(), String> {
     let queue = if opts.create_queue { Some(queue_leader::QueueLeader::create(&opts.paths.command_queue)?) } else { None };
     let state = state_writer::StateWriter::create(&opts.paths.state)?;
     state.beat(opts.heartbeat_offset)?;
-    println!("ready pid={}", std::process::id());
-    let _ = std::io::stdout().flush();
+    // Nobody may be reading: a closed pipe must not stop the agent.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "ready pid={}", std::process::id()).and_then(|_| out.flush());
 
     let started = Instant::now();
     while !STOP.load(Ordering::SeqCst) {

@@ -1,0 +1,188 @@
+//! The Rust core's bootstrap against a real etb-dev-agent process.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{env_of, leftovers, unique_rank, DevAgent, TempDir};
+use etha_tensor_bus::naming::AgentPaths;
+use etha_tensor_bus::rank::Method;
+use etha_tensor_bus::timeout::Timeout;
+use etha_tensor_bus::{bootstrap_client, BootstrapInfo, BootstrapOptions, Client, ErrorKind};
+
+fn secs(s: f64) -> Timeout {
+    Timeout::from_secs_f64(s, "t").unwrap()
+}
+
+fn boot_paths(paths: &AgentPaths, timeout: f64) -> etha_tensor_bus::Result<(Client, BootstrapInfo)> {
+    let env = env_of(&[("AGENT_RANK", "0".into()), ("RANK", "0".into())]);
+    let mut naming = |_rank: i64| Ok(paths.clone());
+    bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(timeout), env: &env })
+}
+
+#[test]
+fn default_names_offset_method() {
+    let rank = unique_rank();
+    let agent = DevAgent::with_rank(rank, &[]);
+    let env = env_of(&[("RANK", (rank - 4).to_string()), ("AGENT_RANK_OFFSET", "4".into()), ("LOCAL_RANK", "3".into())]);
+    let (client, info) =
+        bootstrap_client(BootstrapOptions { path_naming: None, connection_timeout: secs(5.0), env: &env }).unwrap();
+    assert_eq!(info.agent_rank, rank);
+    assert_eq!(info.global_rank, rank - 4);
+    assert_eq!(info.rank_offset, Some(4));
+    assert_eq!(info.method, Method::Offset);
+    assert_eq!(info.device, "cuda:3");
+    assert_eq!(info.paths, AgentPaths::default_for_rank(rank));
+    assert_eq!(info.agent_pid, Some(agent.pid()));
+    assert_eq!(client.agent_pid(), Some(agent.pid()));
+    assert!(client.state().locking(), "the lock file is writable: a reader slot must be used");
+    let age = client.heartbeat_age().unwrap();
+    assert!((0.0..5.0).contains(&age), "{age}");
+    assert_eq!(client.queue().positions().unwrap(), (0, 0));
+    assert_eq!(client.queue().semaphore_values().unwrap(), (0, 50_000));
+    drop(client);
+    let paths = agent.paths.clone();
+    drop(agent);
+    assert_eq!(leftovers(&paths), Vec::<String>::new());
+}
+
+#[test]
+fn naming_function_gets_the_rank() {
+    let dir = TempDir::new("naming");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &[], true);
+    let env = env_of(&[("AGENT_RANK", "17".into()), ("RANK", "2".into())]);
+    let mut seen = Vec::new();
+    let mut naming = |rank: i64| {
+        seen.push(rank);
+        Ok(paths.clone())
+    };
+    let (_client, info) =
+        bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(5.0), env: &env })
+            .unwrap();
+    assert_eq!(seen, vec![17]);
+    assert_eq!((info.agent_rank, info.global_rank, info.rank_offset, info.method), (17, 2, None, Method::Direct));
+    assert_eq!(info.paths, paths);
+}
+
+/// LMDB forbids opening one environment twice in a process: clients of one agent share it, and
+/// closing one must not drop the other's fcntl locks (which closing a second descriptor would).
+#[test]
+fn two_clients_of_one_agent_share_environments() {
+    let dir = TempDir::new("two");
+    let paths = dir.paths();
+    let agent = DevAgent::start(&paths, &[], true);
+    let (a, ia) = boot_paths(&paths, 5.0).unwrap();
+    let (b, ib) = boot_paths(&paths, 5.0).unwrap();
+    assert_eq!(ia.agent_pid, Some(agent.pid()));
+    assert_eq!(ib.agent_pid, Some(agent.pid()), "the second client learns the pid from the shared entry");
+    assert_eq!(a.state().file_id(), b.state().file_id());
+    let lock_ino = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(etha_tensor_bus::state_db::lock_path(&paths.state)).unwrap(),
+    );
+    assert!(holds_lock(lock_ino), "we hold LMDB's lock on the state lock file");
+    drop(a);
+    assert!(holds_lock(lock_ino), "closing one client must keep the other's lock");
+    assert!(b.heartbeat_age().unwrap() < 5.0);
+    drop(b);
+    assert!(!holds_lock(lock_ino), "the last client closes the environment");
+}
+
+/// Whether this process holds a POSIX lock on inode `ino` (per /proc/locks).
+fn holds_lock(ino: u64) -> bool {
+    let me = std::process::id().to_string();
+    std::fs::read_to_string("/proc/locks").unwrap().lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // "1: POSIX  ADVISORY  READ 1234 fd:01:5678 0 0"
+        let (pid, id) = if f.get(1) == Some(&"->") { (f.get(5), f.get(6)) } else { (f.get(4), f.get(5)) };
+        f.contains(&"POSIX") && pid == Some(&me.as_str()) && id.is_some_and(|id| id.ends_with(&format!(":{ino}")))
+    })
+}
+
+#[test]
+fn concurrent_bootstraps_from_threads() {
+    let dir = TempDir::new("threads");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &[], true);
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let p = paths.clone();
+            std::thread::spawn(move || boot_paths(&p, 5.0).map(|(c, _)| c.heartbeat_age().unwrap()))
+        })
+        .collect();
+    for h in handles {
+        assert!(h.join().unwrap().unwrap() < 5.0);
+    }
+}
+
+#[test]
+fn agent_started_after_the_worker() {
+    let dir = TempDir::new("late");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &["--start-delay", "0.3"], false);
+    let t = Instant::now();
+    let (client, _) = boot_paths(&paths, 10.0).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert!(client.heartbeat_age().unwrap() < 5.0);
+}
+
+#[test]
+fn no_agent_times_out_at_the_deadline() {
+    let dir = TempDir::new("none");
+    let t = Instant::now();
+    let e = boot_paths(&dir.paths(), 0.25).err().unwrap();
+    let elapsed = t.elapsed();
+    assert_eq!(e.kind(), ErrorKind::AgentNotFound, "{e}");
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    assert!(e.message().contains("Agent LMDB not found at") && e.message().contains("AGENT_RANK"), "{e}");
+    let t = Instant::now();
+    assert_eq!(boot_paths(&dir.paths(), 0.0).err().unwrap().kind(), ErrorKind::AgentNotFound);
+    assert!(t.elapsed() < Duration::from_millis(100), "timeout 0 makes a single attempt");
+}
+
+#[test]
+fn stale_and_future_heartbeats_are_not_responding() {
+    for (offset, words) in [("60", "too old"), ("-60", "in the future")] {
+        let dir = TempDir::new("stale");
+        let paths = dir.paths();
+        let _agent = DevAgent::start(&paths, &["--heartbeat-offset", offset], true);
+        let e = boot_paths(&paths, 0.2).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::AgentNotResponding, "{e}");
+        assert!(e.message().contains(words), "{e}");
+    }
+}
+
+#[test]
+fn missing_queue_names_the_semaphores() {
+    let dir = TempDir::new("noqueue");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &["--no-queue"], true);
+    let e = boot_paths(&paths, 0.2).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::AgentNotFound, "{e}");
+    assert!(e.message().contains("/cq_") && e.message().contains("/cq_space_"), "{e}");
+}
+
+#[test]
+fn same_file_for_queue_and_state_is_a_naming_error() {
+    let dir = TempDir::new("same");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &[], true);
+    let link = dir.0.join("link_command.lmdb");
+    std::fs::hard_link(&paths.state, &link).unwrap();
+    let bad = AgentPaths { command_queue: link, state: paths.state.clone() };
+    let e = boot_paths(&bad, 0.2).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Naming, "{e}");
+}
+
+#[test]
+fn agent_restart_while_waiting_is_followed() {
+    let dir = TempDir::new("restart");
+    let paths = dir.paths();
+    // A dead agent's leftovers: a stale heartbeat, files kept.
+    let mut old = DevAgent::start(&paths, &["--heartbeat-offset", "60", "--keep-files"], true);
+    old.stop();
+    // Started from this thread: PR_SET_PDEATHSIG fires when the spawning *thread* exits.
+    let new_agent = DevAgent::start(&paths, &["--start-delay", "0.2"], false);
+    let (_client, info) = boot_paths(&paths, 10.0).unwrap();
+    assert_eq!(info.agent_pid, Some(new_agent.pid()));
+}

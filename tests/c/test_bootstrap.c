@@ -1,0 +1,494 @@
+/*
+ * C test of the bootstrap API against the real shared library and real agent processes.
+ * Compiled twice by the test runner: as C11 and as C++17, with -Wall -Wextra -Werror.
+ *
+ * Needs ETB_DEV_AGENT (path of etb-dev-agent). Every case uses agent ranks derived from this
+ * process's pid, so several copies can run at once. Prints "ok - NAME" / "not ok - NAME: WHY"
+ * and ends with "N passed, N failed".
+ *
+ * With ETB_EXTERNAL_AGENT_PID set, runs only the happy path against an agent someone else
+ * started (the Python stand-in), whose environment (AGENT_RANK, RANK...) is already set.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "etha_tensor_bus.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static int g_passed, g_failed;
+static char g_why[1024];
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (!(cond)) {                                                     \
+            snprintf(g_why, sizeof g_why, __VA_ARGS__);                    \
+            return 0;                                                      \
+        }                                                                  \
+    } while (0)
+
+static void run_case(const char *name, int (*fn)(void)) {
+    g_why[0] = '\0';
+    if (fn()) {
+        g_passed++;
+        printf("ok - %s\n", name);
+    } else {
+        g_failed++;
+        printf("not ok - %s: %s\n", name, g_why);
+    }
+    fflush(stdout);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- agents ---- */
+
+typedef struct Agent {
+    pid_t pid;
+    long long rank;
+} Agent;
+
+static long long g_next_rank;
+
+static long long fresh_rank(void) { return g_next_rank++; }
+
+/* Starts etb-dev-agent for `rank` with extra arguments (NULL-terminated); waits for its
+ * "ready" line unless wait_ready is 0. Returns pid 0 on failure. */
+static Agent start_agent(long long rank, int wait_ready, const char *a1, const char *a2) {
+    Agent agent;
+    char rank_text[32];
+    const char *argv[12];
+    int n = 0, pipefd[2];
+    posix_spawn_file_actions_t fa;
+    agent.pid = 0;
+    agent.rank = rank;
+    snprintf(rank_text, sizeof rank_text, "%lld", rank);
+    argv[n++] = getenv("ETB_DEV_AGENT");
+    argv[n++] = "--rank";
+    argv[n++] = rank_text;
+    argv[n++] = "--exit-after";
+    argv[n++] = "60";
+    argv[n++] = "--die-with-parent";
+    if (a1) argv[n++] = a1;
+    if (a2) argv[n++] = a2;
+    argv[n] = NULL;
+    if (!argv[0] || pipe(pipefd) != 0) return agent;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+    posix_spawn_file_actions_addclose(&fa, pipefd[0]);
+    if (posix_spawn(&agent.pid, argv[0], &fa, NULL, (char *const *)argv, environ) != 0) agent.pid = 0;
+    posix_spawn_file_actions_destroy(&fa);
+    close(pipefd[1]);
+    if (agent.pid && wait_ready) {
+        char line[64] = {0};
+        ssize_t got = read(pipefd[0], line, sizeof line - 1);
+        if (got <= 0 || strncmp(line, "ready pid=", 10) != 0) {
+            kill(agent.pid, SIGKILL);
+            waitpid(agent.pid, NULL, 0);
+            agent.pid = 0;
+        }
+    }
+    close(pipefd[0]);
+    return agent;
+}
+
+/* Stops an agent cleanly (it removes its files and semaphores) and waits for it. */
+static void stop_agent(Agent *agent) {
+    if (agent->pid > 0) {
+        kill(agent->pid, SIGTERM);
+        waitpid(agent->pid, NULL, 0);
+        agent->pid = 0;
+    }
+}
+
+static int path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* Nothing of agent `rank` left in /tmp or /dev/shm. */
+static int nothing_left(long long rank) {
+    char p[256];
+    const char *fmts[] = {"/tmp/agent_rank%lld_command.lmdb", "/tmp/agent_rank%lld_command.lmdb-lock",
+                          "/tmp/agent_rank%lld_state.lmdb", "/tmp/agent_rank%lld_state.lmdb-lock",
+                          "/dev/shm/sem.cq_agent_rank%lld_command", "/dev/shm/sem.cq_space_agent_rank%lld_command",
+                          "/dev/shm/sem.cq_ready_agent_rank%lld_command"};
+    size_t i;
+    for (i = 0; i < sizeof fmts / sizeof fmts[0]; i++) {
+        snprintf(p, sizeof p, fmts[i], rank);
+        if (path_exists(p)) {
+            snprintf(g_why, sizeof g_why, "left behind: %s", p);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void set_env(const char *agent_rank, const char *rank, const char *offset, const char *local_rank) {
+    if (agent_rank) setenv("AGENT_RANK", agent_rank, 1); else unsetenv("AGENT_RANK");
+    if (rank) setenv("RANK", rank, 1); else unsetenv("RANK");
+    if (offset) setenv("AGENT_RANK_OFFSET", offset, 1); else unsetenv("AGENT_RANK_OFFSET");
+    if (local_rank) setenv("LOCAL_RANK", local_rank, 1); else unsetenv("LOCAL_RANK");
+}
+
+static void set_direct(long long rank) {
+    char r[32];
+    snprintf(r, sizeof r, "%lld", rank);
+    set_env(r, "0", NULL, NULL);
+}
+
+/* Sentinels that must survive a failed call untouched. */
+static EtbClient *const CLIENT_SENTINEL = (EtbClient *)(void *)0x1;
+static EtbBootstrapInfo *const INFO_SENTINEL = (EtbBootstrapInfo *)(void *)0x1;
+
+/* Bootstraps expecting `want`; on success the handles are closed. */
+static int expect_status(EtbPathNamingFn fn, void *ud, double timeout, EtbStatus want) {
+    EtbClient *client = CLIENT_SENTINEL;
+    EtbBootstrapInfo *info = INFO_SENTINEL;
+    EtbStatus s = etb_bootstrap_client(fn, ud, timeout, &client, &info);
+    if (s == ETB_OK) {
+        etb_client_close(client);
+        etb_info_free(info);
+    }
+    CHECK(s == want, "got %s, want %s (%s)", etb_status_name(s), etb_status_name(want), etb_last_error_message());
+    if (s != ETB_OK) {
+        CHECK(client == CLIENT_SENTINEL && info == INFO_SENTINEL, "out-pointers written on failure");
+        CHECK(strlen(etb_last_error_message()) > 0, "no last-error message");
+    }
+    return 1;
+}
+
+/* ---- cases ---- */
+
+static int t_library_basics(void) {
+    char want[64];
+    CHECK(strcmp(etb_last_error_message(), "") == 0, "last error not empty at start: %s", etb_last_error_message());
+    snprintf(want, sizeof want, "%d.%d.%d", ETB_VERSION_MAJOR, ETB_VERSION_MINOR, ETB_VERSION_PATCH);
+    CHECK(strcmp(etb_version(), want) == 0, "version %s vs macros %s", etb_version(), want);
+    CHECK(strcmp(etb_status_name(ETB_OK), "ETB_OK") == 0, "name of 0");
+    CHECK(strcmp(etb_status_name(ETB_ERR_AGENT_NOT_RESPONDING), "ETB_ERR_AGENT_NOT_RESPONDING") == 0, "name of 6");
+    CHECK(strcmp(etb_status_name(ETB_ERR_CLOSED), "ETB_ERR_CLOSED") == 0, "name of 19");
+    CHECK(ETB_ERR_PANIC == 11 && ETB_ERR_QUEUE_FULL == 12 && ETB_ERR_CLOSED == 19, "published numbers");
+    CHECK(strcmp(etb_status_name(-1), "ETB_UNKNOWN_STATUS") == 0, "name of -1");
+    CHECK(strcmp(etb_status_name(20), "ETB_UNKNOWN_STATUS") == 0, "name of 20");
+    CHECK(etb_setup_ptrace() == ETB_OK, "etb_setup_ptrace: %s", etb_last_error_message());
+    return 1;
+}
+
+static int t_default_naming_direct(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    EtbClient *client = NULL;
+    EtbBootstrapInfo *info = NULL;
+    char want[256];
+    double age = -1;
+    EtbStatus s;
+    CHECK(agent.pid > 0, "agent did not start");
+    snprintf(want, sizeof want, "%lld", rank);
+    set_env(want, "5", "100", "2");
+    s = etb_bootstrap_client(NULL, NULL, 5.0, &client, &info);
+    CHECK(s == ETB_OK, "bootstrap: %s", etb_last_error_message());
+    CHECK(client != NULL && info != NULL, "handles");
+    CHECK(etb_info_agent_rank(info) == rank, "agent_rank %lld", (long long)etb_info_agent_rank(info));
+    CHECK(etb_info_global_rank(info) == 5, "global_rank");
+    CHECK(!etb_info_has_rank_offset(info) && etb_info_rank_offset(info) == 0, "direct has no offset");
+    CHECK(strcmp(etb_info_device(info), "cuda:2") == 0, "device %s", etb_info_device(info));
+    CHECK(etb_info_device_index(info) == 2, "device_index");
+    CHECK(strcmp(etb_info_method(info), "direct") == 0, "method %s", etb_info_method(info));
+    snprintf(want, sizeof want, "/tmp/agent_rank%lld_command.lmdb", rank);
+    CHECK(strcmp(etb_info_command_queue_path(info), want) == 0, "queue path %s", etb_info_command_queue_path(info));
+    snprintf(want, sizeof want, "/tmp/agent_rank%lld_state.lmdb", rank);
+    CHECK(strcmp(etb_info_state_path(info), want) == 0, "state path %s", etb_info_state_path(info));
+    CHECK(etb_info_agent_pid(info) == agent.pid, "agent pid %d, want %d", etb_info_agent_pid(info), (int)agent.pid);
+    CHECK(etb_client_heartbeat_age(client, &age) == ETB_OK && age >= -1.0 && age < 5.0, "heartbeat age %f", age);
+    etb_client_close(client);
+    etb_info_free(info);
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+static int t_offset_method(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    EtbClient *client = NULL;
+    EtbBootstrapInfo *info = NULL;
+    char r[32];
+    CHECK(agent.pid > 0, "agent did not start");
+    snprintf(r, sizeof r, "%lld", rank - 4);
+    set_env(NULL, r, "4", NULL);
+    CHECK(etb_bootstrap_client(NULL, NULL, 5.0, &client, &info) == ETB_OK, "%s", etb_last_error_message());
+    CHECK(etb_info_agent_rank(info) == rank && etb_info_global_rank(info) == rank - 4, "ranks");
+    CHECK(etb_info_has_rank_offset(info) && etb_info_rank_offset(info) == 4, "offset");
+    CHECK(strcmp(etb_info_method(info), "offset") == 0, "method %s", etb_info_method(info));
+    CHECK(strcmp(etb_info_device(info), "cuda:0") == 0 && etb_info_device_index(info) == 0, "LOCAL_RANK default 0");
+    etb_client_close(client);
+    etb_info_free(info);
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+typedef struct Naming {
+    long long rank;
+    int calls;
+    long long seen_rank;
+    int32_t result;
+    int mode; /* 0: write default paths of `rank`; 1: empty; 2: fill without NUL */
+} Naming;
+
+static int32_t naming_cb(int64_t agent_rank, char *cq, size_t cq_cap, char *st, size_t st_cap, void *user_data) {
+    Naming *n = (Naming *)user_data;
+    n->calls++;
+    n->seen_rank = (long long)agent_rank;
+    if (n->mode == 1) return n->result;
+    if (n->mode == 2) {
+        memset(cq, 'a', cq_cap);
+        snprintf(st, st_cap, "/tmp/x");
+        return n->result;
+    }
+    snprintf(cq, cq_cap, "/tmp/agent_rank%lld_command.lmdb", n->rank);
+    snprintf(st, st_cap, "/tmp/agent_rank%lld_state.lmdb", n->rank);
+    return n->result;
+}
+
+static int t_callback_naming(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    EtbClient *client = NULL;
+    EtbBootstrapInfo *info = NULL;
+    Naming n;
+    char want[256];
+    memset(&n, 0, sizeof n);
+    n.rank = rank;
+    CHECK(agent.pid > 0, "agent did not start");
+    set_env("77", "1", NULL, NULL); /* the callback maps rank 77 to our agent's files */
+    CHECK(etb_bootstrap_client(naming_cb, &n, 5.0, &client, &info) == ETB_OK, "%s", etb_last_error_message());
+    CHECK(n.calls == 1 && n.seen_rank == 77, "callback calls %d rank %lld", n.calls, n.seen_rank);
+    CHECK(etb_info_agent_rank(info) == 77, "agent rank");
+    snprintf(want, sizeof want, "/tmp/agent_rank%lld_state.lmdb", rank);
+    CHECK(strcmp(etb_info_state_path(info), want) == 0, "state path %s", etb_info_state_path(info));
+    CHECK(etb_info_agent_pid(info) == agent.pid, "pid");
+    etb_client_close(client);
+    etb_info_free(info);
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+static int t_failing_callbacks(void) {
+    Naming n;
+    memset(&n, 0, sizeof n);
+    set_env("3", "0", NULL, NULL);
+    n.result = 7;
+    if (!expect_status(naming_cb, &n, 0.0, ETB_ERR_NAMING)) return 0;
+    CHECK(strstr(etb_last_error_message(), "returned 7") != NULL, "message: %s", etb_last_error_message());
+    n.result = 0;
+    n.mode = 1;
+    if (!expect_status(naming_cb, &n, 0.0, ETB_ERR_NAMING)) return 0;
+    CHECK(strstr(etb_last_error_message(), "empty") != NULL, "message: %s", etb_last_error_message());
+    n.mode = 2;
+    if (!expect_status(naming_cb, &n, 0.0, ETB_ERR_NAMING)) return 0;
+    CHECK(strstr(etb_last_error_message(), "without a terminating NUL") != NULL, "message: %s", etb_last_error_message());
+    return 1;
+}
+
+static int t_agent_after_worker(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 0, "--start-delay", "0.3");
+    EtbClient *client = NULL;
+    EtbBootstrapInfo *info = NULL;
+    double t0 = now_s(), took;
+    CHECK(agent.pid > 0, "agent did not start");
+    set_direct(rank);
+    CHECK(etb_bootstrap_client(NULL, NULL, 10.0, &client, &info) == ETB_OK, "%s", etb_last_error_message());
+    took = now_s() - t0;
+    CHECK(took >= 0.3, "connected before the agent existed? %.3f s", took);
+    CHECK(etb_info_agent_pid(info) == agent.pid, "pid");
+    etb_client_close(client);
+    etb_info_free(info);
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+static int t_no_agent(void) {
+    double t0, took;
+    set_direct(fresh_rank());
+    t0 = now_s();
+    if (!expect_status(NULL, NULL, 0.3, ETB_ERR_AGENT_NOT_FOUND)) return 0;
+    took = now_s() - t0;
+    CHECK(took >= 0.3, "error before the deadline: %.4f s", took);
+    CHECK(took < 1.3, "error long after the deadline: %.4f s", took);
+    CHECK(strstr(etb_last_error_message(), "not found at /tmp/agent_rank") != NULL, "message: %s", etb_last_error_message());
+    return 1;
+}
+
+static int t_stale_heartbeat(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, "--heartbeat-offset", "60");
+    CHECK(agent.pid > 0, "agent did not start");
+    set_direct(rank);
+    if (!expect_status(NULL, NULL, 0.2, ETB_ERR_AGENT_NOT_RESPONDING)) { stop_agent(&agent); return 0; }
+    CHECK(strstr(etb_last_error_message(), "too old") != NULL, "message: %s", etb_last_error_message());
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+static int t_missing_queue(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, "--no-queue", NULL);
+    CHECK(agent.pid > 0, "agent did not start");
+    set_direct(rank);
+    if (!expect_status(NULL, NULL, 0.2, ETB_ERR_AGENT_NOT_FOUND)) { stop_agent(&agent); return 0; }
+    CHECK(strstr(etb_last_error_message(), "/cq_space_agent_rank") != NULL, "message: %s", etb_last_error_message());
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+static int t_bad_environment(void) {
+    struct { const char *agent_rank, *rank, *offset, *local_rank, *needle; } rows[] = {
+        {NULL, NULL, NULL, NULL, "RANK is not set"},
+        {"0", NULL, NULL, NULL, "RANK is not set"},
+        {"1.5", "0", NULL, NULL, "AGENT_RANK=\"1.5\""},
+        {"-1", "0", NULL, NULL, "AGENT_RANK=\"-1\""},
+        {"", "0", NULL, NULL, "AGENT_RANK=\"\""},
+        {NULL, "1_0", NULL, NULL, "RANK=\"1_0\""},
+        {NULL, "0", "x", NULL, "AGENT_RANK_OFFSET=\"x\""},
+        {NULL, "0", "-1", NULL, "negative"},
+        {NULL, "9223372036854775807", "1", NULL, "overflows"},
+        {"0", "0", NULL, "-1", "LOCAL_RANK=\"-1\""},
+        {"0", "0", NULL, "2147483648", "LOCAL_RANK=\"2147483648\""},
+    };
+    size_t i;
+    for (i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        set_env(rows[i].agent_rank, rows[i].rank, rows[i].offset, rows[i].local_rank);
+        if (!expect_status(NULL, NULL, 0.0, ETB_ERR_ENV)) return 0;
+        CHECK(strstr(etb_last_error_message(), rows[i].needle) != NULL, "row %zu: %s", i, etb_last_error_message());
+    }
+    return 1;
+}
+
+static int t_bad_timeouts(void) {
+    set_direct(fresh_rank());
+    if (!expect_status(NULL, NULL, NAN, ETB_ERR_INVALID_ARGUMENT)) return 0;
+    if (!expect_status(NULL, NULL, -1.0, ETB_ERR_INVALID_ARGUMENT)) return 0;
+    if (!expect_status(NULL, NULL, -INFINITY, ETB_ERR_INVALID_ARGUMENT)) return 0;
+    CHECK(strstr(etb_last_error_message(), "connection_timeout_s") != NULL, "%s", etb_last_error_message());
+    return 1;
+}
+
+static int t_infinite_timeout_and_zero(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    CHECK(agent.pid > 0, "agent did not start");
+    set_direct(rank);
+    if (!expect_status(NULL, NULL, INFINITY, ETB_OK)) { stop_agent(&agent); return 0; }
+    if (!expect_status(NULL, NULL, 0.0, ETB_OK)) { stop_agent(&agent); return 0; }
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+static int t_null_out_pointers(void) {
+    EtbClient *client = CLIENT_SENTINEL;
+    EtbBootstrapInfo *info = INFO_SENTINEL;
+    set_direct(fresh_rank());
+    CHECK(etb_bootstrap_client(NULL, NULL, 0.0, NULL, &info) == ETB_ERR_NULL_ARGUMENT, "client_out NULL");
+    CHECK(strstr(etb_last_error_message(), "client_out") != NULL, "%s", etb_last_error_message());
+    CHECK(etb_bootstrap_client(NULL, NULL, 0.0, &client, NULL) == ETB_ERR_NULL_ARGUMENT, "info_out NULL");
+    CHECK(strstr(etb_last_error_message(), "info_out") != NULL, "%s", etb_last_error_message());
+    CHECK(etb_bootstrap_client(NULL, NULL, 0.0, NULL, NULL) == ETB_ERR_NULL_ARGUMENT, "both NULL");
+    CHECK(client == CLIENT_SENTINEL && info == INFO_SENTINEL, "out-pointers written");
+    return 1;
+}
+
+static int t_null_to_accessors(void) {
+    double age = 42.0;
+    CHECK(etb_info_agent_rank(NULL) == -1, "agent_rank");
+    CHECK(strstr(etb_last_error_message(), "`info` is NULL") != NULL, "%s", etb_last_error_message());
+    CHECK(etb_info_global_rank(NULL) == -1, "global_rank");
+    CHECK(etb_info_has_rank_offset(NULL) == false, "has_rank_offset");
+    CHECK(etb_info_rank_offset(NULL) == 0, "rank_offset");
+    CHECK(etb_info_device(NULL) == NULL, "device");
+    CHECK(etb_info_device_index(NULL) == -1, "device_index");
+    CHECK(etb_info_command_queue_path(NULL) == NULL, "command_queue_path");
+    CHECK(etb_info_state_path(NULL) == NULL, "state_path");
+    CHECK(etb_info_method(NULL) == NULL, "method");
+    CHECK(etb_info_agent_pid(NULL) == -1, "agent_pid");
+    CHECK(etb_client_heartbeat_age(NULL, &age) == ETB_ERR_NULL_ARGUMENT && age == 42.0, "heartbeat_age");
+    etb_info_free(NULL);
+    etb_client_close(NULL);
+    return 1;
+}
+
+static int t_two_clients_one_agent(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    EtbClient *a = NULL, *b = NULL;
+    EtbBootstrapInfo *ia = NULL, *ib = NULL;
+    double age = -1;
+    CHECK(agent.pid > 0, "agent did not start");
+    set_direct(rank);
+    CHECK(etb_bootstrap_client(NULL, NULL, 5.0, &a, &ia) == ETB_OK, "first: %s", etb_last_error_message());
+    CHECK(etb_bootstrap_client(NULL, NULL, 5.0, &b, &ib) == ETB_OK, "second: %s", etb_last_error_message());
+    CHECK(etb_info_agent_pid(ib) == agent.pid, "second client's agent pid");
+    etb_client_close(a);
+    etb_info_free(ia);
+    CHECK(etb_client_heartbeat_age(b, &age) == ETB_OK && age < 5.0, "second client after first closed: %s",
+          etb_last_error_message());
+    etb_client_close(b);
+    etb_info_free(ib);
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+static int t_external_agent(void) {
+    EtbClient *client = NULL;
+    EtbBootstrapInfo *info = NULL;
+    double age = -1;
+    int want_pid = atoi(getenv("ETB_EXTERNAL_AGENT_PID"));
+    CHECK(etb_bootstrap_client(NULL, NULL, 10.0, &client, &info) == ETB_OK, "%s", etb_last_error_message());
+    CHECK(etb_info_agent_pid(info) == want_pid, "agent pid %d, want %d", etb_info_agent_pid(info), want_pid);
+    CHECK(etb_client_heartbeat_age(client, &age) == ETB_OK && age < 5.0, "age %f", age);
+    printf("# agent_rank=%lld method=%s device=%s queue=%s state=%s\n", (long long)etb_info_agent_rank(info),
+           etb_info_method(info), etb_info_device(info), etb_info_command_queue_path(info), etb_info_state_path(info));
+    etb_client_close(client);
+    etb_info_free(info);
+    return 1;
+}
+
+int main(void) {
+    g_next_rank = (long long)getpid() * 1000 + 500;
+    signal(SIGPIPE, SIG_IGN);
+    if (getenv("ETB_EXTERNAL_AGENT_PID")) {
+        run_case("external_agent", t_external_agent);
+    } else {
+        run_case("library_basics", t_library_basics);
+        run_case("default_naming_direct", t_default_naming_direct);
+        run_case("offset_method", t_offset_method);
+        run_case("callback_naming_with_user_data", t_callback_naming);
+        run_case("failing_callbacks", t_failing_callbacks);
+        run_case("agent_started_after_worker", t_agent_after_worker);
+        run_case("no_agent_times_out", t_no_agent);
+        run_case("stale_heartbeat", t_stale_heartbeat);
+        run_case("missing_queue", t_missing_queue);
+        run_case("bad_environment", t_bad_environment);
+        run_case("bad_timeouts", t_bad_timeouts);
+        run_case("infinite_and_zero_timeouts", t_infinite_timeout_and_zero);
+        run_case("null_out_pointers", t_null_out_pointers);
+        run_case("null_to_accessors_and_free", t_null_to_accessors);
+        run_case("two_clients_one_agent", t_two_clients_one_agent);
+    }
+    printf("%d passed, %d failed\n", g_passed, g_failed);
+    return g_failed ? 1 : 0;
+}

@@ -1,0 +1,131 @@
+//! Shared helpers of the Rust integration tests: a running etb-dev-agent, unique names, and
+//! leak checks. Every test uses its own agent rank or file names (semaphore names depend on the
+//! queue file's name alone), so tests can run in parallel.
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use etha_tensor_bus::naming::AgentPaths;
+
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+/// An agent rank no other test process uses: derived from our pid.
+pub fn unique_rank() -> i64 {
+    i64::from(std::process::id()) * 1000 + i64::from(NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A fresh folder under the temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir()
+            .join(format!("etb-test-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Paths with a stem unique to this folder.
+    pub fn paths(&self) -> AgentPaths {
+        let tag = self.0.file_name().unwrap().to_string_lossy().replace('-', "_");
+        AgentPaths {
+            command_queue: self.0.join(format!("{tag}_command.lmdb")),
+            state: self.0.join(format!("{tag}_state.lmdb")),
+        }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running etb-dev-agent, stopped (cleanly: files and semaphores removed) on drop.
+pub struct DevAgent {
+    pub child: Child,
+    pub paths: AgentPaths,
+}
+
+pub fn agent_args(paths: &AgentPaths) -> Vec<OsString> {
+    vec![
+        "--command-queue".into(),
+        paths.command_queue.clone().into(),
+        "--state".into(),
+        paths.state.clone().into(),
+    ]
+}
+
+impl DevAgent {
+    /// Starts an agent and waits for its `ready` line (unless `wait_ready` is false). Start it
+    /// from the test's own thread: `--die-with-parent` (PR_SET_PDEATHSIG) fires when the spawning
+    /// *thread* exits.
+    pub fn start(paths: &AgentPaths, extra: &[&str], wait_ready: bool) -> DevAgent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_etb-dev-agent"))
+            .args(agent_args(paths))
+            .args(["--die-with-parent", "--exit-after", "120"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start etb-dev-agent");
+        if wait_ready {
+            let mut line = String::new();
+            BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+            assert!(line.starts_with("ready pid="), "agent said {line:?}");
+        }
+        DevAgent { child, paths: paths.clone() }
+    }
+
+    pub fn with_rank(rank: i64, extra: &[&str]) -> DevAgent {
+        DevAgent::start(&AgentPaths::default_for_rank(rank), extra, true)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Stops the agent cleanly and waits for it.
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DevAgent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Names in /dev/shm and files next to `paths` that a test may have left behind.
+pub fn leftovers(paths: &AgentPaths) -> Vec<String> {
+    let stem = etha_tensor_bus::naming::file_stem(&paths.command_queue).to_vec();
+    let stem = String::from_utf8_lossy(&stem).into_owned();
+    let mut left: Vec<String> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(&format!("_{stem}")))
+        .collect();
+    for p in [&paths.command_queue, &paths.state] {
+        for suffix in ["", "-lock"] {
+            let mut s = p.clone().into_os_string();
+            s.push(suffix);
+            if Path::new(&s).exists() {
+                left.push(PathBuf::from(s).display().to_string());
+            }
+        }
+    }
+    left
+}
+
+/// An environment for the core's resolver, as a closure over a table.
+pub fn env_of(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<OsString> {
+    let pairs: Vec<(String, OsString)> = pairs.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
+    move |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Runs every suite (Rust unit and integration tests with the header check, the C test program
+compiled as C11 and as C++17, the Python interop tests) and a leak check, then prints one line
+"N passed, N failed" over all of them. Exits non-zero if anything failed.
+
+Called by scripts/test.sh, which prepares .venv first."""
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+BUILD = ROOT / "build" / "tests"
+totals = {"passed": 0, "failed": 0}
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def count(suite, passed, failed):
+    totals["passed"] += passed
+    totals["failed"] += failed
+    log(f"== {suite}: {passed} passed, {failed} failed")
+
+
+def run(argv, **kw):
+    log("$ " + " ".join(str(a) for a in argv))
+    return subprocess.run(argv, cwd=ROOT, text=True, capture_output=True, **kw)
+
+
+def show(out):
+    sys.stdout.write(out.stdout)
+    sys.stdout.write(out.stderr)
+    sys.stdout.flush()
+
+
+def ipc_snapshot():
+    """What our tests could leave: semaphores and agent files."""
+    names = set()
+    for n in os.listdir("/dev/shm"):
+        if n.startswith(("sem.cq_", "sem.command_", "sem.etb_")):
+            names.add("/dev/shm/" + n)
+    tmp = pathlib.Path(os.environ.get("TMPDIR", "/tmp"))
+    for folder in {tmp, pathlib.Path("/tmp")}:
+        for n in os.listdir(folder):
+            if n.startswith(("agent_rank", "etb-test-", "etb-lmdb-unit-", "etb-demo-")):
+                names.add(str(folder / n))
+    return names
+
+
+def cargo_tests():
+    out = run(["cargo", "build", "--quiet"])
+    if out.returncode != 0:
+        show(out)
+        count("cargo build", 0, 1)
+        return False
+    out = run(["cargo", "test", "--quiet", "--", "--test-threads", "4"])
+    show(out)
+    passed = sum(int(m) for m in re.findall(r"test result: \w+\. (\d+) passed", out.stdout))
+    failed = sum(int(m) for m in re.findall(r"(\d+) failed;", out.stdout))
+    if out.returncode != 0 and failed == 0:
+        failed = 1  # a build error or a crash of the test harness
+    count("cargo test (unit, integration, header freshness)", passed, failed)
+    return True
+
+
+def c_tests():
+    BUILD.mkdir(parents=True, exist_ok=True)
+    src = ROOT / "tests" / "c" / "test_bootstrap.c"
+    flags = ["-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'include'}"]
+    link = [f"-L{TARGET}", "-letha_tensor_bus", f"-Wl,-rpath,{TARGET}", "-lm"]
+    builds = {
+        "c": ["cc", "-std=c11", *flags, str(src), *link, "-o", str(BUILD / "test_bootstrap_c")],
+        "cpp": ["c++", "-std=c++17", *flags, "-x", "c++", str(src), "-x", "none", *link, "-o",
+                str(BUILD / "test_bootstrap_cpp")],
+    }
+    binaries = {}
+    for flavour, argv in builds.items():
+        out = run(argv)
+        if out.returncode != 0:
+            show(out)
+            count(f"compile test_bootstrap as {flavour}", 0, 1)
+        else:
+            count(f"compile test_bootstrap as {flavour} with -Wall -Wextra -Werror", 1, 0)
+            binaries[flavour] = argv[-1]
+    env = dict(os.environ, ETB_DEV_AGENT=str(TARGET / "etb-dev-agent"))
+    env.pop("ETB_EXTERNAL_AGENT_PID", None)
+    for flavour, binary in binaries.items():
+        out = run([binary], env=env, timeout=600)
+        show(out)
+        m = re.search(r"^(\d+) passed, (\d+) failed$", out.stdout, re.M)
+        passed, failed = (int(m.group(1)), int(m.group(2))) if m else (0, 1)
+        if out.returncode != 0 and failed == 0:
+            failed = 1
+        count(f"C tests as {flavour}", passed, failed)
+    return binaries
+
+
+def python_tests(binaries):
+    env = dict(os.environ, ETB_LIBRARY_PATH=str(TARGET / "libetha_tensor_bus.so"))
+    for flavour in ("c", "cpp"):
+        if flavour in binaries:
+            env[f"ETB_C_TEST_{flavour.upper()}"] = binaries[flavour]
+    out = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/python"], env=env, timeout=900)
+    show(out)
+    tail = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    passed = int(m.group(1)) if (m := re.search(r"(\d+) passed", tail)) else 0
+    failed = sum(int(x) for x in re.findall(r"(\d+) (?:failed|error)", tail))
+    if out.returncode not in (0,) and failed == 0:
+        failed = 1
+    count("Python interop (pytest, ctypes, py-lmdb/msgspec/posix_ipc stand-in agent)", passed, failed)
+
+
+def main():
+    started = time.monotonic()
+    before = ipc_snapshot()
+    if cargo_tests():
+        binaries = c_tests()
+        python_tests(binaries)
+    left = sorted(ipc_snapshot() - before)
+    if left:
+        log("left behind by the suite:\n  " + "\n  ".join(left))
+    count("nothing left in /dev/shm or /tmp", 0 if left else 1, 1 if left else 0)
+    log(f"(took {time.monotonic() - started:.1f} s)")
+    print(f"{totals['passed']} passed, {totals['failed']} failed", flush=True)
+    return 1 if totals["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
