@@ -167,3 +167,28 @@ def _cargo_version():
         if line.startswith("version"):
             return line.split('"')[1]
     raise AssertionError("no version in Cargo.toml")
+
+
+def _bootstrap_in_subprocess(extra_env):
+    """Runs a failing bootstrap (RANK unset) in a fresh process; returns its stderr."""
+    from conftest import library_path
+
+    code = (
+        "import ctypes,sys; lib=ctypes.CDLL(sys.argv[1]); P=ctypes.c_void_p; c=P(); i=P();"
+        "f=lib.etb_bootstrap_client; f.argtypes=[P,P,ctypes.c_double,ctypes.POINTER(P),ctypes.POINTER(P)];"
+        "sys.exit(f(None,None,0.0,ctypes.byref(c),ctypes.byref(i)))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "AGENT_RANK", "ETB_LOG")}
+    env.update(extra_env)
+    out = subprocess.run([__import__("sys").executable, "-c", code, library_path()], env=env, capture_output=True, text=True)
+    assert out.returncode == 3, out  # ETB_ERR_ENV
+    return out.stdout + out.stderr
+
+
+def test_library_prints_nothing_by_default():
+    assert _bootstrap_in_subprocess({}) == ""
+
+
+def test_etb_log_enables_logging():
+    text = _bootstrap_in_subprocess({"ETB_LOG": "debug"})
+    assert "ETB_ERR_ENV" in text and "RANK is not set" in text, text

@@ -3,7 +3,8 @@
 //! scripts do, creates the command queue as its leader, then the state LMDB, then writes a
 //! heartbeat about every millisecond (its commits skip fsync). It does not consume commands yet.
 //!
-//! Prints one line `ready pid=<pid>` on stdout after its first heartbeat. On SIGTERM, SIGINT or
+//! Prints one line `ready pid=<pid> beat=<first heartbeat, Unix seconds>` on stdout after its
+//! first heartbeat. On SIGTERM, SIGINT or
 //! `--exit-after`, it removes its files and semaphores (as the agent's clean exit does).
 
 mod options;
@@ -47,10 +48,10 @@ fn run(opts: &Options) -> Result<(), String> {
     queue_leader::clean_stale(&opts.paths.command_queue, &opts.paths.state);
     let queue = if opts.create_queue { Some(queue_leader::QueueLeader::create(&opts.paths.command_queue)?) } else { None };
     let state = state_writer::StateWriter::create(&opts.paths.state)?;
-    state.beat(opts.heartbeat_offset)?;
+    let first_beat = state.beat(opts.heartbeat_offset)?;
     // Nobody may be reading: a closed pipe must not stop the agent.
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "ready pid={}", std::process::id()).and_then(|_| out.flush());
+    let _ = writeln!(out, "ready pid={} beat={first_beat}", std::process::id()).and_then(|_| out.flush());
 
     let started = Instant::now();
     while !STOP.load(Ordering::SeqCst) {

@@ -30,10 +30,11 @@ impl StateWriter {
         Ok(StateWriter { path: path.to_owned(), env, dbi })
     }
 
-    /// Writes `agent:heartbeat` = now - offset.
-    pub fn beat(&self, offset: f64) -> Result<(), String> {
+    /// Writes `agent:heartbeat` = now - offset, and returns the value written.
+    pub fn beat(&self, offset: f64) -> Result<String, String> {
         let value = python_float(unix_now() - offset);
-        self.env.write(|t| t.put(self.dbi, HEARTBEAT_KEY, value.as_bytes())).map_err(|e| e.at(&self.path).to_string())
+        self.env.write(|t| t.put(self.dbi, HEARTBEAT_KEY, value.as_bytes())).map_err(|e| e.at(&self.path).to_string())?;
+        Ok(value)
     }
 
     /// The agent's clean exit: the state file (and its lock file) deleted.
