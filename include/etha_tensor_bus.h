@@ -296,6 +296,8 @@ void etb_info_free(EtbBootstrapInfo *info);
  * worker (`pidfd_getfd`) under Yama `ptrace_scope=1`. Prefer what `etb_bootstrap_client`
  * already does: authorize only the agent's process.
  *
+ * Later bootstraps keep this (they never narrow ANY to one pid).
+ *
  * Returns `ETB_OK` when done, and also when the kernel has no Yama (no consent exists; logged
  * at debug level); `ETB_ERR_PTRACE` with the errno otherwise. Affects the whole process;
  * thread-safe; does not block.

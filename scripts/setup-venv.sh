@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) .venv with the pinned packages of tests/requirements.txt.
-# Idempotent and quiet when nothing changed; works on a fresh machine with python3.
+# Idempotent and quiet when nothing changed. Needs python3 >= 3.10 with its venv module
+# (Debian/Ubuntu: apt-get install python3-venv; .ci/run does that on a bare machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys' 2>/dev/null; then
+if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    echo "setup-venv: $("$py" --version 2>&1) is too old: the pinned test packages need Python >= 3.10" >&2
+    exit 1
+fi
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
     rm -rf .venv
-    "$py" -m venv .venv 2>/dev/null || {
-        # Debian/Ubuntu without python3-venv: fall back to virtualenv from PyPI.
-        "$py" -m pip install --user -q virtualenv && "$py" -m virtualenv -q .venv
-    }
+    if ! "$py" -m venv .venv; then
+        rm -rf .venv
+        echo "setup-venv: '$py -m venv' failed; install the venv module (Debian: apt-get install python3-venv)" >&2
+        exit 1
+    fi
 fi
 stamp=.venv/.requirements.sha256
 want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)

@@ -6,6 +6,7 @@
 //! a file drops every `fcntl` lock the process holds on it. `lmdb_registry` guarantees that.
 
 use std::fs::File;
+use std::path::Path;
 use std::os::unix::io::AsRawFd;
 
 /// What probing the state's lock file found out.
@@ -19,7 +20,7 @@ pub struct LockProbe {
 }
 
 /// Probes `lock_path`: whether it can be written, and who holds LMDB's lock on it.
-pub fn probe_lock_file(lock_path: &std::path::Path) -> LockProbe {
+pub fn probe_lock_file(lock_path: &Path) -> LockProbe {
     use std::os::unix::fs::OpenOptionsExt;
     let open = |write: bool| {
         std::fs::OpenOptions::new()
@@ -60,4 +61,124 @@ fn lock_holder(file: &File) -> Option<i32> {
 pub fn process_exists(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence and permission.
     unsafe { libc::kill(pid, 0) == 0 || crate::error::last_errno() == libc::EPERM }
+}
+
+/// What `/proc/locks` says about who holds LMDB's lock on a lock file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holders {
+    /// `/proc/locks` could not be read: use the `F_GETLK` probe instead.
+    Unavailable,
+    /// The pids (other than ours) holding a lock that covers byte 0.
+    Pids(Vec<i32>),
+}
+
+/// Pids of other processes holding a POSIX lock from byte 0 on the file `(dev, ino)`, from the
+/// text of `/proc/locks`. Waiters (`->` lines) and pids 0 (another pid namespace) are skipped.
+pub fn parse_proc_locks(text: &str, dev: u64, ino: u64, own_pid: i32) -> Vec<i32> {
+    let want = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    let mut pids = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "1: POSIX  ADVISORY  READ 1234 fd:01:5678 0 0"
+        if f.len() < 8 || f[1] != "POSIX" || f.contains(&"->") {
+            continue;
+        }
+        let (Ok(pid), file, start) = (f[4].parse::<i32>(), f[5], f[6]) else { continue };
+        if file == want && start == "0" && pid > 0 && pid != own_pid && !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Other processes holding LMDB's lock on `lock_path`.
+pub fn lock_holders(lock_path: &Path) -> Holders {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Ok(text)) = (std::fs::metadata(lock_path), std::fs::read_to_string("/proc/locks")) else {
+        return Holders::Unavailable;
+    };
+    Holders::Pids(parse_proc_locks(&text, meta.dev(), meta.ino(), std::process::id() as i32))
+}
+
+/// Whether process `pid` has the file `(dev, ino)` open for writing (from /proc/PID/fd and
+/// fdinfo; false when they cannot be read).
+pub fn has_open_for_writing(pid: i32, dev: u64, ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    entries.flatten().any(|e| {
+        let same = std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
+        same && std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
+            .ok()
+            .and_then(|info| {
+                let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim().to_owned();
+                i32::from_str_radix(&flags, 8).ok()
+            })
+            .is_some_and(|flags| flags & libc::O_ACCMODE != libc::O_RDONLY)
+    })
+}
+
+/// The agent among the holders of the state LMDB's lock: the only holder, or else the only one
+/// with the state's data file open for writing (workers open it read-only). `Err(n)` when `n`
+/// candidates remain (0: none visible, >1: ambiguous).
+pub fn pick_agent(holders: &[i32], data_path: &Path) -> Result<i32, usize> {
+    use std::os::unix::fs::MetadataExt;
+    match holders {
+        [one] => Ok(*one),
+        [] => Err(0),
+        many => {
+            let Ok(meta) = std::fs::metadata(data_path) else { return Err(many.len()) };
+            let writers: Vec<i32> =
+                many.iter().copied().filter(|&p| has_open_for_writing(p, meta.dev(), meta.ino())).collect();
+            match writers.as_slice() {
+                [one] => Ok(*one),
+                _ => Err(many.len()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_locks_parsing() {
+        let dev = libc::makedev(0xfd, 0x01);
+        let text = "\
+1: POSIX  ADVISORY  READ 100 fd:01:77 0 0
+2: POSIX  ADVISORY  READ 200 fd:01:77 0 0
+2: -> POSIX  ADVISORY  WRITE 300 fd:01:77 0 0
+3: POSIX  ADVISORY  WRITE 400 fd:01:77 4 4
+4: POSIX  ADVISORY  READ 500 fd:01:78 0 0
+5: FLOCK  ADVISORY  WRITE 600 fd:01:77 0 EOF
+6: POSIX  ADVISORY  READ 0 fd:01:77 0 0
+7: POSIX  ADVISORY  READ 100 fd:01:77 0 0
+8: OFDLCK ADVISORY  READ -1 fd:01:77 0 0
+";
+        assert_eq!(parse_proc_locks(text, dev, 77, 999), vec![100, 200]);
+        assert_eq!(parse_proc_locks(text, dev, 77, 100), vec![200]);
+        assert_eq!(parse_proc_locks(text, libc::makedev(0xfd, 0x02), 77, 999), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn picking() {
+        assert_eq!(pick_agent(&[7], Path::new("/nonexistent")), Ok(7));
+        assert_eq!(pick_agent(&[], Path::new("/nonexistent")), Err(0));
+        assert_eq!(pick_agent(&[7, 8], Path::new("/nonexistent")), Err(2));
+    }
+
+    #[test]
+    fn own_writable_file_is_seen() {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::env::temp_dir().join(format!("etb-lmdb-unit-fdinfo-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        let m = f.metadata().unwrap();
+        let me = std::process::id() as i32;
+        assert!(has_open_for_writing(me, m.dev(), m.ino()));
+        drop(f);
+        let r = std::fs::File::open(&path).unwrap();
+        assert!(!has_open_for_writing(me, m.dev(), m.ino()));
+        drop(r);
+        std::fs::remove_file(&path).unwrap();
+    }
 }

@@ -10,9 +10,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::agent_process::{lock_holders, pick_agent, Holders};
 use crate::client::Client;
 use crate::command_queue::{AttachError, CommandQueue};
 use crate::error::{Error, ErrorKind, Result};
+use crate::lmdb::lock_path;
 use crate::lmdb_registry::FileId;
 use crate::naming::AgentPaths;
 use crate::ptrace::{self, Tracer};
@@ -76,7 +78,7 @@ pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, Bootst
 
     let state = wait_for_state(&paths.state, &deadline, &origin)?;
     let queue = wait_for_queue(&paths.command_queue, state.file_id(), &deadline, &origin)?;
-    let agent_pid = state.agent_pid();
+    let agent_pid = identify_agent(&state, &paths.state);
     authorize_agent(agent_pid);
 
     let info = BootstrapInfo {
@@ -114,6 +116,14 @@ fn wait_for_state(path: &Path, deadline: &Deadline, origin: &str) -> Result<Stat
             Err(e) => e,
         };
         log::trace!("state not ready: {last:?}");
+        let permanent = match &last {
+            StateError::Lmdb(e) => e.is_permanent(),
+            StateError::Missing(kind) => *kind == std::io::ErrorKind::PermissionDenied,
+            _ => false,
+        };
+        if permanent {
+            return Err(state_error(path, last, deadline.elapsed_secs(), origin));
+        }
         // A restarted agent replaces its files: follow the new one.
         if let Some(s) = &state {
             if FileId::of_path(path).ok() != Some(s.file_id()) {
@@ -130,6 +140,10 @@ fn state_error(path: &Path, last: StateError, secs: f64, origin: &str) -> Error 
     let p = path.display();
     let hint = format!("Check AGENT_RANK, or RANK and AGENT_RANK_OFFSET ({origin}).");
     match last {
+        StateError::Missing(std::io::ErrorKind::PermissionDenied) => Error::new(
+            ErrorKind::Lmdb,
+            format!("Agent state LMDB at {p} cannot be reached: permission denied on the path. {hint}"),
+        ),
         StateError::Missing(_) => Error::new(
             ErrorKind::AgentNotFound,
             format!("Agent LMDB not found at {p} after {secs:.3}s. Please ensure the agent process is running. {hint}"),
@@ -171,7 +185,12 @@ fn wait_for_queue(path: &Path, state_id: FileId, deadline: &Deadline, origin: &s
             Ok(q) => return Ok(q),
             Err(e) => e,
         };
-        if !deadline.sleep_step(POLL_INTERVAL) {
+        let permanent = match &last {
+            AttachError::Semaphore(..) => true,
+            AttachError::Lmdb(e) => e.is_permanent(),
+            AttachError::MissingSemaphores(_) | AttachError::MissingFile => false,
+        };
+        if permanent || !deadline.sleep_step(POLL_INTERVAL) {
             return Err(queue_error(path, last, deadline.elapsed_secs(), origin));
         }
     }
@@ -191,6 +210,14 @@ fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &str) -> Error
             ErrorKind::AgentNotFound,
             format!("Agent command queue LMDB not found at {p} after {secs:.3}s. {tail}"),
         ),
+        AttachError::Semaphore(name, e) if e.errno == libc::ENAMETOOLONG => Error::new(
+            ErrorKind::Naming,
+            format!(
+                "the command queue path {p} gives semaphore name {name:?}, longer than the {} bytes POSIX allows: \
+                 use a shorter file name (the semaphores are named after the file's stem)",
+                crate::semaphore::MAX_NAME_LEN
+            ),
+        ),
         AttachError::Semaphore(name, e) => Error::new(
             ErrorKind::Ipc,
             format!("Agent command queue semaphore {name} could not be opened: {}", e.text()),
@@ -199,6 +226,22 @@ fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &str) -> Error
             ErrorKind::Lmdb,
             format!("Agent command queue LMDB at {p} could not be opened after {secs:.3}s: {}", e.text()),
         ),
+    }
+}
+
+/// The agent's pid: the other process holding LMDB's lock on the state LMDB's lock file (when
+/// several do, the one with the state file open for writing: workers open it read-only). Where
+/// /proc/locks is unreadable, the `F_GETLK` probe made before opening.
+fn identify_agent(state: &StateDb, path: &Path) -> Option<i32> {
+    match lock_holders(&lock_path(path)) {
+        Holders::Unavailable => state.probed_pid(),
+        Holders::Pids(pids) => match pick_agent(&pids, path) {
+            Ok(pid) => Some(pid),
+            Err(n) => {
+                log::debug!("agent process not identified: {n} candidate holders of {}'s lock ({pids:?})", path.display());
+                None
+            }
+        },
     }
 }
 
@@ -215,7 +258,7 @@ fn authorize_agent(agent_pid: Option<i32>) {
             Tracer::Any
         }
     };
-    if let Err(e) = ptrace::authorize(tracer, Path::new(ptrace::YAMA_DIR)) {
+    if let Err(e) = ptrace::grant(tracer, Path::new(ptrace::YAMA_DIR)) {
         log::warn!("{e}; the agent may fail to import CUDA memory shared by this worker");
     }
 }

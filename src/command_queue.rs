@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use once_cell::sync::Lazy;
 
-use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
+use crate::lmdb::{lock_path, Dbi, EnvOptions, Environment, LmdbError};
 use crate::lmdb_registry::{FileId, Lease, Registry};
 use crate::naming::file_stem;
 use crate::semaphore::{NamedSemaphore, SemError};
@@ -59,7 +59,13 @@ pub fn slot_key(position: u64) -> [u8; 8] {
     encode_u64(position % CAPACITY)
 }
 
-static QUEUE_ENVS: Lazy<Registry<Environment>> = Lazy::new(Registry::new);
+/// An open queue environment with its database, opened once under the registry's lock.
+pub struct QueueEnv {
+    pub env: Environment,
+    pub dbi: Dbi,
+}
+
+static QUEUE_ENVS: Lazy<Registry<QueueEnv>> = Lazy::new(Registry::new);
 
 /// Why the queue could not be attached (yet).
 #[derive(Debug, Clone, PartialEq)]
@@ -78,8 +84,7 @@ pub enum AttachError {
 pub struct CommandQueue {
     path: PathBuf,
     names: QueueNames,
-    env: Lease<Environment>,
-    dbi: Dbi,
+    env: Lease<QueueEnv>,
     items: NamedSemaphore,
     space: NamedSemaphore,
 }
@@ -111,18 +116,22 @@ impl CommandQueue {
                 return Err(AttachError::MissingSemaphores(missing));
             }
         };
-        // LMDB would create a missing data file: look first.
-        let id = FileId::of_path(path).map_err(|_| AttachError::MissingFile)?;
+        // LMDB would create a missing data file (or lock file): look first. An empty file is an
+        // agent halfway through creating it: LMDB would write its meta pages, so wait.
+        let id = match std::fs::metadata(path) {
+            Ok(m) if m.len() > 0 && lock_path(path).exists() => FileId::of_path(path).map_err(|_| AttachError::MissingFile)?,
+            _ => return Err(AttachError::MissingFile),
+        };
         let env = QUEUE_ENVS.get_or_open(id, || {
             let options = EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: MAP_SIZE, max_dbs: 2 };
             let env = Environment::open(path, &options).map_err(AttachError::Lmdb)?;
-            match env.fd().ok().and_then(|fd| FileId::of_fd(fd).ok()) {
-                Some(now) if now == id => Ok(env),
-                _ => Err(AttachError::MissingFile),
+            if env.fd().ok().and_then(|fd| FileId::of_fd(fd).ok()) != Some(id) {
+                return Err(AttachError::MissingFile);
             }
+            let dbi = env.open_db(DB_NAME).map_err(AttachError::Lmdb)?;
+            Ok(QueueEnv { env, dbi })
         })?;
-        let dbi = env.open_db(DB_NAME).map_err(AttachError::Lmdb)?;
-        Ok(CommandQueue { path: path.to_owned(), names, env, dbi, items, space })
+        Ok(CommandQueue { path: path.to_owned(), names, env, items, space })
     }
 
     pub fn path(&self) -> &Path {
@@ -139,8 +148,8 @@ impl CommandQueue {
 
     /// (head, tail) as stored; absent keys read as 0.
     pub fn positions(&self) -> Result<(u64, u64), LmdbError> {
-        self.env.read(|t| -> Result<(u64, u64), LmdbError> {
-            let read = |key| Ok(t.get(self.dbi, key)?.as_deref().and_then(decode_u64).unwrap_or(0));
+        self.env.env.read(|t| -> Result<(u64, u64), LmdbError> {
+            let read = |key| Ok(t.get(self.env.dbi, key)?.as_deref().and_then(decode_u64).unwrap_or(0));
             Ok((read(HEAD_KEY)?, read(TAIL_KEY)?))
         })?
     }

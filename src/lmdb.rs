@@ -9,10 +9,18 @@ use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr;
+use std::sync::{RwLock, RwLockReadGuard};
 
 use lmdb_sys as ffi;
 
 use crate::error::{Error, ErrorKind, Result};
+
+/// `{path}-lock`: LMDB's lock file of a one-file environment.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push("-lock");
+    PathBuf::from(s)
+}
 
 /// An LMDB return code with the operation that produced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +38,15 @@ impl LmdbError {
 
     pub fn is_not_found(&self) -> bool {
         self.code == ffi::MDB_NOTFOUND
+    }
+
+    /// Errors that waiting cannot cure (permissions, names, an incompatible LMDB): a poll loop
+    /// reports them at once instead of at its deadline. `MDB_INVALID` is not among them: an
+    /// agent halfway through creating its file looks like that.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self.code, libc::EACCES | libc::EPERM | libc::ENAMETOOLONG | libc::ENOTDIR | libc::ELOOP)
+            || self.code == ffi::MDB_VERSION_MISMATCH
+            || self.code == ffi::MDB_INCOMPATIBLE
     }
 
     /// Converts into a core error, naming the environment's path.
@@ -66,6 +83,10 @@ pub struct EnvOptions {
 pub struct Environment {
     env: *mut ffi::MDB_env,
     path: PathBuf,
+    /// Held shared by every transaction of ours, exclusively to adopt a map grown by another
+    /// process (`mdb_env_set_mapsize(env, 0)` remaps the file: no transaction of any thread of
+    /// ours may be reading the old mapping then).
+    remap: RwLock<()>,
 }
 
 // SAFETY: an MDB_env may be used from any thread; transactions are opened with MDB_NOTLS and
@@ -85,7 +106,7 @@ impl Environment {
         // SAFETY: plain LMDB calls on a handle we own; closed on every error path.
         unsafe {
             check(ffi::mdb_env_create(&mut env), "mdb_env_create")?;
-            let this = Environment { env, path: path.to_owned() };
+            let this = Environment { env, path: path.to_owned(), remap: RwLock::new(()) };
             if options.map_size > 0 {
                 check(ffi::mdb_env_set_mapsize(env, options.map_size), "mdb_env_set_mapsize")?;
             }
@@ -117,22 +138,37 @@ impl Environment {
         Ok(fd)
     }
 
-    fn begin(&self, read_only: bool) -> Result<*mut ffi::MDB_txn, LmdbError> {
-        let flags = if read_only { ffi::MDB_RDONLY } else { 0 };
-        let mut txn = ptr::null_mut();
-        // SAFETY: valid env; out-pointer to a local.
-        let mut rc = unsafe { ffi::mdb_txn_begin(self.env, ptr::null_mut(), flags, &mut txn) };
-        if rc == ffi::MDB_MAP_RESIZED {
-            // Another process grew the map: adopt the new size and try once more.
-            // SAFETY: no transaction of ours is open on this env in this call.
-            check(unsafe { ffi::mdb_env_set_mapsize(self.env, 0) }, "mdb_env_set_mapsize")?;
-            rc = unsafe { ffi::mdb_txn_begin(self.env, ptr::null_mut(), flags, &mut txn) };
-        }
-        check(rc, "mdb_txn_begin")?;
-        Ok(txn)
+    fn shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.remap.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens an existing named database (never creates it). `MDB_NOTFOUND` if absent.
+    /// Begins a transaction while holding `remap` shared (the guard must outlive the txn).
+    fn begin<'a>(&'a self, read_only: bool) -> Result<(*mut ffi::MDB_txn, RwLockReadGuard<'a, ()>), LmdbError> {
+        let flags = if read_only { ffi::MDB_RDONLY } else { 0 };
+        let mut txn = ptr::null_mut();
+        let guard = self.shared();
+        // SAFETY: valid env; out-pointer to a local.
+        let rc = unsafe { ffi::mdb_txn_begin(self.env, ptr::null_mut(), flags, &mut txn) };
+        if rc != ffi::MDB_MAP_RESIZED {
+            check(rc, "mdb_txn_begin")?;
+            return Ok((txn, guard));
+        }
+        // Another process grew the map: adopt the new size with no transaction of ours open.
+        drop(guard);
+        {
+            let _exclusive = self.remap.write().unwrap_or_else(|p| p.into_inner());
+            // SAFETY: the exclusive guard means no transaction of this environment is open.
+            check(unsafe { ffi::mdb_env_set_mapsize(self.env, 0) }, "mdb_env_set_mapsize")?;
+        }
+        let guard = self.shared();
+        // SAFETY: as above.
+        check(unsafe { ffi::mdb_txn_begin(self.env, ptr::null_mut(), flags, &mut txn) }, "mdb_txn_begin")?;
+        Ok((txn, guard))
+    }
+
+    /// Opens an existing named database (never creates it). `MDB_NOTFOUND` if absent. LMDB
+    /// forbids two threads opening the same database at once: call it only where nothing else
+    /// can (the registries open it under their lock, once per environment).
     pub fn open_db(&self, name: &str) -> Result<Dbi, LmdbError> {
         self.dbi(name, false)
     }
@@ -144,7 +180,7 @@ impl Environment {
 
     fn dbi(&self, name: &str, create: bool) -> Result<Dbi, LmdbError> {
         let c_name = CString::new(name).map_err(|_| LmdbError { code: libc::EINVAL, op: "mdb_dbi_open" })?;
-        let txn = self.begin(!create)?;
+        let (txn, _guard) = self.begin(!create)?;
         let mut dbi = 0;
         let flags = if create { ffi::MDB_CREATE } else { 0 };
         // SAFETY: txn is live; committing it makes the handle usable by later transactions.
@@ -161,10 +197,10 @@ impl Environment {
 
     /// Runs `f` inside a read transaction, with the value of each key it asks for copied out.
     pub fn read<T>(&self, f: impl FnOnce(&ReadTxn<'_>) -> T) -> Result<T, LmdbError> {
-        let txn = self.begin(true)?;
-        let guard = ReadTxn { txn, _env: self };
-        let out = f(&guard);
-        drop(guard);
+        let (txn, _shared) = self.begin(true)?;
+        let txn = ReadTxn { txn, _env: self };
+        let out = f(&txn);
+        drop(txn);
         Ok(out)
     }
 
@@ -173,7 +209,7 @@ impl Environment {
         &self,
         f: impl FnOnce(&WriteTxn<'_>) -> Result<T, LmdbError>,
     ) -> Result<T, LmdbError> {
-        let txn = self.begin(false)?;
+        let (txn, _shared) = self.begin(false)?;
         let mut guard = WriteTxn { txn, _env: self, done: false };
         let out = f(&guard)?;
         guard.done = true;
@@ -273,7 +309,7 @@ mod tests {
             assert_eq!(env.read(|t| t.get(db, b"nope")).unwrap().unwrap(), None);
             assert!(env.fd().unwrap() >= 0);
         }
-        assert!(path.exists() && dir.join("x.lmdb-lock").exists());
+        assert!(path.exists() && lock_path(&path) == dir.join("x.lmdb-lock") && lock_path(&path).exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,6 +7,9 @@
 //! Yama the kernel has no such consent and answers `EINVAL`: nothing is needed then.
 
 use std::path::Path;
+use std::sync::Mutex;
+
+use crate::agent_process::process_exists;
 
 use crate::error::{errno_text, last_errno, Error, ErrorKind, Result};
 
@@ -30,7 +33,33 @@ pub enum Outcome {
     NoYama,
 }
 
-/// Authorizes `tracer`. `yama_dir` is where Yama's settings would be (a seam for tests).
+/// What this process has authorized so far: the kernel keeps one tracer per process.
+static GRANTED: Mutex<Option<Tracer>> = Mutex::new(None);
+
+/// Authorizes `tracer` without taking back what this process granted before: `PR_SET_PTRACER`
+/// holds one value per process, so authorizing a second agent's pid would silently revoke the
+/// first (while it lives, both get ANY, with a warning), and authorizing one pid would narrow an
+/// earlier ANY (which is then kept).
+pub fn grant(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
+    let mut granted = GRANTED.lock().unwrap_or_else(|p| p.into_inner());
+    let effective = match (*granted, tracer) {
+        (Some(Tracer::Any), _) => Tracer::Any,
+        (Some(Tracer::Pid(old)), Tracer::Pid(new)) if old != new && process_exists(old) => {
+            log::warn!(
+                "this process already lets agent pid {old} ptrace it and now needs pid {new} too; the \
+                 kernel keeps one tracer per process, so every process is authorized (PR_SET_PTRACER_ANY)"
+            );
+            Tracer::Any
+        }
+        (_, wanted) => wanted,
+    };
+    let outcome = authorize(effective, yama_dir)?;
+    *granted = Some(effective);
+    Ok(outcome)
+}
+
+/// Authorizes `tracer`, replacing whatever the process set before (prefer `grant`).
+/// `yama_dir` is where Yama's settings would be (a seam for tests).
 pub fn authorize(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
     let arg: libc::c_ulong = match tracer {
         Tracer::Any => libc::PR_SET_PTRACER_ANY as libc::c_ulong,
@@ -70,6 +99,25 @@ mod tests {
     fn any_succeeds_or_reports_no_yama() {
         let out = authorize(Tracer::Any, Path::new(YAMA_DIR)).unwrap();
         assert_eq!(out == Outcome::NoYama, !Path::new(YAMA_DIR).exists());
+    }
+
+    #[test]
+    fn grants_never_narrow_or_revoke() {
+        let dir = Path::new(YAMA_DIR);
+        *GRANTED.lock().unwrap() = None;
+        let me = std::process::id() as i32;
+        grant(Tracer::Pid(me), dir).unwrap();
+        assert_eq!(*GRANTED.lock().unwrap(), Some(Tracer::Pid(me)));
+        grant(Tracer::Pid(me), dir).unwrap();
+        assert_eq!(*GRANTED.lock().unwrap(), Some(Tracer::Pid(me)), "same pid again: unchanged");
+        grant(Tracer::Pid(1), dir).unwrap();
+        assert_eq!(*GRANTED.lock().unwrap(), Some(Tracer::Any), "a second live agent widens to ANY");
+        grant(Tracer::Pid(me), dir).unwrap();
+        assert_eq!(*GRANTED.lock().unwrap(), Some(Tracer::Any), "ANY is never narrowed");
+        *GRANTED.lock().unwrap() = Some(Tracer::Pid(i32::MAX));
+        grant(Tracer::Pid(me), dir).unwrap();
+        assert_eq!(*GRANTED.lock().unwrap(), Some(Tracer::Pid(me)), "a dead earlier agent is replaced");
+        *GRANTED.lock().unwrap() = None;
     }
 
     #[test]

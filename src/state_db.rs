@@ -7,12 +7,13 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use once_cell::sync::Lazy;
 
 use crate::agent_process::{probe_lock_file, LockProbe};
+pub use crate::lmdb::lock_path;
 use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
 use crate::lmdb_registry::{FileId, Lease, Registry};
 
@@ -23,20 +24,16 @@ pub const HEARTBEAT_FRESH_SECS: f64 = 5.0;
 /// The agent's map size for the state LMDB (we keep whatever the file says).
 pub const AGENT_MAP_SIZE: usize = 256 << 20;
 
-/// `{path}-lock`, LMDB's lock file of a one-file environment.
-pub fn lock_path(path: &Path) -> PathBuf {
-    let mut s: OsString = path.as_os_str().to_owned();
-    s.push("-lock");
-    PathBuf::from(s)
-}
-
 /// An open state environment and what was learnt when opening it.
 pub struct StateEnv {
     pub env: Environment,
     /// Whether the environment uses the lock file (false: opened with `MDB_NOLOCK`).
     pub locking: bool,
-    /// The agent's pid, from the lock file's holder, probed before we opened the environment.
-    pub agent_pid: Option<i32>,
+    /// A holder of the lock file's lock, probed with `F_GETLK` before we opened the
+    /// environment: the fallback for `agent_process::lock_holders` where /proc/locks is hidden.
+    pub probed_pid: Option<i32>,
+    /// `pair_state`, opened once under the registry's lock (LMDB forbids concurrent opens).
+    pub dbi: Dbi,
 }
 
 static STATE_ENVS: Lazy<Registry<StateEnv>> = Lazy::new(Registry::new);
@@ -61,7 +58,6 @@ pub enum StateError {
 /// A worker's read-only handle on the state LMDB.
 pub struct StateDb {
     env: Lease<StateEnv>,
-    dbi: Dbi,
 }
 
 /// Seconds since the Unix epoch, as Python's `time.time()`.
@@ -93,41 +89,42 @@ impl StateDb {
     /// Opens the state LMDB read-only, sharing one environment per file in this process.
     pub fn open(path: &Path) -> Result<StateDb, StateError> {
         let id = FileId::of_path(path).map_err(|e| StateError::Missing(e.kind()))?;
-        let env = STATE_ENVS
-            .get_or_open(id, || {
-                // Probe before opening: see agent_process.
-                let LockProbe { writable, holder_pid } = probe_lock_file(&lock_path(path));
-                if !writable {
-                    log::warn!(
-                        "state LMDB lock file {} is missing or not writable by this process: reading {} \
-                         without a reader slot (MDB_NOLOCK); reads may race with the agent's writes",
-                        lock_path(path).display(),
-                        path.display()
-                    );
-                }
-                let options = EnvOptions { read_only: true, no_lock: !writable, no_sync: false, map_size: 0, max_dbs: 2 };
-                let env = Environment::open(path, &options).map_err(StateError::Lmdb)?;
-                // The file may have been replaced between our stat and LMDB's open.
-                let fd = env.fd().map_err(StateError::Lmdb)?;
-                match FileId::of_fd(fd) {
-                    Ok(now) if now == id => Ok(StateEnv { env, locking: writable, agent_pid: holder_pid }),
-                    _ => Err(StateError::Missing(std::io::ErrorKind::NotFound)),
-                }
-            })?;
-        let dbi = match env.env.open_db(DB_NAME) {
-            Ok(dbi) => dbi,
-            Err(e) if e.is_not_found() => return Err(StateError::NoDatabase),
-            Err(e) => return Err(StateError::Lmdb(e)),
-        };
-        Ok(StateDb { env, dbi })
+        let env = STATE_ENVS.get_or_open(id, || {
+            // Probe before opening: see agent_process.
+            let LockProbe { writable, holder_pid } = probe_lock_file(&lock_path(path));
+            if !writable {
+                log::warn!(
+                    "state LMDB lock file {} is missing or not writable by this process: reading {} \
+                     without a reader slot (MDB_NOLOCK); reads may race with the agent's writes",
+                    lock_path(path).display(),
+                    path.display()
+                );
+            }
+            let options = EnvOptions { read_only: true, no_lock: !writable, no_sync: false, map_size: 0, max_dbs: 2 };
+            let env = Environment::open(path, &options).map_err(StateError::Lmdb)?;
+            // The file may have been replaced between our stat and LMDB's open.
+            let fd = env.fd().map_err(StateError::Lmdb)?;
+            if FileId::of_fd(fd).ok() != Some(id) {
+                return Err(StateError::Missing(std::io::ErrorKind::NotFound));
+            }
+            // An environment without its database yet is not registered: the next try reopens.
+            let dbi = match env.open_db(DB_NAME) {
+                Ok(dbi) => dbi,
+                Err(e) if e.is_not_found() => return Err(StateError::NoDatabase),
+                Err(e) => return Err(StateError::Lmdb(e)),
+            };
+            Ok(StateEnv { env, locking: writable, probed_pid: holder_pid, dbi })
+        })?;
+        Ok(StateDb { env })
     }
 
     pub fn file_id(&self) -> FileId {
         self.env.id()
     }
 
-    pub fn agent_pid(&self) -> Option<i32> {
-        self.env.agent_pid
+    /// The pid `F_GETLK` named before this process opened the environment, if any.
+    pub fn probed_pid(&self) -> Option<i32> {
+        self.env.probed_pid
     }
 
     pub fn locking(&self) -> bool {
@@ -136,7 +133,7 @@ impl StateDb {
 
     /// Reads one key.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LmdbError> {
-        self.env.env.read(|t| t.get(self.dbi, key))?
+        self.env.env.read(|t| t.get(self.env.dbi, key))?
     }
 
     /// The agent's last heartbeat, in seconds since the Unix epoch.
@@ -178,10 +175,5 @@ mod tests {
         assert!(fresh_age(110.0, 104.0).is_err(), "6 s in the future");
         assert!(fresh_age(102.0, 100.0).is_ok(), "small clock skew");
         assert!(fresh_age(-1.0, 100.0).is_err());
-    }
-
-    #[test]
-    fn lock_path_appends() {
-        assert_eq!(lock_path(Path::new("/tmp/a_state.lmdb")), Path::new("/tmp/a_state.lmdb-lock"));
     }
 }

@@ -186,3 +186,41 @@ fn agent_restart_while_waiting_is_followed() {
     let (_client, info) = boot_paths(&paths, 10.0).unwrap();
     assert_eq!(info.agent_pid, Some(new_agent.pid()));
 }
+
+/// With the queue's semaphores present but no queue file, attaching must create nothing (LMDB
+/// would create the data and lock files) and never touch `/cq_ready_`.
+#[test]
+fn attach_creates_nothing_when_the_queue_file_is_missing() {
+    use etha_tensor_bus::command_queue::QueueNames;
+    use etha_tensor_bus::semaphore::NamedSemaphore;
+    let dir = TempDir::new("nocreate");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &["--no-queue"], true);
+    let names = QueueNames::for_path(&paths.command_queue);
+    let items = NamedSemaphore::create(&names.items, 0o600, 0, true).unwrap();
+    let space = NamedSemaphore::create(&names.space, 0o600, 50_000, true).unwrap();
+    let t = Instant::now();
+    let e = boot_paths(&paths, 0.2).err().unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    assert_eq!(e.kind(), ErrorKind::AgentNotFound, "{e}");
+    assert!(e.message().contains("queue LMDB not found"), "{e}");
+    assert!(!paths.command_queue.exists(), "attach created the queue file");
+    assert!(!etha_tensor_bus::lmdb::lock_path(&paths.command_queue).exists(), "attach created the lock file");
+    assert_eq!(NamedSemaphore::open_existing(&names.ready).unwrap_err().errno, libc::ENOENT, "ready touched");
+    assert_eq!((items.value().unwrap(), space.value().unwrap()), (0, 50_000));
+    for n in [&names.items, &names.space] {
+        NamedSemaphore::unlink(n).unwrap();
+    }
+}
+
+#[test]
+fn overlong_queue_stem_is_a_naming_error_at_once() {
+    let dir = TempDir::new("longstem");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &["--no-queue"], true);
+    let long = AgentPaths { command_queue: dir.0.join(format!("{}.lmdb", "q".repeat(250))), state: paths.state.clone() };
+    let t = Instant::now();
+    let e = boot_paths(&long, 5.0).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Naming, "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2), "a permanent error must not wait out the deadline");
+}

@@ -12,7 +12,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+TARGET = (ROOT / os.environ.get("CARGO_TARGET_DIR", "target")).resolve() / "debug"
 BUILD = ROOT / "build" / "tests"
 totals = {"passed": 0, "failed": 0}
 
@@ -28,8 +28,13 @@ def count(suite, passed, failed):
 
 
 def run(argv, **kw):
+    """Runs a command; a run past its timeout comes back as a failed result, not an exception."""
     log("$ " + " ".join(str(a) for a in argv))
-    return subprocess.run(argv, cwd=ROOT, text=True, capture_output=True, **kw)
+    try:
+        return subprocess.run(argv, cwd=ROOT, text=True, capture_output=True, **kw)
+    except subprocess.TimeoutExpired as e:
+        text = lambda b: (b.decode(errors="replace") if isinstance(b, bytes) else b) or ""
+        return subprocess.CompletedProcess(argv, 124, text(e.stdout), text(e.stderr) + f"\nTIMED OUT after {e.timeout} s\n")
 
 
 def show(out):
@@ -58,7 +63,7 @@ def cargo_tests():
         show(out)
         count("cargo build", 0, 1)
         return False
-    out = run(["cargo", "test", "--quiet", "--", "--test-threads", "4"])
+    out = run(["cargo", "test", "--quiet", "--", "--test-threads", "4"], timeout=1200)
     show(out)
     passed = sum(int(m) for m in re.findall(r"test result: \w+\. (\d+) passed", out.stdout))
     failed = sum(int(m) for m in re.findall(r"(\d+) failed;", out.stdout))

@@ -56,14 +56,22 @@ pub(crate) fn record(status: EtbStatus, message: &str) -> EtbStatus {
     let text = format!("{}: {}", status_name(status).to_string_lossy(), message);
     log::debug!("{text}");
     let c = CString::new(text.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+    // try_with: during thread teardown the slot may be gone; never panic here (we are
+    // outside catch_unwind).
+    let _ = LAST_ERROR.try_with(|e| {
+        if let Ok(mut slot) = e.try_borrow_mut() {
+            *slot = c;
+        }
+    });
     status
 }
 
 /// The thread's last error message; "" when none. Valid until the next failing call on this
 /// thread.
 pub(crate) fn last_error_ptr() -> *const libc::c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ptr())
+    LAST_ERROR
+        .try_with(|e| e.try_borrow().map(|s| s.as_ptr()).unwrap_or(c"".as_ptr()))
+        .unwrap_or(c"".as_ptr())
 }
 
 fn panic_text(payload: &(dyn Any + Send)) -> String {
@@ -83,7 +91,7 @@ fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if IN_BOUNDARY.with(Cell::get) {
+            if IN_BOUNDARY.try_with(Cell::get).unwrap_or(false) {
                 log::error!("caught at the C boundary: {info}");
             } else {
                 previous(info);
@@ -93,11 +101,13 @@ fn install_panic_hook() {
 }
 
 fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, Box<dyn Any + Send>> {
-    crate::logging::init();
-    install_panic_hook();
-    let outer = IN_BOUNDARY.with(|b| b.replace(true));
-    let result = catch_unwind(AssertUnwindSafe(f));
-    IN_BOUNDARY.with(|b| b.set(outer));
+    let outer = IN_BOUNDARY.try_with(|b| b.replace(true)).unwrap_or(false);
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        install_panic_hook();
+        crate::logging::init();
+        f()
+    }));
+    let _ = IN_BOUNDARY.try_with(|b| b.set(outer));
     result
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::boundary::{call, last_error_ptr, static_str, value};
 use super::status::{status_name, EtbStatus};
-use crate::ptrace::{authorize, Tracer, YAMA_DIR};
+use crate::ptrace::{grant, Tracer, YAMA_DIR};
 
 /// The library's major version (from Cargo.toml; a test checks they agree).
 pub const ETB_VERSION_MAJOR: u32 = 0;
@@ -18,13 +18,15 @@ pub const ETB_VERSION_PATCH: u32 = 0;
 /// worker (`pidfd_getfd`) under Yama `ptrace_scope=1`. Prefer what `etb_bootstrap_client`
 /// already does: authorize only the agent's process.
 ///
+/// Later bootstraps keep this (they never narrow ANY to one pid).
+///
 /// Returns `ETB_OK` when done, and also when the kernel has no Yama (no consent exists; logged
 /// at debug level); `ETB_ERR_PTRACE` with the errno otherwise. Affects the whole process;
 /// thread-safe; does not block.
 #[no_mangle]
 pub extern "C" fn etb_setup_ptrace() -> EtbStatus {
     call("etb_setup_ptrace", || {
-        authorize(Tracer::Any, Path::new(YAMA_DIR))?;
+        grant(Tracer::Any, Path::new(YAMA_DIR))?;
         Ok(())
     })
 }

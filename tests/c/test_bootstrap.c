@@ -337,9 +337,13 @@ static int t_no_agent(void) {
 static int t_stale_heartbeat(void) {
     long long rank = fresh_rank();
     Agent agent = start_agent(rank, 1, "--heartbeat-offset", "60");
+    double t0, took;
     CHECK(agent.pid > 0, "agent did not start");
     set_direct(rank);
+    t0 = now_s();
     if (!expect_status(NULL, NULL, 0.2, ETB_ERR_AGENT_NOT_RESPONDING)) { stop_agent(&agent); return 0; }
+    took = now_s() - t0;
+    CHECK(took >= 0.2 && took < 1.2, "error at %.4f s for a 0.2 s deadline", took);
     CHECK(strstr(etb_last_error_message(), "too old") != NULL, "message: %s", etb_last_error_message());
     stop_agent(&agent);
     return nothing_left(rank);
@@ -348,9 +352,13 @@ static int t_stale_heartbeat(void) {
 static int t_missing_queue(void) {
     long long rank = fresh_rank();
     Agent agent = start_agent(rank, 1, "--no-queue", NULL);
+    double t0, took;
     CHECK(agent.pid > 0, "agent did not start");
     set_direct(rank);
+    t0 = now_s();
     if (!expect_status(NULL, NULL, 0.2, ETB_ERR_AGENT_NOT_FOUND)) { stop_agent(&agent); return 0; }
+    took = now_s() - t0;
+    CHECK(took >= 0.2 && took < 1.2, "error at %.4f s for a 0.2 s deadline", took);
     CHECK(strstr(etb_last_error_message(), "/cq_space_agent_rank") != NULL, "message: %s", etb_last_error_message());
     stop_agent(&agent);
     return nothing_left(rank);

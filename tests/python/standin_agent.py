@@ -78,7 +78,11 @@ class QueueLeader:
     def status(self):
         with self.env.begin(db=self.db) as txn:
             head, tail = self._positions(txn)
-        return f"head={head} tail={tail} items={self.items.value} space={self.space.value}"
+        st = os.stat(self.path)
+        return (
+            f"head={head} tail={tail} items={self.items.value} space={self.space.value} "
+            f"ready={self.ready.value} txnid={self.env.info()['last_txnid']} size={st.st_size} mtime={st.st_mtime_ns}"
+        )
 
     def destroy(self):
         for sem in (self.items, self.space, self.ready):

@@ -70,8 +70,10 @@ def test_bootstrap_against_python_agent(lib, env, python_agent):
         for _ in range(20):
             assert lib.etb_client_heartbeat_age(client, ctypes.byref(age)) == OK, last_error(lib)
             assert 0 <= age.value < 5.0 or abs(age.value) < 0.01
-        # Attaching wrote nothing and took nothing: head, tail and semaphore counts unchanged.
-        assert agent.status() == before == "status head=0 tail=0 items=0 space=50000"
+        # Attaching wrote nothing and took nothing: head, tail, semaphore counts (ready too), the
+        # last transaction id, the file's size and mtime are unchanged.
+        assert agent.status() == before
+        assert before.startswith("status head=0 tail=0 items=0 space=50000 ready=1 txnid="), before
     finally:
         lib.etb_client_close(client)
         lib.etb_info_free(info)
@@ -192,3 +194,37 @@ def test_library_prints_nothing_by_default():
 def test_etb_log_enables_logging():
     text = _bootstrap_in_subprocess({"ETB_LOG": "debug"})
     assert "ETB_ERR_ENV" in text and "RANK is not set" in text, text
+
+
+WORKER = """
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1]); P = ctypes.c_void_p; c = P(); i = P()
+f = lib.etb_bootstrap_client; f.argtypes = [P, P, ctypes.c_double, ctypes.POINTER(P), ctypes.POINTER(P)]
+rc = f(None, None, 10.0, ctypes.byref(c), ctypes.byref(i))
+print(rc, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_agent_pid_with_another_worker_attached(lib, env, python_agent):
+    """Another worker process holds LMDB's lock on the state lock file too: the agent is the
+    holder with the state file open for writing, not whichever holder F_GETLK names."""
+    from conftest import library_path
+
+    rank = unique_rank()
+    agent = python_agent(rank)
+    env.setenv("AGENT_RANK", str(rank))
+    env.setenv("RANK", "0")
+    other = subprocess.Popen([__import__("sys").executable, "-c", WORKER, library_path()],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "0"
+        assert {agent.pid, other.pid} <= posix_locks_on(agent.paths[1] + "-lock")
+        status, client, info = bootstrap(lib)
+        assert status == OK, last_error(lib)
+        assert lib.etb_info_agent_pid(info) == agent.pid
+        lib.etb_client_close(client)
+        lib.etb_info_free(info)
+    finally:
+        other.stdin.close()
+        other.wait(timeout=10)
