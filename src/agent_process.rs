@@ -10,16 +10,17 @@ use std::path::Path;
 use std::os::unix::io::AsRawFd;
 
 /// What probing the state's lock file found out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct LockProbe {
     /// Whether the lock file exists and this process may write it (needed to take a reader slot).
     pub writable: bool,
-    /// The pid of a process holding LMDB's lock on it; `None` when none does, or when the
-    /// holder lives in another pid namespace (the kernel reports pid 0 then).
-    pub holder_pid: Option<i32>,
+    /// The lock file, opened before this process opened the environment. Keep it open until
+    /// after the environment is closed: closing it drops this process's locks on the file;
+    /// `F_GETLK` on it (`lock_holder`) never reports this process's own locks.
+    pub file: Option<File>,
 }
 
-/// Probes `lock_path`: whether it can be written, and who holds LMDB's lock on it.
+/// Opens `lock_path` for `F_GETLK` and tells whether it can be written.
 pub fn probe_lock_file(lock_path: &Path) -> LockProbe {
     use std::os::unix::fs::OpenOptionsExt;
     let open = |write: bool| {
@@ -33,14 +34,16 @@ pub fn probe_lock_file(lock_path: &Path) -> LockProbe {
         Ok(f) => (f, true),
         Err(_) => match open(false) {
             Ok(f) => (f, false),
-            Err(_) => return LockProbe { writable: false, holder_pid: None },
+            Err(_) => return LockProbe { writable: false, file: None },
         },
     };
-    LockProbe { writable, holder_pid: lock_holder(&file) }
+    LockProbe { writable, file: Some(file) }
 }
 
-/// `F_GETLK` for a write lock on byte 0: the pid of a process whose lock conflicts with it.
-fn lock_holder(file: &File) -> Option<i32> {
+/// `F_GETLK` for a write lock on byte 0: the pid of another process holding LMDB's lock; `None`
+/// when none does, or when the holder lives in another pid namespace (the kernel reports 0).
+/// Cheap (one system call), but names only one holder when several hold it.
+pub fn lock_holder(file: &File) -> Option<i32> {
     // SAFETY: flock is plain data; F_GETLK only reads and writes it.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_WRLCK as libc::c_short;

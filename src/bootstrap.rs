@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::agent_process::{lock_holders, pick_agent, Holders};
+use crate::agent_process::{has_open_for_writing, lock_holders, pick_agent, Holders};
 use crate::client::Client;
 use crate::command_queue::{AttachError, CommandQueue};
 use crate::error::{Error, ErrorKind, Result};
@@ -77,7 +77,9 @@ pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, Bootst
     let origin = rank_origin(&ranks);
 
     let state = wait_for_state(&paths.state, &deadline, &origin)?;
+    log::trace!("state ready after {:.3} ms", deadline.elapsed_secs() * 1e3);
     let queue = wait_for_queue(&paths.command_queue, state.file_id(), &deadline, &origin)?;
+    log::trace!("queue attached after {:.3} ms", deadline.elapsed_secs() * 1e3);
     let agent_pid = identify_agent(&state, &paths.state);
     authorize_agent(agent_pid);
 
@@ -229,12 +231,20 @@ fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &str) -> Error
     }
 }
 
-/// The agent's pid: the other process holding LMDB's lock on the state LMDB's lock file (when
-/// several do, the one with the state file open for writing: workers open it read-only). Where
-/// /proc/locks is unreadable, the `F_GETLK` probe made before opening.
+/// The agent's pid: the other process holding LMDB's lock on the state LMDB's lock file that has
+/// the state file open for writing (workers open it read-only); failing that, the only holder.
 fn identify_agent(state: &StateDb, path: &Path) -> Option<i32> {
+    // Fast path: the holder F_GETLK names (on the descriptor kept open since before our own
+    // open, so our own locks are never dropped), if it has the state file open for writing.
+    let candidate = state.lock_holder();
+    if let (Some(pid), Ok(id)) = (candidate, FileId::of_path(path)) {
+        if has_open_for_writing(pid, id.dev, id.ino) {
+            return Some(pid);
+        }
+    }
+    // Slow path (reading /proc/locks costs the kernel an RCU grace period: milliseconds).
     match lock_holders(&lock_path(path)) {
-        Holders::Unavailable => state.probed_pid(),
+        Holders::Unavailable => candidate,
         Holders::Pids(pids) => match pick_agent(&pids, path) {
             Ok(pid) => Some(pid),
             Err(n) => {

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use once_cell::sync::Lazy;
 
-use crate::agent_process::{probe_lock_file, LockProbe};
+use crate::agent_process::{lock_holder, probe_lock_file, LockProbe};
 pub use crate::lmdb::lock_path;
 use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
 use crate::lmdb_registry::{FileId, Lease, Registry};
@@ -29,11 +29,11 @@ pub struct StateEnv {
     pub env: Environment,
     /// Whether the environment uses the lock file (false: opened with `MDB_NOLOCK`).
     pub locking: bool,
-    /// A holder of the lock file's lock, probed with `F_GETLK` before we opened the
-    /// environment: the fallback for `agent_process::lock_holders` where /proc/locks is hidden.
-    pub probed_pid: Option<i32>,
     /// `pair_state`, opened once under the registry's lock (LMDB forbids concurrent opens).
     pub dbi: Dbi,
+    /// The lock file, opened before `env` and closed after it (fields drop in order): for
+    /// `F_GETLK`, without ever dropping this process's own locks.
+    lock_file: Option<std::fs::File>,
 }
 
 static STATE_ENVS: Lazy<Registry<StateEnv>> = Lazy::new(Registry::new);
@@ -90,8 +90,8 @@ impl StateDb {
     pub fn open(path: &Path) -> Result<StateDb, StateError> {
         let id = FileId::of_path(path).map_err(|e| StateError::Missing(e.kind()))?;
         let env = STATE_ENVS.get_or_open(id, || {
-            // Probe before opening: see agent_process.
-            let LockProbe { writable, holder_pid } = probe_lock_file(&lock_path(path));
+            // Open the lock file before LMDB does: see agent_process.
+            let LockProbe { writable, file: lock_file } = probe_lock_file(&lock_path(path));
             if !writable {
                 log::warn!(
                     "state LMDB lock file {} is missing or not writable by this process: reading {} \
@@ -113,7 +113,7 @@ impl StateDb {
                 Err(e) if e.is_not_found() => return Err(StateError::NoDatabase),
                 Err(e) => return Err(StateError::Lmdb(e)),
             };
-            Ok(StateEnv { env, locking: writable, probed_pid: holder_pid, dbi })
+            Ok(StateEnv { env, locking: writable, dbi, lock_file })
         })?;
         Ok(StateDb { env })
     }
@@ -122,9 +122,10 @@ impl StateDb {
         self.env.id()
     }
 
-    /// The pid `F_GETLK` named before this process opened the environment, if any.
-    pub fn probed_pid(&self) -> Option<i32> {
-        self.env.probed_pid
+    /// Another process holding LMDB's lock on the lock file, per `F_GETLK` (one of them, when
+    /// several do).
+    pub fn lock_holder(&self) -> Option<i32> {
+        self.env.lock_file.as_ref().and_then(lock_holder)
     }
 
     pub fn locking(&self) -> bool {
