@@ -52,6 +52,12 @@ typedef struct EtbBootstrapInfo EtbBootstrapInfo;
 typedef struct EtbClient EtbClient;
 
 /**
+ * A command issued by `etb_client_transfer_async`. Opaque; wait on it or poll it, then release
+ * it with `etb_completion_free`, which removes its semaphore.
+ */
+typedef struct EtbCompletion EtbCompletion;
+
+/**
  * The result of a call: `ETB_OK` (0) or one of the `ETB_ERR_*` codes below. A plain `int32_t`
  * on the C side, so that codes added later never make an old caller's `switch` undefined.
  */
@@ -72,6 +78,37 @@ typedef int32_t (*EtbPathNamingFn)(int64_t agent_rank,
                                    char *state_path,
                                    size_t state_path_capacity,
                                    void *user_data);
+
+/**
+ * One tensor of `etb_client_register_tensors`: the pair it belongs to and its payload (the
+ * pickled CUDA IPC handle the agent unpickles; opaque to this library).
+ */
+typedef struct EtbTensorPayload {
+    /**
+     * NUL-terminated UTF-8.
+     */
+    const char *pair_name;
+    /**
+     * `len` bytes; NULL only when `len` is 0 (an empty payload).
+     */
+    const uint8_t *data;
+    size_t len;
+} EtbTensorPayload;
+
+/**
+ * A transfer direction across the C ABI: `ETB_TRANSFER_SEND` or `ETB_TRANSFER_RECV`.
+ */
+typedef int32_t EtbTransferKind;
+
+/**
+ * This worker sends the batch.
+ */
+#define ETB_TRANSFER_SEND 0
+
+/**
+ * This worker receives the batch.
+ */
+#define ETB_TRANSFER_RECV 1
 
 /**
  * Success.
@@ -134,22 +171,22 @@ typedef int32_t (*EtbPathNamingFn)(int64_t agent_rank,
 #define ETB_ERR_PANIC 11
 
 /**
- * Reserved: the command queue stayed full until the deadline.
+ * The command queue stayed full until the deadline; nothing was written.
  */
 #define ETB_ERR_QUEUE_FULL 12
 
 /**
- * Reserved: the agent process exited.
+ * The agent process exited (seen at once while waiting); calls on the client keep returning it.
  */
 #define ETB_ERR_AGENT_DIED 13
 
 /**
- * Reserved: InitPair completed but the pair was not matched.
+ * InitPair completed but the agent did not record the pair as matched.
  */
 #define ETB_ERR_PAIR_NOT_MATCHED 14
 
 /**
- * Reserved: a client was used in a process forked from the one that made it.
+ * A client (or completion) was used in a process forked from the one that made it.
  */
 #define ETB_ERR_FORKED 15
 
@@ -169,7 +206,7 @@ typedef int32_t (*EtbPathNamingFn)(int64_t agent_rank,
 #define ETB_ERR_AGENT_BUSY 18
 
 /**
- * Reserved: the client was closed.
+ * The client a completion belongs to was closed.
  */
 #define ETB_ERR_CLOSED 19
 
@@ -205,8 +242,8 @@ extern "C" {
 EtbStatus etb_bootstrap_client(EtbPathNamingFn path_naming_fn,
                                void *user_data,
                                double connection_timeout_s,
-                               EtbClient **client_out,
-                               EtbBootstrapInfo **info_out);
+                               struct EtbClient **client_out,
+                               struct EtbBootstrapInfo **info_out);
 
 /**
  * Closes a client: releases this worker's handles on the agent's queue and state (and nothing
@@ -214,7 +251,7 @@ EtbStatus etb_bootstrap_client(EtbPathNamingFn path_naming_fn,
  * twice, or using it after closing, is undefined behaviour. Must not race with other calls on
  * the same client; other clients are unaffected. Does not block.
  */
-void etb_client_close(EtbClient *client);
+void etb_client_close(struct EtbClient *client);
 
 /**
  * Seconds since the agent's last heartbeat, however old (the agent does not beat while it
@@ -223,72 +260,172 @@ void etb_client_close(EtbClient *client);
  * `ETB_ERR_AGENT_NOT_RESPONDING` when the heartbeat is missing or unreadable; `ETB_ERR_LMDB` when
  * LMDB fails. One short read transaction; thread-safe, also on the same client.
  */
-EtbStatus etb_client_heartbeat_age(const EtbClient *client, double *age_s_out);
+EtbStatus etb_client_heartbeat_age(const struct EtbClient *client, double *age_s_out);
+
+/**
+ * Sends `InitPair` and waits for it: the agent rendezvouses with every local and remote rank
+ * (this can take minutes: size `timeout_s` for it). Succeeds only if the agent then records the
+ * pair as matched (`pair:{pair_name}/state:match`), else `ETB_ERR_PAIR_NOT_MATCHED`.
+ * `expected_world_size` must be >= 1. The payloads are the pickled mesh shape and placements,
+ * or NULL/0 for none.
+ */
+EtbStatus etb_client_init_pair(struct EtbClient *client,
+                               const char *pair_name,
+                               const char *local_name,
+                               const char *remote_name,
+                               int64_t expected_world_size,
+                               const uint8_t *mesh_shape_payload,
+                               size_t mesh_shape_payload_len,
+                               const uint8_t *placements_payload,
+                               size_t placements_payload_len,
+                               double timeout_s);
+
+/**
+ * Sends `RegisterTensors` and waits for it. `tensors` points to `tensor_count` entries (NULL
+ * only when the count is 0); `bucket_size` <= 0 sends nil (the agent's default).
+ */
+EtbStatus etb_client_register_tensors(struct EtbClient *client,
+                                      const char *batch_id,
+                                      const struct EtbTensorPayload *tensors,
+                                      size_t tensor_count,
+                                      int64_t bucket_size,
+                                      double timeout_s);
+
+/**
+ * Sends `Transfer` (`ETB_TRANSFER_SEND` or `ETB_TRANSFER_RECV`) and waits until the agent
+ * acknowledges it (after its NCCL send or recv of the whole batch).
+ */
+EtbStatus etb_client_transfer(struct EtbClient *client,
+                              const char *batch_id,
+                              EtbTransferKind kind,
+                              double timeout_s);
+
+/**
+ * Sends `QueryStatus` for the batch's transfer signal, waits for it, and writes the signal the
+ * agent recorded to `*signal_out` (false when absent, as the reference). `signal_out` required.
+ */
+EtbStatus etb_client_query_transfer_signal(struct EtbClient *client,
+                                           const char *batch_id,
+                                           double timeout_s,
+                                           bool *signal_out);
+
+/**
+ * Sends `CleanupBatch` and waits for it: the agent forgets the batch.
+ */
+EtbStatus etb_client_cleanup_batch(struct EtbClient *client,
+                                   const char *batch_id,
+                                   double timeout_s);
+
+/**
+ * Sends `Transfer` without waiting for it, as the reference's `transfer(blocking=False)`:
+ * `timeout_s` bounds only the wait for queue space. On success writes a new completion to
+ * `*completion_out` (required): wait on it with `etb_completion_wait` or poll it with
+ * `etb_completion_poll`, then release it with `etb_completion_free`. Each pending completion
+ * holds a named semaphore (a file in /dev/shm and a memory mapping, counted against the
+ * process's open-file and mapping limits): free completions you no longer need; tens of
+ * thousands at once are fine on a default Linux system.
+ */
+EtbStatus etb_client_transfer_async(struct EtbClient *client,
+                                    const char *batch_id,
+                                    EtbTransferKind kind,
+                                    double timeout_s,
+                                    struct EtbCompletion **completion_out);
+
+/**
+ * Sends `Transfer` with no completion semaphore (`semaphore_name` nil): fire and forget,
+ * nothing to wait on. `timeout_s` bounds the wait for queue space.
+ */
+EtbStatus etb_client_transfer_detached(struct EtbClient *client,
+                                       const char *batch_id,
+                                       EtbTransferKind kind,
+                                       double timeout_s);
+
+/**
+ * Waits until the agent acknowledges the command, at most `timeout_s` (rules as above):
+ * `ETB_OK` (also on every later call), `ETB_ERR_TIMEOUT`, `ETB_ERR_AGENT_DIED`, or
+ * `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
+ */
+EtbStatus etb_completion_wait(struct EtbCompletion *completion, double timeout_s);
+
+/**
+ * Tells, without blocking, whether the agent has acknowledged the command: writes
+ * `*done_out` (required) on success. `ETB_ERR_AGENT_DIED` when the agent exited first;
+ * `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
+ */
+EtbStatus etb_completion_poll(struct EtbCompletion *completion, bool *done_out);
+
+/**
+ * Releases a completion and removes its semaphore from /dev/shm, whether or not the command
+ * was acknowledged, before or after its client's close. NULL is accepted and ignored. Freeing
+ * twice or using it afterwards is undefined behaviour. In a forked child it only forgets (the
+ * semaphore is the parent's). Does not block.
+ */
+void etb_completion_free(struct EtbCompletion *completion);
 
 /**
  * The agent rank this worker is connected to; -1 when `info` is NULL. Thread-safe.
  */
-int64_t etb_info_agent_rank(const EtbBootstrapInfo *info);
+int64_t etb_info_agent_rank(const struct EtbBootstrapInfo *info);
 
 /**
  * The worker's global rank (`RANK`); -1 when `info` is NULL. Thread-safe.
  */
-int64_t etb_info_global_rank(const EtbBootstrapInfo *info);
+int64_t etb_info_global_rank(const struct EtbBootstrapInfo *info);
 
 /**
  * Whether the agent rank came from `RANK + AGENT_RANK_OFFSET` (method "offset"), so that
  * `etb_info_rank_offset` is meaningful; false for "direct" and when `info` is NULL. Thread-safe.
  */
-bool etb_info_has_rank_offset(const EtbBootstrapInfo *info);
+bool etb_info_has_rank_offset(const struct EtbBootstrapInfo *info);
 
 /**
  * The `AGENT_RANK_OFFSET` used (0 when it was unset); 0 when absent (method "direct") or when
  * `info` is NULL. Thread-safe.
  */
-int64_t etb_info_rank_offset(const EtbBootstrapInfo *info);
+int64_t etb_info_rank_offset(const struct EtbBootstrapInfo *info);
 
 /**
  * The CUDA device string, `"cuda:{LOCAL_RANK}"`. Owned by `info`: valid until `etb_info_free`.
  * NULL when `info` is NULL. Thread-safe.
  */
-const char *etb_info_device(const EtbBootstrapInfo *info);
+const char *etb_info_device(const struct EtbBootstrapInfo *info);
 
 /**
  * The CUDA device ordinal (`LOCAL_RANK`, 0 when unset); -1 when `info` is NULL. Thread-safe.
  */
-int32_t etb_info_device_index(const EtbBootstrapInfo *info);
+int32_t etb_info_device_index(const struct EtbBootstrapInfo *info);
 
 /**
  * The agent's command-queue LMDB path (bytes, NUL-terminated, not necessarily UTF-8). Owned by
  * `info`: valid until `etb_info_free`. NULL when `info` is NULL. Thread-safe.
  */
-const char *etb_info_command_queue_path(const EtbBootstrapInfo *info);
+const char *etb_info_command_queue_path(const struct EtbBootstrapInfo *info);
 
 /**
  * The agent's state LMDB path (bytes, NUL-terminated, not necessarily UTF-8). Owned by `info`:
  * valid until `etb_info_free`. NULL when `info` is NULL. Thread-safe.
  */
-const char *etb_info_state_path(const EtbBootstrapInfo *info);
+const char *etb_info_state_path(const struct EtbBootstrapInfo *info);
 
 /**
  * How the agent rank was determined: `"direct"` (AGENT_RANK) or `"offset"` (RANK +
  * AGENT_RANK_OFFSET). A static string, valid forever. NULL when `info` is NULL. Thread-safe.
  */
-const char *etb_info_method(const EtbBootstrapInfo *info);
+const char *etb_info_method(const struct EtbBootstrapInfo *info);
 
 /**
  * The agent's process id, identified at bootstrap as the holder of LMDB's lock on the state
  * LMDB's lock file; -1 when it could not be identified (no holder visible, or a holder in
  * another pid namespace) or when `info` is NULL. Thread-safe.
  */
-int32_t etb_info_agent_pid(const EtbBootstrapInfo *info);
+int32_t etb_info_agent_pid(const struct EtbBootstrapInfo *info);
 
 /**
  * Releases an info and every string its accessors returned. NULL is accepted and ignored.
  * Freeing twice, or using the info or its strings afterwards, is undefined behaviour. Must not
  * race with accessors on the same info.
  */
-void etb_info_free(EtbBootstrapInfo *info);
+void etb_info_free(struct EtbBootstrapInfo *info);
 
 /**
  * Lets every process of this user ptrace the calling process (`PR_SET_PTRACER_ANY`), as the

@@ -1,29 +1,106 @@
-//! A worker's connection to its agent: the state LMDB (read-only) and the command queue.
+//! A worker's connection to its agent: the state LMDB (read-only), the command queue, and the
+//! five commands of the reference client (PROTOCOL.md sections 3-5, 7).
+//!
+//! Thread-safety: every method takes `&self` and may run on several threads at once (LMDB
+//! serializes the queue's write transactions; each call owns its completion semaphore).
+//! Fork: a client used in a child process returns `Forked`; dropping it there only forgets it
+//! (the bundled LMDB 0.9.21 must not close the parent's environments, nor may the child remove
+//! the parent's semaphores).
 
-use crate::command_queue::CommandQueue;
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::agent_watch::AgentWatch;
+use crate::command_queue::{CommandQueue, EnqueueError};
+use crate::commands::{Command, TransferKind, TRANSFER_SIGNAL};
+use crate::completion::CompletionSemaphore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::naming::AgentPaths;
+use crate::semaphore::WaitError;
 use crate::state_db::{unix_now, StateDb, StateError};
+use crate::timeout::{Deadline, Timeout};
+
+/// What a client shares with the completions it issued.
+struct Shared {
+    watch: AgentWatch,
+    /// Set once the agent was seen dead: every later call fails with `AgentDied`.
+    died: AtomicBool,
+    /// Set when the client is closed: its completions' waits return `Closed`.
+    closed: AtomicBool,
+    owner_pid: u32,
+}
+
+impl Shared {
+    fn agent_dead(&self) -> bool {
+        if self.died.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.watch.is_dead() {
+            self.died.store(true, Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    fn died_error(&self, what: &str) -> Error {
+        Error::new(
+            ErrorKind::AgentDied,
+            format!(
+                "{what}: the agent process (pid {}) has exited; its pairs and batches are gone: \
+                 bootstrap again once a new agent runs",
+                self.watch.pid().map_or("unknown".to_string(), |p| p.to_string())
+            ),
+        )
+    }
+
+    fn check_process(&self) -> Result<()> {
+        if std::process::id() != self.owner_pid {
+            return Err(Error::new(
+                ErrorKind::Forked,
+                format!(
+                    "this object was made in process {} and is used in {} (after fork()): LMDB environments \
+                     and completions cannot cross a fork; bootstrap a new client in the child",
+                    self.owner_pid,
+                    std::process::id()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct Handles {
+    state: StateDb,
+    queue: CommandQueue,
+}
 
 /// A bootstrapped client. Dropping it closes only this worker's own handles: it never removes
 /// the agent's files or semaphores (the reference's `close()` does, a defect).
 pub struct Client {
     agent_rank: i64,
     paths: AgentPaths,
-    state: StateDb,
-    queue: CommandQueue,
-    agent_pid: Option<i32>,
+    handles: ManuallyDrop<Handles>,
+    shared: Arc<Shared>,
+}
+
+/// A command issued without waiting (`transfer_async`): wait on it or poll it later. Owns its
+/// semaphore, which is removed when the completion is dropped.
+pub struct Completion {
+    sem: CompletionSemaphore,
+    shared: Arc<Shared>,
+    done: AtomicBool,
 }
 
 impl Client {
-    pub(crate) fn new(
-        agent_rank: i64,
-        paths: AgentPaths,
-        state: StateDb,
-        queue: CommandQueue,
-        agent_pid: Option<i32>,
-    ) -> Client {
-        Client { agent_rank, paths, state, queue, agent_pid }
+    pub(crate) fn new(agent_rank: i64, paths: AgentPaths, state: StateDb, queue: CommandQueue, agent_pid: Option<i32>) -> Client {
+        let shared = Arc::new(Shared {
+            watch: AgentWatch::new(agent_pid),
+            died: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            owner_pid: std::process::id(),
+        });
+        Client { agent_rank, paths, handles: ManuallyDrop::new(Handles { state, queue }), shared }
     }
 
     pub fn agent_rank(&self) -> i64 {
@@ -36,20 +113,21 @@ impl Client {
 
     /// The agent's pid, when bootstrap could identify it.
     pub fn agent_pid(&self) -> Option<i32> {
-        self.agent_pid
+        self.shared.watch.pid()
     }
 
     pub fn state(&self) -> &StateDb {
-        &self.state
+        &self.handles.state
     }
 
     pub fn queue(&self) -> &CommandQueue {
-        &self.queue
+        &self.handles.queue
     }
 
     /// Seconds since the agent's last heartbeat (however old).
     pub fn heartbeat_age(&self) -> Result<f64> {
-        match self.state.heartbeat() {
+        self.shared.check_process()?;
+        match self.handles.state.heartbeat() {
             Ok(beat) => Ok(unix_now() - beat),
             Err(StateError::Lmdb(e)) => Err(e.at(&self.paths.state)),
             Err(e) => Err(Error::new(
@@ -57,5 +135,220 @@ impl Client {
                 format!("agent heartbeat in {} unreadable: {e:?}", self.paths.state.display()),
             )),
         }
+    }
+
+    fn usable(&self, what: &str) -> Result<()> {
+        self.shared.check_process()?;
+        if self.shared.died.load(Ordering::Acquire) {
+            return Err(self.shared.died_error(what));
+        }
+        Ok(())
+    }
+
+    /// Enqueues `command`, with a fresh completion semaphore unless `detached`.
+    fn issue(&self, command: &Command<'_>, deadline: &Deadline, detached: bool) -> Result<Option<CompletionSemaphore>> {
+        let what = command.type_name();
+        self.usable(what)?;
+        let sem = if detached {
+            None
+        } else {
+            let (kind, context) = command.completion_label();
+            Some(CompletionSemaphore::create(kind, &context)?)
+        };
+        let message = command.encode(Some(unix_now()), sem.as_ref().map(CompletionSemaphore::name));
+        let shared = &self.shared;
+        match self.handles.queue.enqueue(&message, deadline, &|| shared.agent_dead()) {
+            Ok(()) => Ok(sem),
+            Err(EnqueueError::Full) => {
+                let (head, tail) = self.handles.queue.positions().unwrap_or((0, 0));
+                Err(Error::new(
+                    ErrorKind::QueueFull,
+                    format!(
+                        "{what}: the agent's command queue {} stayed full for {:.3}s (head {head}, tail {tail}): \
+                         the agent is not consuming; nothing was enqueued",
+                        self.paths.command_queue.display(),
+                        deadline.elapsed_secs()
+                    ),
+                ))
+            }
+            Err(EnqueueError::GaveUp) => Err(shared.died_error(what)),
+            Err(EnqueueError::Lmdb(e)) => Err(e.at(&self.paths.command_queue)),
+            Err(EnqueueError::Sem(e)) => {
+                Err(Error::new(ErrorKind::Ipc, format!("{what}: command queue semaphore: {}", e.text())))
+            }
+        }
+    }
+
+    /// Issues `command` and waits for its completion, all within `timeout`.
+    fn call(&self, command: &Command<'_>, timeout: Timeout) -> Result<()> {
+        let deadline = timeout.start();
+        let sem = self.issue(command, &deadline, false)?.expect("a completion was asked for");
+        wait_completion(&sem, &self.shared, &deadline, command.type_name())
+    }
+
+    /// `InitPair`: succeeds only if the agent then records the pair as matched.
+    #[allow(clippy::too_many_arguments)]
+    pub fn init_pair(
+        &self,
+        pair_name: &str,
+        local_name: &str,
+        remote_name: &str,
+        expected_world_size: i64,
+        mesh_shape_payload: Option<&[u8]>,
+        placements_payload: Option<&[u8]>,
+        timeout: Timeout,
+    ) -> Result<()> {
+        if expected_world_size < 1 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("expected_world_size is {expected_world_size}; it must be >= 1"),
+            ));
+        }
+        let command = Command::InitPair {
+            pair_name,
+            local_name,
+            expected_world_size,
+            remote_name,
+            mesh_shape_payload,
+            placements_payload,
+        };
+        self.call(&command, timeout)?;
+        let key = format!("pair:{pair_name}/state:match");
+        let value = self.handles.state.get(key.as_bytes()).map_err(|e| e.at(&self.paths.state))?;
+        // msgspec's encoding of the string "matched".
+        if value.as_deref() == Some(b"\xa7matched") {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::PairNotMatched,
+                format!(
+                    "InitPair {pair_name:?} completed but {key} is {}: the agent did not match the pair \
+                     (check the peers' names and world size)",
+                    value.map_or("absent".to_string(), |v| format!("{v:02x?}"))
+                ),
+            ))
+        }
+    }
+
+    /// `RegisterTensors`, always blocking. `tensors` are `(pair_name, payload)`.
+    pub fn register_tensors(&self, batch_id: &str, tensors: &[(&str, &[u8])], bucket_size: Option<i64>, timeout: Timeout) -> Result<()> {
+        self.call(&Command::RegisterTensors { batch_id, tensors: tensors.to_vec(), bucket_size }, timeout)
+    }
+
+    /// `Transfer`, blocking until the agent acknowledges it.
+    pub fn transfer(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<()> {
+        self.call(&Command::Transfer { batch_id, transfer_type: kind }, timeout)
+    }
+
+    /// `Transfer` without waiting: `timeout` bounds only the wait for queue space.
+    pub fn transfer_async(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<Completion> {
+        let deadline = timeout.start();
+        let sem = self.issue(&Command::Transfer { batch_id, transfer_type: kind }, &deadline, false)?.expect("asked for");
+        Ok(Completion { sem, shared: self.shared.clone(), done: AtomicBool::new(false) })
+    }
+
+    /// `Transfer` with no completion semaphore (`semaphore_name` nil): nothing to wait on.
+    pub fn transfer_detached(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<()> {
+        let deadline = timeout.start();
+        self.issue(&Command::Transfer { batch_id, transfer_type: kind }, &deadline, true).map(|_| ())
+    }
+
+    /// `QueryStatus` for the transfer signal; absent reads as false, as the reference.
+    pub fn query_transfer_signal(&self, batch_id: &str, timeout: Timeout) -> Result<bool> {
+        self.call(&Command::QueryStatus { batch_id, state_name: TRANSFER_SIGNAL }, timeout)?;
+        let key = format!("batch:{batch_id}/state:transfer_signal");
+        let value = self.handles.state.get(key.as_bytes()).map_err(|e| e.at(&self.paths.state))?;
+        Ok(match value.as_deref() {
+            None => false,
+            Some(b"\xc3") => true,
+            Some(b"\xc2") => false,
+            Some(other) => {
+                return Err(Error::new(
+                    ErrorKind::Lmdb,
+                    format!("{key} holds {other:02x?}, not a MessagePack bool"),
+                ))
+            }
+        })
+    }
+
+    /// `CleanupBatch`.
+    pub fn cleanup_batch(&self, batch_id: &str, timeout: Timeout) -> Result<()> {
+        self.call(&Command::CleanupBatch { batch_id }, timeout)
+    }
+}
+
+/// Waits for a completion; a completion posted by an agent that then exited is a failure
+/// (the agent posts also when the command failed, then re-raises and ends).
+fn wait_completion(sem: &CompletionSemaphore, shared: &Shared, deadline: &Deadline, what: &str) -> Result<()> {
+    match sem.semaphore().wait(deadline, &|| shared.agent_dead()) {
+        Ok(()) if shared.agent_dead() => Err(shared.died_error(&format!("{what} was acknowledged, but"))),
+        Ok(()) => Ok(()),
+        Err(WaitError::TimedOut) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "{what}: no completion from the agent within {:.3}s (semaphore {}); the agent may be busy \
+                 with an earlier command (it does not beat its heartbeat meanwhile)",
+                deadline.elapsed_secs(),
+                sem.name()
+            ),
+        )),
+        Err(WaitError::GaveUp) => Err(shared.died_error(what)),
+        Err(WaitError::Sem(e)) => Err(crate::completion::ipc_error(sem.name(), e)),
+    }
+}
+
+impl Completion {
+    pub fn semaphore_name(&self) -> &str {
+        self.sem.name()
+    }
+
+    fn usable(&self) -> Result<()> {
+        self.shared.check_process()?;
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                format!("the client of completion {} was closed; free the completion", self.sem.name()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until the agent acknowledges the command, or `timeout`.
+    pub fn wait(&self, timeout: Timeout) -> Result<()> {
+        self.usable()?;
+        if self.done.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        wait_completion(&self.sem, &self.shared, &timeout.start(), "Transfer")?;
+        self.done.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the agent has acknowledged the command; never blocks.
+    pub fn poll(&self) -> Result<bool> {
+        self.usable()?;
+        if self.done.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        match self.sem.semaphore().try_wait() {
+            Ok(true) => {
+                self.done.store(true, Ordering::Release);
+                Ok(true)
+            }
+            Ok(false) if self.shared.agent_dead() => Err(self.shared.died_error("Transfer")),
+            Ok(false) => Ok(false),
+            Err(e) => Err(crate::completion::ipc_error(self.sem.name(), e)),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        if std::process::id() == self.shared.owner_pid {
+            // SAFETY: dropped exactly once, here.
+            unsafe { ManuallyDrop::drop(&mut self.handles) };
+        }
+        // In a forked child the handles are the parent's: forget them (leak the copies).
     }
 }

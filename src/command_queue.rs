@@ -14,7 +14,8 @@ use once_cell::sync::Lazy;
 use crate::lmdb::{lock_path, Dbi, EnvOptions, Environment, LmdbError};
 use crate::lmdb_registry::{FileId, Lease, Registry};
 use crate::naming::file_stem;
-use crate::semaphore::{NamedSemaphore, SemError};
+use crate::semaphore::{NamedSemaphore, SemError, WaitError};
+use crate::timeout::Deadline;
 
 pub const DB_NAME: &str = "command_queue";
 pub const HEAD_KEY: &[u8] = b"__head__";
@@ -78,6 +79,18 @@ pub enum AttachError {
     MissingFile,
     /// LMDB refused to open it, or it has no `command_queue` database.
     Lmdb(LmdbError),
+}
+
+/// Why an enqueue failed. Nothing was written in every case but `Sem` after the commit (the
+/// message is in the queue but the agent was not woken; it polls every millisecond anyway).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnqueueError {
+    /// No free slot before the deadline.
+    Full,
+    /// `give_up` said so while waiting for a slot.
+    GaveUp,
+    Lmdb(LmdbError),
+    Sem(SemError),
 }
 
 /// A worker's handle on the agent's command queue.
@@ -152,6 +165,35 @@ impl CommandQueue {
             let read = |key| Ok(t.get(self.env.dbi, key)?.as_deref().and_then(decode_u64).unwrap_or(0));
             Ok((read(HEAD_KEY)?, read(TAIL_KEY)?))
         })?
+    }
+
+    /// Enqueues one message (PROTOCOL section 3): waits for a free slot until `deadline`
+    /// (giving up at once when `give_up` says so), then in one write transaction reads the
+    /// tail, puts the message at its slot and the tail + 1, commits, and posts `/cq_{stem}`.
+    ///
+    /// Commits do not fsync (`MDB_NOSYNC` on our handle): the queue is transient IPC between two
+    /// live processes, and deployments clear it whenever an agent starts (PROTOCOL section 6),
+    /// so a command surviving a power cut would be discarded anyway. The agent's own commits
+    /// keep whatever durability it chose.
+    pub fn enqueue(&self, message: &[u8], deadline: &Deadline, give_up: &dyn Fn() -> bool) -> Result<(), EnqueueError> {
+        match self.space.wait(deadline, give_up) {
+            Ok(()) => {}
+            Err(WaitError::TimedOut) => return Err(EnqueueError::Full),
+            Err(WaitError::GaveUp) => return Err(EnqueueError::GaveUp),
+            Err(WaitError::Sem(e)) => return Err(EnqueueError::Sem(e)),
+        }
+        let dbi = self.env.dbi;
+        let written = self.env.env.write(|t| {
+            let tail = t.get(dbi, TAIL_KEY)?.as_deref().and_then(decode_u64).unwrap_or(0);
+            t.put(dbi, &slot_key(tail), message)?;
+            t.put(dbi, TAIL_KEY, &encode_u64(tail.wrapping_add(1)))
+        });
+        if let Err(e) = written {
+            // Nothing was written: give the slot back.
+            let _ = self.space.post();
+            return Err(EnqueueError::Lmdb(e));
+        }
+        self.items.post().map_err(EnqueueError::Sem)
     }
 
     /// The semaphore counts (items, free slots), for diagnostics.

@@ -24,6 +24,16 @@ pub enum ErrorKind {
     Timeout,
     /// `prctl(PR_SET_PTRACER)` failed.
     Ptrace,
+    /// The command queue stayed full until the deadline; nothing was written.
+    QueueFull,
+    /// The agent process exited.
+    AgentDied,
+    /// InitPair completed but the pair's match key does not say "matched".
+    PairNotMatched,
+    /// A client made in another process (before a fork) was used.
+    Forked,
+    /// The client this object belongs to was closed.
+    Closed,
 }
 
 /// An error of the core: its kind and a complete, user-facing message.

@@ -12,9 +12,12 @@
 //! Rust users call [`bootstrap::bootstrap_client`] directly.
 
 pub mod agent_process;
+pub mod agent_watch;
 pub mod bootstrap;
 pub mod client;
 pub mod command_queue;
+pub mod commands;
+pub mod completion;
 pub mod error;
 pub mod ffi;
 pub mod lmdb;

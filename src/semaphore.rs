@@ -3,7 +3,10 @@
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 
+use std::time::Duration;
+
 use crate::error::{errno_text, last_errno};
+use crate::timeout::Deadline;
 
 /// The longest name glibc accepts after the leading '/': NAME_MAX minus the "sem." prefix of
 /// the file it creates in /dev/shm.
@@ -20,6 +23,18 @@ pub struct NamedSemaphore {
 // SAFETY: sem_t operations are thread-safe; the handle is only closed in Drop.
 unsafe impl Send for NamedSemaphore {}
 unsafe impl Sync for NamedSemaphore {}
+
+/// The longest a semaphore wait sleeps before asking whether to give up.
+pub const WAIT_SLICE: Duration = Duration::from_millis(10);
+
+/// Why a wait ended without the unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitError {
+    TimedOut,
+    /// `give_up` said so.
+    GaveUp,
+    Sem(SemError),
+}
 
 /// A failed semaphore operation: the errno and the operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +103,54 @@ impl NamedSemaphore {
                 libc::EAGAIN => return Ok(false),
                 libc::EINTR => continue,
                 errno => return Err(SemError { errno, op: "sem_trywait" }),
+            }
+        }
+    }
+
+    /// Takes one unit, waiting until `deadline`. Waits in slices of at most `WAIT_SLICE` and
+    /// asks `give_up` between them (an agent's death), so it returns within a slice of that.
+    /// A deadline already passed (a timeout of 0) makes one non-blocking attempt and no sleep.
+    pub fn wait(&self, deadline: &Deadline, give_up: &dyn Fn() -> bool) -> Result<(), WaitError> {
+        loop {
+            if self.try_wait().map_err(WaitError::Sem)? {
+                return Ok(());
+            }
+            if give_up() {
+                return Err(WaitError::GaveUp);
+            }
+            let slice = match deadline.remaining() {
+                Some(left) if left.is_zero() => return Err(WaitError::TimedOut),
+                Some(left) => left.min(WAIT_SLICE),
+                None => WAIT_SLICE,
+            };
+            match self.timed_wait(slice) {
+                Ok(true) => return Ok(()),
+                Ok(false) => continue,
+                Err(e) => return Err(WaitError::Sem(e)),
+            }
+        }
+    }
+
+    /// `sem_timedwait` for `slice` (absolute CLOCK_REALTIME, as POSIX wants): `Ok(false)` when
+    /// the slice ran out.
+    fn timed_wait(&self, slice: Duration) -> Result<bool, SemError> {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: out-pointer to a local.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+        let total = now.tv_nsec as i64 + slice.subsec_nanos() as i64;
+        let abs = libc::timespec {
+            tv_sec: now.tv_sec + slice.as_secs() as libc::time_t + (total / 1_000_000_000) as libc::time_t,
+            tv_nsec: (total % 1_000_000_000) as _,
+        };
+        loop {
+            // SAFETY: open handle, valid timespec.
+            if unsafe { libc::sem_timedwait(self.sem, &abs) } == 0 {
+                return Ok(true);
+            }
+            match last_errno() {
+                libc::ETIMEDOUT => return Ok(false),
+                libc::EINTR => continue,
+                errno => return Err(SemError { errno, op: "sem_timedwait" }),
             }
         }
     }

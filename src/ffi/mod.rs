@@ -13,11 +13,15 @@
 #[macro_use]
 mod boundary;
 pub mod bootstrap;
+pub mod commands;
+pub mod convert;
 pub mod info;
 pub mod misc;
 pub mod status;
 
 pub use bootstrap::*;
+pub use commands::*;
+pub use convert::{EtbTransferKind, ETB_TRANSFER_RECV, ETB_TRANSFER_SEND};
 pub use info::*;
 pub use misc::*;
 pub use status::*;

@@ -32,13 +32,13 @@ pub const ETB_ERR_TIMEOUT: EtbStatus = 9;
 pub const ETB_ERR_PTRACE: EtbStatus = 10;
 /// A bug in the library was caught at the C boundary; the host process is unharmed.
 pub const ETB_ERR_PANIC: EtbStatus = 11;
-/// Reserved: the command queue stayed full until the deadline.
+/// The command queue stayed full until the deadline; nothing was written.
 pub const ETB_ERR_QUEUE_FULL: EtbStatus = 12;
-/// Reserved: the agent process exited.
+/// The agent process exited (seen at once while waiting); calls on the client keep returning it.
 pub const ETB_ERR_AGENT_DIED: EtbStatus = 13;
-/// Reserved: InitPair completed but the pair was not matched.
+/// InitPair completed but the agent did not record the pair as matched.
 pub const ETB_ERR_PAIR_NOT_MATCHED: EtbStatus = 14;
-/// Reserved: a client was used in a process forked from the one that made it.
+/// A client (or completion) was used in a process forked from the one that made it.
 pub const ETB_ERR_FORKED: EtbStatus = 15;
 /// Reserved: the CUDA driver failed or is missing.
 pub const ETB_ERR_CUDA: EtbStatus = 16;
@@ -46,7 +46,7 @@ pub const ETB_ERR_CUDA: EtbStatus = 16;
 pub const ETB_ERR_PERMISSION: EtbStatus = 17;
 /// Reserved: another worker is attached to this agent.
 pub const ETB_ERR_AGENT_BUSY: EtbStatus = 18;
-/// Reserved: the client was closed.
+/// The client a completion belongs to was closed.
 pub const ETB_ERR_CLOSED: EtbStatus = 19;
 
 /// Every published code with its name, in order.
@@ -94,6 +94,11 @@ pub(crate) fn status_of(kind: ErrorKind) -> EtbStatus {
         ErrorKind::Ipc => ETB_ERR_IPC,
         ErrorKind::Timeout => ETB_ERR_TIMEOUT,
         ErrorKind::Ptrace => ETB_ERR_PTRACE,
+        ErrorKind::QueueFull => ETB_ERR_QUEUE_FULL,
+        ErrorKind::AgentDied => ETB_ERR_AGENT_DIED,
+        ErrorKind::PairNotMatched => ETB_ERR_PAIR_NOT_MATCHED,
+        ErrorKind::Forked => ETB_ERR_FORKED,
+        ErrorKind::Closed => ETB_ERR_CLOSED,
     }
 }
 

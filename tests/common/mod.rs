@@ -129,3 +129,50 @@ pub fn env_of(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<OsString> {
     let pairs: Vec<(String, OsString)> = pairs.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
     move |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
+
+/// Completion semaphores of this process still in /dev/shm whose name contains `filter` (tests
+/// run in parallel threads of one process: give each its own batch or pair names).
+pub fn our_completion_semaphores(filter: &str) -> Vec<String> {
+    let tag = format!("_{}_", std::process::id());
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sem.command_") && n.contains(&tag) && n.contains(filter))
+        .collect()
+}
+
+/// Removes what a killed agent left behind (its files and queue semaphores).
+pub fn remove_agent_leftovers(paths: &AgentPaths) {
+    for p in [&paths.command_queue, &paths.state] {
+        let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_file(etha_tensor_bus::lmdb::lock_path(p));
+    }
+    let names = etha_tensor_bus::command_queue::QueueNames::for_path(&paths.command_queue);
+    for n in [&names.items, &names.space, &names.ready] {
+        let _ = etha_tensor_bus::semaphore::NamedSemaphore::unlink(n);
+    }
+}
+
+/// Bootstraps the core against `paths` (AGENT_RANK=0, RANK=0).
+pub fn boot(paths: &AgentPaths, timeout: f64) -> etha_tensor_bus::Result<(etha_tensor_bus::Client, etha_tensor_bus::BootstrapInfo)> {
+    let env = env_of(&[("AGENT_RANK", "0".into()), ("RANK", "0".into())]);
+    let mut naming = |_rank: i64| Ok(paths.clone());
+    etha_tensor_bus::bootstrap_client(etha_tensor_bus::BootstrapOptions {
+        path_naming: Some(&mut naming),
+        connection_timeout: etha_tensor_bus::timeout::Timeout::from_secs_f64(timeout, "t").unwrap(),
+        env: &env,
+    })
+}
+
+/// The lines an agent started with `--record` wrote: (type, subject, transfer type, semaphore).
+pub fn recorded(path: &Path) -> Vec<(String, String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].into(), f[1].into(), f[2].into(), f[3].into())
+        })
+        .collect()
+}

@@ -1,12 +1,14 @@
 //! `etb-dev-agent`: a stand-in for the Python agent's side of PROTOCOL.md sections 2, 3 and 6,
 //! for the demo and the tests. It cleans up stale files and semaphores as the deployed launch
 //! scripts do, creates the command queue as its leader, then the state LMDB, then writes a
-//! heartbeat about every millisecond (its commits skip fsync). It does not consume commands yet.
+//! heartbeat about every millisecond (its commits skip fsync). It consumes commands, performs
+//! their visible effects and acknowledges them, with fault injection for the tests (--help).
 //!
 //! Prints one line `ready pid=<pid> beat=<first heartbeat, Unix seconds>` on stdout after its
 //! first heartbeat. On SIGTERM, SIGINT or
 //! `--exit-after`, it removes its files and semaphores (as the agent's clean exit does).
 
+mod consumer;
 mod options;
 mod queue_leader;
 mod state_writer;
@@ -53,16 +55,29 @@ fn run(opts: &Options) -> Result<(), String> {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready pid={} beat={first_beat}", std::process::id()).and_then(|_| out.flush());
 
+    let mut consumer = match &queue {
+        Some(q) if !opts.faults.no_dequeue => Some(consumer::Consumer::new(q, &opts.faults)?),
+        _ => None,
+    };
     let started = Instant::now();
     while !STOP.load(Ordering::SeqCst) {
         if opts.exit_after.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        match &mut consumer {
+            Some(c) => {
+                if let consumer::Outcome::Crash = c.step(Duration::from_millis(1), &state)? {
+                    // As a crash: nothing cleaned up.
+                    std::process::exit(3);
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
         if !opts.stall_heartbeat {
             state.beat(opts.heartbeat_offset)?;
         }
     }
+    drop(consumer);
     if opts.keep_files {
         std::mem::forget(queue);
         std::mem::forget(state);

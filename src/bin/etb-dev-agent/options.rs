@@ -16,7 +16,28 @@ usage: etb-dev-agent (--rank N | --command-queue PATH --state PATH) [options]
   --start-delay SECS       wait before creating anything
   --exit-after SECS        exit cleanly after SECS
   --keep-files             on exit, leave files and semaphores in place (as a crash would)
-  --die-with-parent        exit when the parent process dies";
+  --die-with-parent        exit when the parent process dies
+fault injection (TYPE: InitPair, RegisterTensors, Transfer, QueryStatus, CleanupBatch):
+  --no-dequeue             never consume commands (a stopped consumer)
+  --exit-on TYPE           crash (exit 3, files kept) on receiving TYPE, before acknowledging
+  --fail-on TYPE           acknowledge TYPE, then crash (the agent's failure path)
+  --never-ack TYPE         handle TYPE but never post its completion
+  --never-unlink           post completions but never unlink them (posix_ipc 1.3.2's defect)
+  --unmatched              InitPair never records the pair as matched
+  --ack-delay SECS         wait before acknowledging each command
+  --record PATH            append one line per command: type, batch or pair, transfer type, semaphore";
+
+#[derive(Default)]
+pub struct Faults {
+    pub no_dequeue: bool,
+    pub exit_on: Option<String>,
+    pub fail_on: Option<String>,
+    pub never_ack: Option<String>,
+    pub never_unlink: bool,
+    pub unmatched: bool,
+    pub ack_delay: Option<Duration>,
+    pub record: Option<std::path::PathBuf>,
+}
 
 pub struct Options {
     pub paths: AgentPaths,
@@ -27,6 +48,7 @@ pub struct Options {
     pub exit_after: Option<Duration>,
     pub keep_files: bool,
     pub die_with_parent: bool,
+    pub faults: Faults,
 }
 
 fn secs(flag: &str, v: Option<OsString>) -> Result<f64, String> {
@@ -35,6 +57,10 @@ fn secs(flag: &str, v: Option<OsString>) -> Result<f64, String> {
         .and_then(|s| s.parse::<f64>().ok())
         .filter(|f| f.is_finite())
         .ok_or_else(|| format!("{flag}: {v:?} is not a number of seconds"))
+}
+
+fn text(flag: &str, v: Option<OsString>) -> Result<String, String> {
+    v.and_then(|v| v.into_string().ok()).ok_or_else(|| format!("{flag} needs a value"))
 }
 
 fn duration(flag: &str, v: Option<OsString>) -> Result<Duration, String> {
@@ -53,6 +79,7 @@ impl Options {
             exit_after: None,
             keep_files: false,
             die_with_parent: false,
+            faults: Faults::default(),
         };
         while let Some(arg) = args.next() {
             match arg.to_str().unwrap_or("") {
@@ -71,6 +98,14 @@ impl Options {
                 "--exit-after" => o.exit_after = Some(duration("--exit-after", args.next())?),
                 "--keep-files" => o.keep_files = true,
                 "--die-with-parent" => o.die_with_parent = true,
+                "--no-dequeue" => o.faults.no_dequeue = true,
+                "--never-unlink" => o.faults.never_unlink = true,
+                "--unmatched" => o.faults.unmatched = true,
+                "--exit-on" => o.faults.exit_on = Some(text("--exit-on", args.next())?),
+                "--fail-on" => o.faults.fail_on = Some(text("--fail-on", args.next())?),
+                "--never-ack" => o.faults.never_ack = Some(text("--never-ack", args.next())?),
+                "--ack-delay" => o.faults.ack_delay = Some(duration("--ack-delay", args.next())?),
+                "--record" => o.faults.record = Some(args.next().ok_or("--record needs a path")?.into()),
                 "--help" | "-h" => return Err("help".into()),
                 _ => return Err(format!("unknown argument {arg:?}")),
             }

@@ -31,8 +31,8 @@ pub fn clean_stale(queue: &Path, state: &Path) {
 pub struct QueueLeader {
     path: std::path::PathBuf,
     names: QueueNames,
-    _env: Environment,
-    _dbi: Dbi,
+    pub env: Environment,
+    pub dbi: Dbi,
     _sems: [NamedSemaphore; 3],
 }
 
@@ -67,7 +67,11 @@ impl QueueLeader {
         let space = NamedSemaphore::create(&names.space, 0o600, (CAPACITY - length.min(CAPACITY)) as u32, false)
             .map_err(sem_err)?;
         ready.post().map_err(sem_err)?;
-        Ok(QueueLeader { path: path.to_owned(), names, _env: env, _dbi: dbi, _sems: [ready, items, space] })
+        Ok(QueueLeader { path: path.to_owned(), names, env, dbi, _sems: [ready, items, space] })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The agent's clean exit (`close(destroy=True)`): semaphores unlinked, files deleted.

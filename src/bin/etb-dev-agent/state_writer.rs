@@ -37,6 +37,11 @@ impl StateWriter {
         Ok(value)
     }
 
+    /// Writes one key of `pair_state`.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        self.env.write(|t| t.put(self.dbi, key, value)).map_err(|e| e.at(&self.path).to_string())
+    }
+
     /// The agent's clean exit: the state file (and its lock file) deleted.
     pub fn destroy(self) {
         let path = self.path.clone();

@@ -1,0 +1,277 @@
+//! The five worker commands against a real etb-dev-agent process: effects, completions,
+//! timeouts, a full queue, a dying agent, ordering under load, and no leaked semaphores.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{boot, our_completion_semaphores, recorded, remove_agent_leftovers, DevAgent, TempDir};
+use etha_tensor_bus::commands::TransferKind::{Recv, Send};
+use etha_tensor_bus::timeout::Timeout;
+use etha_tensor_bus::ErrorKind;
+
+fn t(s: f64) -> Timeout {
+    Timeout::from_secs_f64(s, "t").unwrap()
+}
+
+#[test]
+fn every_command_has_its_effect() {
+    let dir = TempDir::new("cmds");
+    let paths = dir.paths();
+    let rec = dir.0.join("record.tsv");
+    let _agent = DevAgent::start(&paths, &["--record", rec.to_str().unwrap()], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    c.init_pair("weights", "train", "infer", 4, None, Some(b"\x80\x02"), t(5.0)).unwrap();
+    c.register_tensors("step_0", &[("weights", b"\x01\x02"), ("weights", b"")], Some(1 << 20), t(5.0)).unwrap();
+    assert!(!c.query_transfer_signal("step_0", t(5.0)).unwrap(), "absent signal reads false");
+    c.transfer("step_0", Send, t(5.0)).unwrap();
+    assert!(c.query_transfer_signal("step_0", t(5.0)).unwrap());
+    c.transfer("step_0", Recv, t(5.0)).unwrap();
+    assert!(!c.query_transfer_signal("step_0", t(5.0)).unwrap());
+    c.cleanup_batch("step_0", t(5.0)).unwrap();
+    c.transfer_detached("step_1", Send, t(5.0)).unwrap();
+    let long = "b".repeat(300);
+    c.transfer(&long, Send, t(5.0)).unwrap();
+    assert!(c.query_transfer_signal(&long, t(5.0)).unwrap());
+    let lines = recorded(&rec);
+    let kinds: Vec<&str> = lines.iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["InitPair", "RegisterTensors", "QueryStatus", "Transfer", "QueryStatus", "Transfer", "QueryStatus", "CleanupBatch", "Transfer", "Transfer", "QueryStatus"]
+    );
+    assert_eq!(lines[8], ("Transfer".into(), "step_1".into(), "send".into(), "-".into()), "detached: semaphore_name nil");
+    assert!(lines[0].3.starts_with("/command_register_weights_"), "{:?}", lines[0]);
+    assert!(lines[9].3.len() <= 252 && lines[9].3.starts_with("/command_transfer_batch_bbb"), "{:?}", lines[9]);
+    for f in ["step_0", "weights", "bbb"] {
+        assert_eq!(our_completion_semaphores(f), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn unmatched_pair_is_an_error() {
+    let dir = TempDir::new("unmatched");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &["--unmatched"], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    let e = c.init_pair("p", "a", "b", 2, None, None, t(5.0)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PairNotMatched, "{e}");
+    assert_eq!(c.init_pair("p", "a", "b", 0, None, None, t(5.0)).unwrap_err().kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn no_acknowledgement_times_out_and_leaves_no_semaphore() {
+    let dir = TempDir::new("noack");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &["--never-ack", "CleanupBatch"], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    let start = Instant::now();
+    let e = c.cleanup_batch("noack", t(0.2)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    assert_eq!(our_completion_semaphores("noack"), Vec::<String>::new());
+    // Timeout 0 makes one attempt and returns at once.
+    let start = Instant::now();
+    assert_eq!(c.cleanup_batch("noack", t(0.0)).unwrap_err().kind(), ErrorKind::Timeout);
+    assert!(start.elapsed() < Duration::from_millis(50), "{:?}", start.elapsed());
+}
+
+#[test]
+fn agent_that_never_unlinks_leaves_nothing_of_ours() {
+    let dir = TempDir::new("nounlink");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &["--never-unlink"], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    for i in 0..20 {
+        c.transfer(&format!("nounlink{i}"), Send, t(5.0)).unwrap();
+    }
+    let done = c.transfer_async("nounlink-async", Recv, t(5.0)).unwrap();
+    done.wait(t(5.0)).unwrap();
+    drop(done);
+    assert_eq!(our_completion_semaphores("nounlink"), Vec::<String>::new());
+}
+
+#[test]
+fn full_queue_changes_nothing() {
+    let dir = TempDir::new("full");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &["--no-dequeue"], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    for i in 0..50_000 {
+        c.transfer_detached(&format!("b{i}"), Send, t(0.0)).unwrap();
+    }
+    let before = c.queue().positions().unwrap();
+    assert_eq!(before, (0, 50_000));
+    let start = Instant::now();
+    let e = c.transfer_detached("one-too-many", Send, t(0.1)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    let e = c.transfer("fullblocking", Send, t(0.0)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
+    assert_eq!(c.queue().positions().unwrap(), before, "head and tail unchanged");
+    assert_eq!(c.queue().semaphore_values().unwrap(), (50_000, 0));
+    assert_eq!(our_completion_semaphores("fullblocking"), Vec::<String>::new(), "the blocking call's semaphore is removed");
+}
+
+#[test]
+fn dead_agent_is_seen_at_once() {
+    let dir = TempDir::new("death");
+    let paths = dir.paths();
+    let mut agent = DevAgent::start(&paths, &["--never-ack", "Transfer"], true);
+    let (c, info) = boot(&paths, 5.0).unwrap();
+    assert_eq!(info.agent_pid, Some(agent.pid()));
+    let pid = agent.pid();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: signalling the agent child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let start = Instant::now();
+    let e = c.transfer("death", Send, t(30.0)).unwrap_err();
+    let took = start.elapsed();
+    killer.join().unwrap();
+    assert_eq!(e.kind(), ErrorKind::AgentDied, "{e}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Every later call says so too, without waiting.
+    let start = Instant::now();
+    assert_eq!(c.cleanup_batch("b", t(30.0)).unwrap_err().kind(), ErrorKind::AgentDied);
+    assert!(start.elapsed() < Duration::from_millis(100));
+    let _ = agent.child.wait();
+    drop(c);
+    remove_agent_leftovers(&paths);
+    assert_eq!(our_completion_semaphores("death"), Vec::<String>::new());
+}
+
+#[test]
+fn agent_failing_after_acknowledging_is_not_success() {
+    let dir = TempDir::new("failon");
+    let paths = dir.paths();
+    let mut agent = DevAgent::start(&paths, &["--fail-on", "RegisterTensors"], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    let r = c.register_tensors("b", &[("p", b"x")], None, t(5.0));
+    let _ = agent.child.wait();
+    // Posted-then-exited races with our check: either we saw the death right away, or the
+    // next call does.
+    if r.is_ok() {
+        assert_eq!(c.cleanup_batch("b", t(5.0)).unwrap_err().kind(), ErrorKind::AgentDied);
+    } else {
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::AgentDied);
+    }
+    drop(c);
+    remove_agent_leftovers(&paths);
+}
+
+#[test]
+fn async_completions_wait_poll_and_outlive_their_client() {
+    let dir = TempDir::new("async");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &["--ack-delay", "0.2"], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    let a = c.transfer_async("async-a", Send, t(5.0)).unwrap();
+    assert!(!a.poll().unwrap(), "acknowledged before the agent's delay?");
+    a.wait(t(5.0)).unwrap();
+    assert!(a.poll().unwrap());
+    a.wait(t(0.0)).unwrap();
+    let b = c.transfer_async("async-b", Send, t(5.0)).unwrap();
+    let name = format!("/dev/shm/sem.{}", &b.semaphore_name()[1..]);
+    drop(c);
+    assert_eq!(b.wait(t(1.0)).unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(b.poll().unwrap_err().kind(), ErrorKind::Closed);
+    assert!(std::path::Path::new(&name).exists());
+    drop(b);
+    drop(a);
+    std::thread::sleep(Duration::from_millis(300)); // the agent acknowledges b meanwhile
+    assert!(!std::path::Path::new(&name).exists());
+    assert_eq!(our_completion_semaphores("async"), Vec::<String>::new());
+}
+
+/// 3 threads x 20,000 commands through the 50,000-slot ring while the agent consumes: each
+/// command arrives exactly once, and each thread's order is kept.
+#[test]
+fn nothing_lost_and_order_kept_across_threads() {
+    let dir = TempDir::new("order");
+    let paths = dir.paths();
+    let rec = dir.0.join("record.tsv");
+    let _agent = DevAgent::start(&paths, &["--record", rec.to_str().unwrap()], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    const N: usize = 20_000;
+    std::thread::scope(|s| {
+        for th in 0..3 {
+            let c = &c;
+            s.spawn(move || {
+                for i in 0..N {
+                    c.transfer_detached(&format!("t{th}-{i}"), Send, t(30.0)).unwrap();
+                }
+            });
+        }
+    });
+    c.cleanup_batch("end", t(60.0)).unwrap(); // acknowledged after everything before it
+    let lines = recorded(&rec);
+    assert_eq!(lines.len(), 3 * N + 1);
+    let mut next = [0usize; 3];
+    for (ty, subject, _, _) in &lines[..3 * N] {
+        assert_eq!(ty, "Transfer");
+        let (th, i) = subject[1..].split_once('-').unwrap();
+        let (th, i): (usize, usize) = (th.parse().unwrap(), i.parse().unwrap());
+        assert_eq!(i, next[th], "thread {th} out of order");
+        next[th] += 1;
+    }
+    assert_eq!(next, [N; 3]);
+    let (head, tail) = c.queue().positions().unwrap();
+    assert_eq!((head, tail), (3 * N as u64 + 1, 3 * N as u64 + 1), "the ring wrapped past 50,000");
+}
+
+/// Four producer processes through one queue while the agent consumes: nothing lost, each
+/// producer's order kept. The producers are this test binary, re-run as `producer_child`.
+#[test]
+fn nothing_lost_across_processes() {
+    let dir = TempDir::new("procs");
+    let paths = dir.paths();
+    let rec = dir.0.join("record.tsv");
+    let _agent = DevAgent::start(&paths, &["--record", rec.to_str().unwrap()], true);
+    const N: usize = 5_000;
+    let children: Vec<_> = (0..4)
+        .map(|k| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["producer_child", "--exact", "--ignored", "--quiet", "--test-threads", "1"])
+                .stdout(std::process::Stdio::null())
+                .env("ETB_TEST_PRODUCER", format!("{k}"))
+                .env("ETB_TEST_QUEUE", &paths.command_queue)
+                .env("ETB_TEST_STATE", &paths.state)
+                .env("ETB_TEST_COUNT", N.to_string())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut ch in children {
+        assert!(ch.wait().unwrap().success());
+    }
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    c.cleanup_batch("procs-end", t(60.0)).unwrap();
+    let lines = recorded(&rec);
+    assert_eq!(lines.len(), 4 * N + 1);
+    let mut next = [0usize; 4];
+    for (_, subject, _, _) in &lines[..4 * N] {
+        let (k, i) = subject[1..].split_once('-').unwrap();
+        let (k, i): (usize, usize) = (k.parse().unwrap(), i.parse().unwrap());
+        assert_eq!(i, next[k], "producer {k} out of order");
+        next[k] += 1;
+    }
+    assert_eq!(next, [N; 4]);
+}
+
+/// Not a test by itself (hence ignored): the body of one producer process of
+/// `nothing_lost_across_processes`, which runs it with `--ignored`.
+#[test]
+#[ignore = "run by nothing_lost_across_processes as a child process"]
+fn producer_child() {
+    let k = std::env::var("ETB_TEST_PRODUCER").expect("run by nothing_lost_across_processes");
+    let paths = etha_tensor_bus::naming::AgentPaths {
+        command_queue: std::env::var_os("ETB_TEST_QUEUE").unwrap().into(),
+        state: std::env::var_os("ETB_TEST_STATE").unwrap().into(),
+    };
+    let n: usize = std::env::var("ETB_TEST_COUNT").unwrap().parse().unwrap();
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    for i in 0..n {
+        c.transfer_detached(&format!("p{k}-{i}"), Send, t(30.0)).unwrap();
+    }
+}
