@@ -32,9 +32,16 @@ NAMING_FN = ctypes.CFUNCTYPE(
 )
 
 
+class TensorPayload(ctypes.Structure):
+    _fields_ = [("pair_name", ctypes.c_char_p), ("data", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
 def load_library():
     lib = ctypes.CDLL(library_path())
     P = ctypes.c_void_p
+    S = ctypes.c_char_p
+    D = ctypes.c_double
+    I32 = ctypes.c_int32
     sigs = {
         "etb_bootstrap_client": (ctypes.c_int32, [NAMING_FN, P, ctypes.c_double, ctypes.POINTER(P), ctypes.POINTER(P)]),
         "etb_client_close": (None, [P]),
@@ -54,6 +61,16 @@ def load_library():
         "etb_status_name": (ctypes.c_char_p, [ctypes.c_int32]),
         "etb_last_error_message": (ctypes.c_char_p, []),
         "etb_version": (ctypes.c_char_p, []),
+        "etb_client_init_pair": (I32, [P, S, S, S, ctypes.c_int64, P, ctypes.c_size_t, P, ctypes.c_size_t, D]),
+        "etb_client_register_tensors": (I32, [P, S, ctypes.POINTER(TensorPayload), ctypes.c_size_t, ctypes.c_int64, D]),
+        "etb_client_transfer": (I32, [P, S, I32, D]),
+        "etb_client_query_transfer_signal": (I32, [P, S, D, ctypes.POINTER(ctypes.c_bool)]),
+        "etb_client_cleanup_batch": (I32, [P, S, D]),
+        "etb_client_transfer_async": (I32, [P, S, I32, D, ctypes.POINTER(P)]),
+        "etb_client_transfer_detached": (I32, [P, S, I32, D]),
+        "etb_completion_wait": (I32, [P, D]),
+        "etb_completion_poll": (I32, [P, ctypes.POINTER(ctypes.c_bool)]),
+        "etb_completion_free": (None, [P]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)

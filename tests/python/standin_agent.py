@@ -4,12 +4,17 @@ and msgspec. It follows ../shared/reference/PROTOCOL.md sections 2, 3 and 6: cle
 files and semaphores, the command queue created as its leader, then the state LMDB, then a
 heartbeat every loop turn (about 1 ms).
 
-It does not consume commands yet (that comes with the worker commands). On SIGUSR1 it prints
-one status line (queue head and tail, semaphore values); on SIGTERM or SIGINT it exits cleanly,
-destroying the queue and the state as the agent's clean exit does.
+It consumes commands as the reference agent does (sections 3 to 5): waits on /cq_{stem} for
+1 ms, dequeues in a write transaction, decodes with msgspec into the structs below (written
+from PROTOCOL section 4), performs each command's visible effect, then opens the completion
+semaphore by name, posts it, closes it and tries to unlink it (which posix_ipc 1.3.2 refuses
+after the close: the worker must remove it). On SIGUSR1 it prints one status line (queue head
+and tail, semaphore values); on SIGTERM or SIGINT it exits cleanly, destroying the queue and the
+state as the agent's clean exit does.
 
     standin_agent.py (--rank N | --command-queue PATH --state PATH) [--no-queue] [--sync]
-                     [--exit-after SECS]
+                     [--exit-after SECS] [--no-dequeue] [--exit-on TYPE] [--never-ack TYPE]
+                     [--stall-heartbeat] [--record PATH]
 """
 import argparse
 import os
@@ -19,13 +24,60 @@ import struct
 import sys
 import time
 
+from typing import Optional, Union
+
 import lmdb
-import msgspec  # noqa: F401  (the agent's message codec; command decoding comes with the commands)
+import msgspec
 import posix_ipc
 
 CAPACITY = 50000
 QUEUE_MAP_SIZE = 1 << 30
 STATE_MAP_SIZE = 256 << 20
+
+
+# The agent's messages (PROTOCOL section 4): tagged structs, the tag is the class name.
+class Transfer(msgspec.Struct, tag=True):
+    batch_id: str
+    transfer_type: str
+    timestamp: Optional[float] = None
+    semaphore_name: Optional[str] = None
+
+
+class RegisterTensors(msgspec.Struct, tag=True):
+    batch_id: str
+    tensors: list[tuple[str, bytes]]
+    bucket_size: Optional[int] = None
+    timestamp: Optional[float] = None
+    semaphore_name: Optional[str] = None
+
+
+class InitPair(msgspec.Struct, tag=True):
+    pair_name: str
+    local_name: str
+    expected_world_size: int
+    remote_name: str
+    mesh_shape_payload: Optional[bytes] = None
+    placements_payload: Optional[bytes] = None
+    timestamp: Optional[float] = None
+    semaphore_name: Optional[str] = None
+
+
+class QueryStatus(msgspec.Struct, tag=True):
+    batch_id: str
+    state_name: str
+    timestamp: Optional[float] = None
+    semaphore_name: Optional[str] = None
+
+
+class CleanupBatch(msgspec.Struct, tag=True):
+    batch_id: str
+    timestamp: Optional[float] = None
+    semaphore_name: Optional[str] = None
+
+
+Command = Union[Transfer, RegisterTensors, InitPair, QueryStatus, CleanupBatch]
+DECODER = msgspec.msgpack.Decoder(Command)
+ENCODER = msgspec.msgpack.Encoder()
 
 
 def default_paths(rank):
@@ -75,6 +127,26 @@ class QueueLeader:
     def _positions(self, txn):
         return tuple(struct.unpack("Q", txn.get(k))[0] for k in (b"__head__", b"__tail__"))
 
+    def dequeue(self):
+        """One command, as the reference agent's dequeue: None when there is none."""
+        try:
+            self.items.acquire(0.001)
+        except (posix_ipc.BusyError, posix_ipc.SignalError):  # SignalError: our SIGUSR1
+            return None
+        with self.env.begin(write=True, db=self.db) as txn:
+            head, tail = self._positions(txn)
+            if tail - head <= 0:
+                return None
+            raw = txn.get(struct.pack("Q", head % CAPACITY))
+            txn.put(b"__head__", struct.pack("Q", head + 1))
+        try:
+            command = DECODER.decode(raw)
+        except msgspec.DecodeError as e:
+            print(f"undecodable message: {e}", file=sys.stderr, flush=True)
+            return None  # the reference leaks the slot here (a defect we keep: it is the agent's)
+        self.space.release()
+        return command
+
     def status(self):
         with self.env.begin(db=self.db) as txn:
             head, tail = self._positions(txn)
@@ -104,6 +176,11 @@ def main(argv=None):
     p.add_argument("--no-queue", action="store_true")
     p.add_argument("--sync", action="store_true", help="fsync every heartbeat, as the real agent does")
     p.add_argument("--exit-after", type=float, default=None)
+    p.add_argument("--no-dequeue", action="store_true")
+    p.add_argument("--exit-on", help="exit (as a crash: files kept) on receiving this command type")
+    p.add_argument("--never-ack", help="never post the completion of this command type")
+    p.add_argument("--stall-heartbeat", action="store_true")
+    p.add_argument("--record", help="append each decoded command as a JSON line")
     a = p.parse_args(argv)
     if a.rank is not None:
         queue_path, state_path = default_paths(a.rank)
@@ -129,13 +206,49 @@ def main(argv=None):
 
     beat()
     print(f"ready pid={os.getpid()}", flush=True)
+    record = open(a.record, "ab") if a.record else None
+    signals = {}
+
+    def put_state(key, value):
+        with state.begin(write=True, db=state_db) as txn:
+            txn.put(key.encode(), ENCODER.encode(value))
+
+    def handle(cmd):
+        if record:
+            record.write(msgspec.json.encode(cmd) + b"\n")
+            record.flush()
+        kind = type(cmd).__name__
+        if kind == a.exit_on:
+            os._exit(3)
+        if isinstance(cmd, InitPair):
+            put_state(f"pair:{cmd.pair_name}/state:match", "matched")
+        elif isinstance(cmd, Transfer):
+            signals[cmd.batch_id] = cmd.transfer_type == "send"
+        elif isinstance(cmd, QueryStatus):
+            put_state(f"batch:{cmd.batch_id}/state:transfer_signal", bool(signals.get(cmd.batch_id, False)))
+        elif isinstance(cmd, CleanupBatch):
+            signals.pop(cmd.batch_id, None)
+        if cmd.semaphore_name and kind != a.never_ack:
+            sem = posix_ipc.Semaphore(cmd.semaphore_name)
+            sem.release()
+            sem.close()
+            try:
+                sem.unlink()  # refused after close by posix_ipc 1.3.2, as in the reference
+            except Exception:
+                pass
+
     started = time.monotonic()
     while not stop and (a.exit_after is None or time.monotonic() - started < a.exit_after):
         if want_status:
             want_status.clear()
             print(f"status {queue.status() if queue else 'no-queue'}", flush=True)
-        time.sleep(0.001)
-        beat()
+        cmd = queue.dequeue() if queue and not a.no_dequeue else None
+        if cmd is None and (not queue or a.no_dequeue):
+            time.sleep(0.001)
+        if cmd is not None:
+            handle(cmd)
+        if not a.stall_heartbeat:
+            beat()
 
     if queue:
         queue.destroy()
