@@ -74,35 +74,36 @@ def cargo_tests():
 
 
 def c_tests():
+    """Each tests/c/test_*.c, compiled as C11 and as C++17, then run against etb-dev-agent."""
     BUILD.mkdir(parents=True, exist_ok=True)
-    src = ROOT / "tests" / "c" / "test_bootstrap.c"
     flags = ["-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'include'}"]
     link = [f"-L{TARGET}", "-letha_tensor_bus", f"-Wl,-rpath,{TARGET}", "-lm"]
-    builds = {
-        "c": ["cc", "-std=c11", *flags, str(src), *link, "-o", str(BUILD / "test_bootstrap_c")],
-        "cpp": ["c++", "-std=c++17", *flags, "-x", "c++", str(src), "-x", "none", *link, "-o",
-                str(BUILD / "test_bootstrap_cpp")],
-    }
     binaries = {}
-    for flavour, argv in builds.items():
-        out = run(argv)
-        if out.returncode != 0:
-            show(out)
-            count(f"compile test_bootstrap as {flavour}", 0, 1)
-        else:
-            count(f"compile test_bootstrap as {flavour} with -Wall -Wextra -Werror", 1, 0)
-            binaries[flavour] = argv[-1]
+    for src in sorted((ROOT / "tests" / "c").glob("test_*.c")):
+        for flavour in ("c", "cpp"):
+            out_path = BUILD / f"{src.stem}_{flavour}"
+            if flavour == "c":
+                argv = ["cc", "-std=c11", *flags, str(src), *link, "-o", str(out_path)]
+            else:
+                argv = ["c++", "-std=c++17", *flags, "-x", "c++", str(src), "-x", "none", *link, "-o", str(out_path)]
+            out = run(argv)
+            if out.returncode != 0:
+                show(out)
+                count(f"compile {src.name} as {flavour}", 0, 1)
+                continue
+            count(f"compile {src.name} as {flavour} with -Wall -Wextra -Werror", 1, 0)
+            binaries[(src.stem, flavour)] = str(out_path)
     env = dict(os.environ, ETB_DEV_AGENT=str(TARGET / "etb-dev-agent"))
     env.pop("ETB_EXTERNAL_AGENT_PID", None)
-    for flavour, binary in binaries.items():
+    for (stem, flavour), binary in binaries.items():
         out = run([binary], env=env, timeout=600)
         show(out)
         m = re.search(r"^(\d+) passed, (\d+) failed$", out.stdout, re.M)
         passed, failed = (int(m.group(1)), int(m.group(2))) if m else (0, 1)
         if out.returncode != 0 and failed == 0:
             failed = 1
-        count(f"C tests as {flavour}", passed, failed)
-    return binaries
+        count(f"{stem} as {flavour}", passed, failed)
+    return {flavour: path for (stem, flavour), path in binaries.items() if stem == "test_bootstrap"}
 
 
 def python_tests(binaries):

@@ -1,0 +1,148 @@
+/*
+ * The small test harness shared by the C test programs: cases, checks, and etb-dev-agent
+ * processes. Header-only (static functions); valid C11 and C++17.
+ */
+#ifndef ETB_TEST_HARNESS_H
+#define ETB_TEST_HARNESS_H
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static int g_passed, g_failed;
+static char g_why[1024];
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (!(cond)) {                                                     \
+            snprintf(g_why, sizeof g_why, __VA_ARGS__);                    \
+            return 0;                                                      \
+        }                                                                  \
+    } while (0)
+
+static inline void run_case(const char *name, int (*fn)(void)) {
+    g_why[0] = '\0';
+    if (fn()) {
+        g_passed++;
+        printf("ok - %s\n", name);
+    } else {
+        g_failed++;
+        printf("not ok - %s: %s\n", name, g_why);
+    }
+    fflush(stdout);
+}
+
+static inline double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- agents ---- */
+
+typedef struct Agent {
+    pid_t pid;
+    long long rank;
+} Agent;
+
+static long long g_next_rank;
+
+static inline long long fresh_rank(void) { return g_next_rank++; }
+
+/* Starts etb-dev-agent for `rank` with extra arguments (NULL-terminated); waits for its
+ * "ready" line unless wait_ready is 0. Returns pid 0 on failure. */
+static inline Agent start_agent(long long rank, int wait_ready, const char *a1, const char *a2) {
+    Agent agent;
+    char rank_text[32];
+    const char *argv[12];
+    int n = 0, pipefd[2];
+    posix_spawn_file_actions_t fa;
+    agent.pid = 0;
+    agent.rank = rank;
+    snprintf(rank_text, sizeof rank_text, "%lld", rank);
+    argv[n++] = getenv("ETB_DEV_AGENT");
+    argv[n++] = "--rank";
+    argv[n++] = rank_text;
+    argv[n++] = "--exit-after";
+    argv[n++] = "60";
+    argv[n++] = "--die-with-parent";
+    if (a1) argv[n++] = a1;
+    if (a2) argv[n++] = a2;
+    argv[n] = NULL;
+    if (!argv[0] || pipe(pipefd) != 0) return agent;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+    posix_spawn_file_actions_addclose(&fa, pipefd[0]);
+    if (posix_spawn(&agent.pid, argv[0], &fa, NULL, (char *const *)argv, environ) != 0) agent.pid = 0;
+    posix_spawn_file_actions_destroy(&fa);
+    close(pipefd[1]);
+    if (agent.pid && wait_ready) {
+        char line[64] = {0};
+        ssize_t got = read(pipefd[0], line, sizeof line - 1);
+        if (got <= 0 || strncmp(line, "ready pid=", 10) != 0) {
+            kill(agent.pid, SIGKILL);
+            waitpid(agent.pid, NULL, 0);
+            agent.pid = 0;
+        }
+    }
+    close(pipefd[0]);
+    return agent;
+}
+
+/* Stops an agent cleanly (it removes its files and semaphores) and waits for it. */
+static inline void stop_agent(Agent *agent) {
+    if (agent->pid > 0) {
+        kill(agent->pid, SIGTERM);
+        waitpid(agent->pid, NULL, 0);
+        agent->pid = 0;
+    }
+}
+
+static inline int path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* Nothing of agent `rank` left in /tmp or /dev/shm. */
+static inline int nothing_left(long long rank) {
+    char p[256];
+    const char *fmts[] = {"/tmp/agent_rank%lld_command.lmdb", "/tmp/agent_rank%lld_command.lmdb-lock",
+                          "/tmp/agent_rank%lld_state.lmdb", "/tmp/agent_rank%lld_state.lmdb-lock",
+                          "/dev/shm/sem.cq_agent_rank%lld_command", "/dev/shm/sem.cq_space_agent_rank%lld_command",
+                          "/dev/shm/sem.cq_ready_agent_rank%lld_command"};
+    size_t i;
+    for (i = 0; i < sizeof fmts / sizeof fmts[0]; i++) {
+        snprintf(p, sizeof p, fmts[i], rank);
+        if (path_exists(p)) {
+            snprintf(g_why, sizeof g_why, "left behind: %s", p);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static inline void set_env(const char *agent_rank, const char *rank, const char *offset, const char *local_rank) {
+    if (agent_rank) setenv("AGENT_RANK", agent_rank, 1); else unsetenv("AGENT_RANK");
+    if (rank) setenv("RANK", rank, 1); else unsetenv("RANK");
+    if (offset) setenv("AGENT_RANK_OFFSET", offset, 1); else unsetenv("AGENT_RANK_OFFSET");
+    if (local_rank) setenv("LOCAL_RANK", local_rank, 1); else unsetenv("LOCAL_RANK");
+}
+
+static inline void set_direct(long long rank) {
+    char r[32];
+    snprintf(r, sizeof r, "%lld", rank);
+    set_env(r, "0", NULL, NULL);
+}
+
+
+#endif /* ETB_TEST_HARNESS_H */

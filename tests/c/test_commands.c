@@ -1,0 +1,216 @@
+/*
+ * C test of the worker commands against the real shared library and etb-dev-agent processes.
+ * Compiled as C11 and as C++17 with -Wall -Wextra -Werror. Needs ETB_DEV_AGENT.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "etha_tensor_bus.h"
+
+#include "harness.h"
+
+#include <dirent.h>
+
+/* Completion semaphores of this process still in /dev/shm. */
+static int our_semaphores(void) {
+    char tag[32];
+    int n = 0;
+    DIR *d = opendir("/dev/shm");
+    struct dirent *e;
+    snprintf(tag, sizeof tag, "_%d_", (int)getpid());
+    if (!d) return -1;
+    while ((e = readdir(d)) != NULL)
+        if (strncmp(e->d_name, "sem.command_", 12) == 0 && strstr(e->d_name, tag)) n++;
+    closedir(d);
+    return n;
+}
+
+static EtbClient *connect_to(long long rank) {
+    EtbClient *client = NULL;
+    EtbBootstrapInfo *info = NULL;
+    set_direct(rank);
+    if (etb_bootstrap_client(NULL, NULL, 5.0, &client, &info) != ETB_OK) return NULL;
+    etb_info_free(info);
+    return client;
+}
+
+#define EXPECT(call, want)                                                                              \
+    do {                                                                                                \
+        EtbStatus s_ = (call);                                                                          \
+        CHECK(s_ == (want), "%s: got %s, want %s (%s)", #call, etb_status_name(s_), etb_status_name(want), \
+              etb_last_error_message());                                                                \
+    } while (0)
+
+static int t_every_command(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    EtbClient *c;
+    EtbTensorPayload tensors[2];
+    const uint8_t data[3] = {1, 2, 3};
+    const uint8_t mesh[2] = {0x80, 0x04};
+    bool signal = true, done = false;
+    EtbCompletion *comp = NULL;
+    char long_id[301];
+    CHECK(agent.pid > 0, "agent did not start");
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(etb_client_init_pair(c, "weights", "train", "infer", 4, mesh, sizeof mesh, NULL, 0, 5.0), ETB_OK);
+    tensors[0].pair_name = "weights";
+    tensors[0].data = data;
+    tensors[0].len = sizeof data;
+    tensors[1].pair_name = "weights";
+    tensors[1].data = NULL;
+    tensors[1].len = 0;
+    EXPECT(etb_client_register_tensors(c, "step_0", tensors, 2, 1 << 20, 5.0), ETB_OK);
+    EXPECT(etb_client_query_transfer_signal(c, "step_0", 5.0, &signal), ETB_OK);
+    CHECK(!signal, "absent signal must read false");
+    EXPECT(etb_client_transfer(c, "step_0", ETB_TRANSFER_SEND, 5.0), ETB_OK);
+    EXPECT(etb_client_query_transfer_signal(c, "step_0", 5.0, &signal), ETB_OK);
+    CHECK(signal, "signal after send");
+    EXPECT(etb_client_transfer_async(c, "step_0", ETB_TRANSFER_RECV, 5.0, &comp), ETB_OK);
+    EXPECT(etb_completion_wait(comp, 5.0), ETB_OK);
+    EXPECT(etb_completion_poll(comp, &done), ETB_OK);
+    CHECK(done, "poll after wait");
+    etb_completion_free(comp);
+    EXPECT(etb_client_query_transfer_signal(c, "step_0", 5.0, &signal), ETB_OK);
+    CHECK(!signal, "signal after recv");
+    EXPECT(etb_client_transfer_detached(c, "step_1", ETB_TRANSFER_SEND, 5.0), ETB_OK);
+    memset(long_id, 'q', 300);
+    long_id[300] = '\0';
+    EXPECT(etb_client_transfer(c, long_id, ETB_TRANSFER_SEND, 5.0), ETB_OK);
+    EXPECT(etb_client_cleanup_batch(c, "step_0", 5.0), ETB_OK);
+    CHECK(our_semaphores() == 0, "completion semaphores left: %d", our_semaphores());
+    etb_client_close(c);
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+static int t_unmatched_and_timeouts(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, "--unmatched", NULL);
+    EtbClient *c;
+    CHECK(agent.pid > 0, "agent did not start");
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(etb_client_init_pair(c, "p", "a", "b", 2, NULL, 0, NULL, 0, 5.0), ETB_ERR_PAIR_NOT_MATCHED);
+    etb_client_close(c);
+    stop_agent(&agent);
+    agent = start_agent(rank, 1, "--never-ack", "CleanupBatch");
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(etb_client_cleanup_batch(c, "b", 0.1), ETB_ERR_TIMEOUT);
+    CHECK(our_semaphores() == 0, "semaphore left after a timeout");
+    etb_client_close(c);
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+static int t_agent_death(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, "--exit-on", "Transfer");
+    EtbClient *c;
+    double t0, took;
+    CHECK(agent.pid > 0, "agent did not start");
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    t0 = now_s();
+    EXPECT(etb_client_transfer(c, "dies", ETB_TRANSFER_SEND, 30.0), ETB_ERR_AGENT_DIED);
+    took = now_s() - t0;
+    CHECK(took < 2.0, "death seen after %.3f s", took);
+    EXPECT(etb_client_cleanup_batch(c, "after", 30.0), ETB_ERR_AGENT_DIED);
+    etb_client_close(c);
+    waitpid(agent.pid, NULL, 0);
+    /* The crashed agent kept its files: a fresh agent's start-up removes them, its exit too. */
+    agent = start_agent(rank, 1, "--exit-after", "0");
+    waitpid(agent.pid, NULL, 0);
+    return nothing_left(rank) && our_semaphores() == 0;
+}
+
+static int t_null_and_bad_arguments(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, "--record", "/dev/null");
+    EtbClient *c;
+    EtbCompletion *comp = (EtbCompletion *)(void *)0x1;
+    EtbTensorPayload bad;
+    bool b = false;
+    const char bad_utf8[3] = {(char)0xff, 'x', 0};
+    CHECK(agent.pid > 0, "agent did not start");
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(etb_client_init_pair(NULL, "p", "l", "r", 1, NULL, 0, NULL, 0, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_init_pair(c, NULL, "l", "r", 1, NULL, 0, NULL, 0, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_init_pair(c, "p", NULL, "r", 1, NULL, 0, NULL, 0, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_init_pair(c, "p", "l", NULL, 1, NULL, 0, NULL, 0, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_init_pair(c, "p", "l", "r", 1, NULL, 3, NULL, 0, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_init_pair(c, "p", "l", "r", 1, NULL, 0, NULL, 3, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_init_pair(c, bad_utf8, "l", "r", 1, NULL, 0, NULL, 0, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_init_pair(c, "p", "l", "r", -3, NULL, 0, NULL, 0, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_init_pair(c, "p", "l", "r", 1, NULL, 0, NULL, 0, NAN), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_register_tensors(NULL, "b", NULL, 0, 0, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_register_tensors(c, NULL, NULL, 0, 0, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_register_tensors(c, "b", NULL, 2, 0, 1.0), ETB_ERR_NULL_ARGUMENT);
+    bad.pair_name = NULL;
+    bad.data = NULL;
+    bad.len = 0;
+    EXPECT(etb_client_register_tensors(c, "b", &bad, 1, 0, 1.0), ETB_ERR_NULL_ARGUMENT);
+    CHECK(strstr(etb_last_error_message(), "tensors[0].pair_name") != NULL, "%s", etb_last_error_message());
+    bad.pair_name = "p";
+    bad.len = 8;
+    EXPECT(etb_client_register_tensors(c, "b", &bad, 1, 0, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_register_tensors(c, "b", NULL, 0, 0, -1.0), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_transfer(NULL, "b", ETB_TRANSFER_SEND, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_transfer(c, NULL, ETB_TRANSFER_SEND, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_transfer(c, "b", 2, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_transfer(c, bad_utf8, ETB_TRANSFER_SEND, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_query_transfer_signal(NULL, "b", 1.0, &b), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_query_transfer_signal(c, NULL, 1.0, &b), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_query_transfer_signal(c, "b", 1.0, NULL), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_cleanup_batch(NULL, "b", 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_cleanup_batch(c, NULL, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_transfer_async(NULL, "b", ETB_TRANSFER_SEND, 1.0, &comp), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_transfer_async(c, "b", ETB_TRANSFER_SEND, 1.0, NULL), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_transfer_async(c, "b", 9, 1.0, &comp), ETB_ERR_INVALID_ARGUMENT);
+    CHECK(comp == (EtbCompletion *)(void *)0x1, "completion_out written on failure");
+    EXPECT(etb_client_transfer_detached(NULL, "b", ETB_TRANSFER_SEND, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_transfer_detached(c, "b", ETB_TRANSFER_RECV, -0.5), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_completion_wait(NULL, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_completion_poll(NULL, &b), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_heartbeat_age(c, NULL), ETB_ERR_NULL_ARGUMENT);
+    etb_completion_free(NULL);
+    CHECK(our_semaphores() == 0, "semaphores left: %d", our_semaphores());
+    etb_client_close(c);
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+static int t_completion_after_close(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, "--never-ack", "Transfer");
+    EtbClient *c;
+    EtbCompletion *comp = NULL;
+    bool done = true;
+    CHECK(agent.pid > 0, "agent did not start");
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(etb_client_transfer_async(c, "pending", ETB_TRANSFER_SEND, 1.0, &comp), ETB_OK);
+    EXPECT(etb_completion_poll(comp, &done), ETB_OK);
+    CHECK(!done, "not acknowledged yet");
+    EXPECT(etb_completion_wait(comp, 0.0), ETB_ERR_TIMEOUT);
+    etb_client_close(c);
+    EXPECT(etb_completion_wait(comp, 1.0), ETB_ERR_CLOSED);
+    CHECK(our_semaphores() == 1, "the pending completion holds its semaphore");
+    etb_completion_free(comp);
+    CHECK(our_semaphores() == 0, "freed completion removed its semaphore");
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+int main(void) {
+    g_next_rank = (long long)getpid() * 1000 + 600;
+    signal(SIGPIPE, SIG_IGN);
+    run_case("every_command", t_every_command);
+    run_case("unmatched_pair_and_timeouts", t_unmatched_and_timeouts);
+    run_case("agent_death", t_agent_death);
+    run_case("null_and_bad_arguments", t_null_and_bad_arguments);
+    run_case("completion_after_close", t_completion_after_close);
+    printf("%d passed, %d failed\n", g_passed, g_failed);
+    return g_failed ? 1 : 0;
+}
