@@ -321,9 +321,10 @@ EtbStatus etb_client_cleanup_batch(struct EtbClient *client,
  * `timeout_s` bounds only the wait for queue space. On success writes a new completion to
  * `*completion_out` (required): wait on it with `etb_completion_wait` or poll it with
  * `etb_completion_poll`, then release it with `etb_completion_free`. Each pending completion
- * holds a named semaphore (a file in /dev/shm and a memory mapping, counted against the
- * process's open-file and mapping limits): free completions you no longer need; tens of
- * thousands at once are fine on a default Linux system.
+ * holds a named semaphore: a 4 KiB page of /dev/shm and one memory mapping (glibc keeps no
+ * descriptor open), so the practical limit is the process's mapping limit, `vm.max_map_count`
+ * (65530 by default, shared with everything else the process maps): free completions you no
+ * longer need.
  */
 EtbStatus etb_client_transfer_async(struct EtbClient *client,
                                     const char *batch_id,
