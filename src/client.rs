@@ -137,9 +137,11 @@ impl Client {
         }
     }
 
+    /// A client of a dead agent is unusable: checked before every command (one `poll` with a
+    /// zero timeout), so nothing is enqueued into a queue nobody will read.
     fn usable(&self, what: &str) -> Result<()> {
         self.shared.check_process()?;
-        if self.shared.died.load(Ordering::Acquire) {
+        if self.shared.agent_dead() {
             return Err(self.shared.died_error(what));
         }
         Ok(())
@@ -183,7 +185,7 @@ impl Client {
     fn call(&self, command: &Command<'_>, timeout: Timeout) -> Result<()> {
         let deadline = timeout.start();
         let sem = self.issue(command, &deadline, false)?.expect("a completion was asked for");
-        wait_completion(&sem, &self.shared, &deadline, command.type_name())
+        wait_completion(&sem, &self.shared, &deadline, command.type_name(), &|| false)
     }
 
     /// `InitPair`: succeeds only if the agent then records the pair as matched.
@@ -278,9 +280,16 @@ impl Client {
 }
 
 /// Waits for a completion; a completion posted by an agent that then exited is a failure
-/// (the agent posts also when the command failed, then re-raises and ends).
-fn wait_completion(sem: &CompletionSemaphore, shared: &Shared, deadline: &Deadline, what: &str) -> Result<()> {
-    match sem.semaphore().wait(deadline, &|| shared.agent_dead()) {
+/// (the agent posts also when the command failed, then re-raises and ends). `closed` ends the
+/// wait early with `Closed`.
+fn wait_completion(
+    sem: &CompletionSemaphore,
+    shared: &Shared,
+    deadline: &Deadline,
+    what: &str,
+    closed: &dyn Fn() -> bool,
+) -> Result<()> {
+    match sem.semaphore().wait(deadline, &|| closed() || shared.agent_dead()) {
         Ok(()) if shared.agent_dead() => Err(shared.died_error(&format!("{what} was acknowledged, but"))),
         Ok(()) => Ok(()),
         Err(WaitError::TimedOut) => Err(Error::new(
@@ -292,9 +301,14 @@ fn wait_completion(sem: &CompletionSemaphore, shared: &Shared, deadline: &Deadli
                 sem.name()
             ),
         )),
+        Err(WaitError::GaveUp) if closed() => Err(closed_error(sem.name())),
         Err(WaitError::GaveUp) => Err(shared.died_error(what)),
         Err(WaitError::Sem(e)) => Err(crate::completion::ipc_error(sem.name(), e)),
     }
+}
+
+fn closed_error(name: &str) -> Error {
+    Error::new(ErrorKind::Closed, format!("the client of completion {name} was closed; free the completion"))
 }
 
 impl Completion {
@@ -305,10 +319,7 @@ impl Completion {
     fn usable(&self) -> Result<()> {
         self.shared.check_process()?;
         if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::new(
-                ErrorKind::Closed,
-                format!("the client of completion {} was closed; free the completion", self.sem.name()),
-            ));
+            return Err(closed_error(self.sem.name()));
         }
         Ok(())
     }
@@ -319,7 +330,8 @@ impl Completion {
         if self.done.load(Ordering::Acquire) {
             return Ok(());
         }
-        wait_completion(&self.sem, &self.shared, &timeout.start(), "Transfer")?;
+        let closed = || self.shared.closed.load(Ordering::Acquire);
+        wait_completion(&self.sem, &self.shared, &timeout.start(), "Transfer", &closed)?;
         self.done.store(true, Ordering::Release);
         Ok(())
     }
@@ -331,6 +343,8 @@ impl Completion {
             return Ok(true);
         }
         match self.sem.semaphore().try_wait() {
+            // Posted, then exited: the agent posts failed commands too, then ends.
+            Ok(true) if self.shared.agent_dead() => Err(self.shared.died_error("Transfer was acknowledged, but")),
             Ok(true) => {
                 self.done.store(true, Ordering::Release);
                 Ok(true)

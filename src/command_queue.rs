@@ -81,8 +81,7 @@ pub enum AttachError {
     Lmdb(LmdbError),
 }
 
-/// Why an enqueue failed. Nothing was written in every case but `Sem` after the commit (the
-/// message is in the queue but the agent was not woken; it polls every millisecond anyway).
+/// Why an enqueue failed. Nothing was written in every case.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EnqueueError {
     /// No free slot before the deadline.
@@ -184,16 +183,40 @@ impl CommandQueue {
         }
         let dbi = self.env.dbi;
         let written = self.env.env.write(|t| {
+            let head = t.get(dbi, HEAD_KEY)?.as_deref().and_then(decode_u64).unwrap_or(0);
             let tail = t.get(dbi, TAIL_KEY)?.as_deref().and_then(decode_u64).unwrap_or(0);
+            // The semaphores can drift from the ring (an agent restarted over an uncleared
+            // queue): never overwrite an unconsumed slot.
+            if tail.wrapping_sub(head) >= CAPACITY {
+                return Ok(false);
+            }
             t.put(dbi, &slot_key(tail), message)?;
-            t.put(dbi, TAIL_KEY, &encode_u64(tail.wrapping_add(1)))
+            t.put(dbi, TAIL_KEY, &encode_u64(tail.wrapping_add(1)))?;
+            Ok(true)
         });
-        if let Err(e) = written {
-            // Nothing was written: give the slot back.
-            let _ = self.space.post();
-            return Err(EnqueueError::Lmdb(e));
+        match written {
+            Ok(true) => {}
+            Ok(false) => {
+                // The transaction wrote nothing (it is committed empty): give the slot back.
+                let _ = self.space.post();
+                return Err(EnqueueError::Full);
+            }
+            Err(e) => {
+                let _ = self.space.post();
+                return Err(EnqueueError::Lmdb(e));
+            }
         }
-        self.items.post().map_err(EnqueueError::Sem)
+        if let Err(e) = self.items.post() {
+            // The command is committed: the agent will find it (it polls its queue every
+            // millisecond), so this is not a failure of the call.
+            log::warn!("command enqueued, but waking the agent failed: {}", e.text());
+        }
+        Ok(())
+    }
+
+    /// The message stored at logical position `position`, if any (for diagnostics and tests).
+    pub fn peek(&self, position: u64) -> Result<Option<Vec<u8>>, LmdbError> {
+        self.env.env.read(|t| t.get(self.env.dbi, &slot_key(position)))?
     }
 
     /// The semaphore counts (items, free slots), for diagnostics.

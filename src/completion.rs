@@ -6,7 +6,8 @@
 //! Names: `/command_{kind}_{context}_{pid}_{32 hex random}`, `/` and `:` in the context
 //! replaced by `_`, as the reference does; a context too long for the 251-byte limit is cut (on
 //! a character boundary) and followed by `~` and a 64-bit hash of the whole context, so names
-//! stay unique and valid whatever the batch id. The agent treats the name as opaque.
+//! stay unique and at most 251 bytes (the leading `/` included) whatever the batch id. The
+//! agent treats the name as opaque.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,8 +39,9 @@ pub fn completion_name(kind: &str, context: &str, pid: u32, unique: u128) -> Str
     let context: String = context.chars().map(|c| if c == '/' || c == ':' { '_' } else { c }).collect();
     let head = format!("/command_{kind}_");
     let tail = format!("_{pid}_{unique:032x}");
-    // The name may hold MAX_NAME_LEN bytes after its leading '/'.
-    let budget = (MAX_NAME_LEN + 1).saturating_sub(head.len() + tail.len());
+    // At most MAX_NAME_LEN (251) bytes in all, the leading '/' included: glibc would take one
+    // more, but 251 is the limit the protocol's users know.
+    let budget = MAX_NAME_LEN.saturating_sub(head.len() + tail.len());
     if context.len() <= budget {
         return format!("{head}{context}{tail}");
     }
@@ -116,7 +118,7 @@ mod tests {
             for ch in ["x", "é", "批"] {
                 let ctx = format!("batch_{}", ch.repeat(len));
                 let n = completion_name("register_tensors", &ctx, u32::MAX, u128::MAX);
-                assert!(n.len() <= MAX_NAME_LEN + 1, "{} bytes", n.len());
+                assert!(n.len() <= MAX_NAME_LEN, "{} bytes", n.len());
                 assert!(n.starts_with("/command_register_tensors_batch_"));
                 assert_eq!(n.matches('/').count(), 1);
             }

@@ -36,19 +36,35 @@ impl FileId {
     }
 }
 
+/// The entries of one process: a forked child must not reuse (nor close) its parent's.
+struct Entries<T> {
+    pid: u32,
+    map: HashMap<FileId, Arc<T>>,
+}
+
 /// A table of shared values (open environments and what was learnt when opening them).
 pub struct Registry<T: 'static> {
-    entries: Mutex<HashMap<FileId, Arc<T>>>,
+    entries: Mutex<Entries<T>>,
 }
 
 impl<T: 'static> Registry<T> {
     pub fn new() -> Self {
-        Registry { entries: Mutex::new(HashMap::new()) }
+        Registry { entries: Mutex::new(Entries { pid: std::process::id(), map: HashMap::new() }) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<FileId, Arc<T>>> {
+    /// The map of this process. In a forked child the inherited entries are the parent's
+    /// environments (LMDB forbids using them across fork, and closing them would drop the
+    /// parent's state in LMDB 0.9.21): they are forgotten, never closed, and the child starts
+    /// empty.
+    fn lock(&self) -> MutexGuard<'_, Entries<T>> {
         // A panic elsewhere must not make every later bootstrap fail: the map stays consistent.
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        let mut guard = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let me = std::process::id();
+        if guard.pid != me {
+            std::mem::forget(std::mem::take(&mut guard.map));
+            guard.pid = me;
+        }
+        guard
     }
 
     /// The shared value for `id`, or a new one from `open` (called under the registry's lock,
@@ -58,18 +74,18 @@ impl<T: 'static> Registry<T> {
         id: FileId,
         open: impl FnOnce() -> Result<T, E>,
     ) -> Result<Lease<T>, E> {
-        let mut map = self.lock();
-        if let Some(existing) = map.get(&id) {
+        let mut entries = self.lock();
+        if let Some(existing) = entries.map.get(&id) {
             return Ok(Lease { registry: self, id, value: Some(existing.clone()) });
         }
         let value = Arc::new(open()?);
-        map.insert(id, value.clone());
+        entries.map.insert(id, value.clone());
         Ok(Lease { registry: self, id, value: Some(value) })
     }
 
     /// Whether a value for `id` is open in this process.
     pub fn contains(&self, id: FileId) -> bool {
-        self.lock().contains_key(&id)
+        self.lock().map.contains_key(&id)
     }
 }
 
@@ -101,16 +117,16 @@ impl<T: 'static> std::ops::Deref for Lease<T> {
 
 impl<T: 'static> Drop for Lease<T> {
     fn drop(&mut self) {
-        let mut map = self.registry.lock();
+        let mut entries = self.registry.lock();
         if let Some(value) = self.value.take() {
             // The map holds one reference and this lease another: this was the last lease.
             if Arc::strong_count(&value) == 2 {
-                map.remove(&self.id);
+                entries.map.remove(&self.id);
             }
             // Dropped (and, if last, closed) while the registry is locked.
             drop(value);
         }
-        drop(map);
+        drop(entries);
     }
 }
 
@@ -145,5 +161,30 @@ mod tests {
         assert!(!REG.contains(id));
         assert!(REG.get_or_open::<&str>(id, || Err("no")).is_err());
         assert!(!REG.contains(id));
+    }
+
+    static FORK_DROPS: AtomicUsize = AtomicUsize::new(0);
+    struct ForkProbe;
+    impl Drop for ForkProbe {
+        fn drop(&mut self) {
+            FORK_DROPS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    static FORK_REG: Lazy<Registry<ForkProbe>> = Lazy::new(Registry::new);
+
+    /// In a forked child the parent's entries are neither reused nor closed.
+    #[test]
+    fn a_forked_child_starts_empty_and_never_closes_the_parents() {
+        let id = FileId { dev: 7, ino: 8 };
+        let parent = FORK_REG.get_or_open::<()>(id, || Ok(ForkProbe)).unwrap();
+        // Pretend this process is a child of the one that opened the entry.
+        FORK_REG.entries.lock().unwrap().pid = 1;
+        let mut opened = false;
+        let child = FORK_REG.get_or_open::<()>(id, || { opened = true; Ok(ForkProbe) }).unwrap();
+        assert!(opened, "the child must open its own, not reuse the parent's");
+        assert_eq!(FORK_DROPS.load(Ordering::SeqCst), 0, "the parent's entry must not be closed");
+        drop(child);
+        assert_eq!(FORK_DROPS.load(Ordering::SeqCst), 1, "the child's own entry closes normally");
+        std::mem::forget(parent); // the parent's lease belongs to the (pretend) parent process
     }
 }

@@ -24,6 +24,17 @@ pub struct NamedSemaphore {
 unsafe impl Send for NamedSemaphore {}
 unsafe impl Sync for NamedSemaphore {}
 
+type SemClockwait = unsafe extern "C" fn(*mut libc::sem_t, libc::clockid_t, *const libc::timespec) -> libc::c_int;
+
+/// glibc's `sem_clockwait` (2.30+), looked up at run time so the library still loads on an
+/// older glibc.
+static SEM_CLOCKWAIT: once_cell::sync::Lazy<Option<SemClockwait>> = once_cell::sync::Lazy::new(|| {
+    // SAFETY: dlsym with a NUL-terminated name; a non-NULL result is glibc's sem_clockwait, whose
+    // C signature SemClockwait matches.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"sem_clockwait".as_ptr()) };
+    (!f.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, SemClockwait>(f) })
+});
+
 /// The longest a semaphore wait sleeps before asking whether to give up.
 pub const WAIT_SLICE: Duration = Duration::from_millis(10);
 
@@ -131,26 +142,35 @@ impl NamedSemaphore {
         }
     }
 
-    /// `sem_timedwait` for `slice` (absolute CLOCK_REALTIME, as POSIX wants): `Ok(false)` when
-    /// the slice ran out.
+    /// Waits at most `slice`: `Ok(false)` when it ran out. Uses `sem_clockwait` on
+    /// CLOCK_MONOTONIC where glibc has it (2.30+), so a wall-clock step cannot stretch a wait;
+    /// else `sem_timedwait`, whose deadline is CLOCK_REALTIME.
     fn timed_wait(&self, slice: Duration) -> Result<bool, SemError> {
+        let clockwait = *SEM_CLOCKWAIT;
+        let clock = if clockwait.is_some() { libc::CLOCK_MONOTONIC } else { libc::CLOCK_REALTIME };
         let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: out-pointer to a local.
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+        unsafe { libc::clock_gettime(clock, &mut now) };
         let total = now.tv_nsec as i64 + slice.subsec_nanos() as i64;
         let abs = libc::timespec {
             tv_sec: now.tv_sec + slice.as_secs() as libc::time_t + (total / 1_000_000_000) as libc::time_t,
             tv_nsec: (total % 1_000_000_000) as _,
         };
         loop {
-            // SAFETY: open handle, valid timespec.
-            if unsafe { libc::sem_timedwait(self.sem, &abs) } == 0 {
+            // SAFETY: open handle, valid timespec; the function pointer has sem_clockwait's type.
+            let rc = unsafe {
+                match clockwait {
+                    Some(f) => f(self.sem, libc::CLOCK_MONOTONIC, &abs),
+                    None => libc::sem_timedwait(self.sem, &abs),
+                }
+            };
+            if rc == 0 {
                 return Ok(true);
             }
             match last_errno() {
                 libc::ETIMEDOUT => return Ok(false),
                 libc::EINTR => continue,
-                errno => return Err(SemError { errno, op: "sem_timedwait" }),
+                errno => return Err(SemError { errno, op: "sem_clockwait" }),
             }
         }
     }
@@ -185,6 +205,32 @@ impl Drop for NamedSemaphore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timeout::Timeout;
+    use std::time::Instant;
+
+    #[test]
+    fn waits_end_at_the_deadline_at_a_post_or_when_told_to_give_up() {
+        let name = format!("/etb_unit_wait_{}", std::process::id());
+        let _ = NamedSemaphore::unlink(name.as_bytes());
+        let s = NamedSemaphore::create(name.as_bytes(), 0o600, 0, true).unwrap();
+        NamedSemaphore::unlink(name.as_bytes()).unwrap();
+        let t = Instant::now();
+        let d = Timeout::After(Duration::from_millis(35)).start();
+        assert_eq!(s.wait(&d, &|| false), Err(WaitError::TimedOut));
+        assert!(t.elapsed() >= Duration::from_millis(35));
+        let t = Instant::now();
+        assert_eq!(s.wait(&Timeout::After(Duration::ZERO).start(), &|| false), Err(WaitError::TimedOut));
+        assert!(t.elapsed() < Duration::from_millis(5), "timeout 0 must not sleep");
+        let t = Instant::now();
+        assert_eq!(s.wait(&Timeout::Never.start(), &|| t.elapsed() > Duration::from_millis(30)), Err(WaitError::GaveUp));
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                s.post().unwrap();
+            });
+            assert_eq!(s.wait(&Timeout::Never.start(), &|| false), Ok(()));
+        });
+    }
 
     #[test]
     fn create_open_post_wait_unlink() {
@@ -201,6 +247,7 @@ mod tests {
         NamedSemaphore::unlink(name.as_bytes()).unwrap();
         assert_eq!(NamedSemaphore::unlink(name.as_bytes()).unwrap_err().errno, libc::ENOENT);
         let long = format!("/{}", "x".repeat(MAX_NAME_LEN + 1));
+        assert!(SEM_CLOCKWAIT.is_some(), "glibc >= 2.30 has sem_clockwait: monotonic waits");
         assert_eq!(NamedSemaphore::open_existing(long.as_bytes()).unwrap_err().errno, libc::ENAMETOOLONG);
     }
 }

@@ -101,6 +101,7 @@ fn full_queue_changes_nothing() {
     }
     let before = c.queue().positions().unwrap();
     assert_eq!(before, (0, 50_000));
+    let slots: Vec<_> = [0u64, 1, 25_000, 49_999].iter().map(|&p| c.queue().peek(p).unwrap().unwrap()).collect();
     let start = Instant::now();
     let e = c.transfer_detached("one-too-many", Send, t(0.1)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
@@ -108,6 +109,8 @@ fn full_queue_changes_nothing() {
     let e = c.transfer("fullblocking", Send, t(0.0)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
     assert_eq!(c.queue().positions().unwrap(), before, "head and tail unchanged");
+    let after: Vec<_> = [0u64, 1, 25_000, 49_999].iter().map(|&p| c.queue().peek(p).unwrap().unwrap()).collect();
+    assert_eq!(slots, after, "contents unchanged");
     assert_eq!(c.queue().semaphore_values().unwrap(), (50_000, 0));
     assert_eq!(our_completion_semaphores("fullblocking"), Vec::<String>::new(), "the blocking call's semaphore is removed");
 }
@@ -164,23 +167,24 @@ fn agent_failing_after_acknowledging_is_not_success() {
 fn async_completions_wait_poll_and_outlive_their_client() {
     let dir = TempDir::new("async");
     let paths = dir.paths();
-    let _agent = DevAgent::start(&paths, &["--ack-delay", "0.2"], true);
+    // --never-unlink: the agent posts but never removes names, so only our free can.
+    let _agent = DevAgent::start(&paths, &["--ack-delay", "0.2", "--never-unlink"], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
     let a = c.transfer_async("async-a", Send, t(5.0)).unwrap();
     assert!(!a.poll().unwrap(), "acknowledged before the agent's delay?");
     a.wait(t(5.0)).unwrap();
     assert!(a.poll().unwrap());
     a.wait(t(0.0)).unwrap();
-    let b = c.transfer_async("async-b", Send, t(5.0)).unwrap();
-    let name = format!("/dev/shm/sem.{}", &b.semaphore_name()[1..]);
+    let never = c.transfer_async("async-never", Send, t(5.0)).unwrap();
+    let name = format!("/dev/shm/sem.{}", &never.semaphore_name()[1..]);
     drop(c);
-    assert_eq!(b.wait(t(1.0)).unwrap_err().kind(), ErrorKind::Closed);
-    assert_eq!(b.poll().unwrap_err().kind(), ErrorKind::Closed);
-    assert!(std::path::Path::new(&name).exists());
-    drop(b);
+    assert_eq!(never.wait(t(1.0)).unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(never.poll().unwrap_err().kind(), ErrorKind::Closed);
     drop(a);
-    std::thread::sleep(Duration::from_millis(300)); // the agent acknowledges b meanwhile
-    assert!(!std::path::Path::new(&name).exists());
+    std::thread::sleep(Duration::from_millis(300)); // the agent has acknowledged it meanwhile
+    assert!(std::path::Path::new(&name).exists(), "removed before its free");
+    drop(never);
+    assert!(!std::path::Path::new(&name).exists(), "free must remove the semaphore");
     assert_eq!(our_completion_semaphores("async"), Vec::<String>::new());
 }
 
@@ -274,4 +278,80 @@ fn producer_child() {
     for i in 0..n {
         c.transfer_detached(&format!("p{k}-{i}"), Send, t(30.0)).unwrap();
     }
+}
+
+#[test]
+fn dead_agent_seen_while_waiting_for_space_and_before_enqueue() {
+    let dir = TempDir::new("deadspace");
+    let paths = dir.paths();
+    let mut agent = DevAgent::start(&paths, &["--no-dequeue"], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    for i in 0..50_000 {
+        c.transfer_detached(&format!("deadspace{i}"), Send, t(0.0)).unwrap();
+    }
+    let pid = agent.pid();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: signalling the agent child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let start = Instant::now();
+    let e = c.transfer_detached("deadspace-more", Send, t(30.0)).unwrap_err();
+    killer.join().unwrap();
+    assert_eq!(e.kind(), ErrorKind::AgentDied, "{e}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    let _ = agent.child.wait();
+    drop(c);
+    remove_agent_leftovers(&paths);
+
+    // A client whose agent died before any call: the first call says so, nothing enqueued.
+    let mut agent = DevAgent::start(&paths, &["--no-dequeue"], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    // SAFETY: signalling the agent child.
+    unsafe { libc::kill(agent.pid(), libc::SIGKILL) };
+    let _ = agent.child.wait();
+    assert_eq!(c.transfer_detached("deadspace-first", Send, t(5.0)).unwrap_err().kind(), ErrorKind::AgentDied);
+    assert_eq!(c.transfer_async("deadspace-first", Send, t(5.0)).err().unwrap().kind(), ErrorKind::AgentDied);
+    assert_eq!(c.queue().positions().unwrap(), (0, 0), "nothing enqueued into a dead agent's queue");
+    drop(c);
+    remove_agent_leftovers(&paths);
+    assert_eq!(our_completion_semaphores("deadspace"), Vec::<String>::new());
+}
+
+/// The agent does not beat while it executes a command: a stale heartbeat is not death.
+#[test]
+fn stale_heartbeat_is_not_death() {
+    let dir = TempDir::new("staleok");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &["--stale-after", "0.3"], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    let start = Instant::now();
+    while c.heartbeat_age().unwrap() < 5.0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "the heartbeat never went stale");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.transfer("staleok", Send, t(5.0)).unwrap();
+    assert!(c.query_transfer_signal("staleok", t(5.0)).unwrap());
+}
+
+/// One deadline covers the wait for queue space and the wait for the completion.
+#[test]
+fn one_deadline_covers_space_and_completion() {
+    let dir = TempDir::new("onedeadline");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &["--pause-dequeue", "2.5", "--never-ack", "Transfer"], true);
+    let (c, _) = boot(&paths, 5.0).unwrap();
+    let filled = Instant::now();
+    for i in 0..50_000 {
+        c.transfer_detached(&format!("onedeadline{i}"), Recv, t(0.0)).unwrap();
+    }
+    assert!(filled.elapsed() < Duration::from_secs(2), "the ring must be full before the agent resumes");
+    let start = Instant::now();
+    let e = c.transfer("onedeadline-last", Send, t(3.0)).unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+    // Separate deadlines would take the space wait (~2 s) plus 3 s.
+    assert!(took < Duration::from_millis(3600), "{took:?}");
+    assert_eq!(our_completion_semaphores("onedeadline"), Vec::<String>::new());
 }

@@ -12,10 +12,11 @@ use etha_tensor_bus::ErrorKind;
 fn forked_child_cannot_use_the_parent_client() {
     let dir = TempDir::new("fork");
     let paths = dir.paths();
-    let _agent = DevAgent::start(&paths, &[], true);
+    let _agent = DevAgent::start(&paths, &["--never-ack", "Transfer"], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
     let t = Timeout::from_secs_f64(5.0, "t").unwrap();
-    let pending = c.transfer_async("fork-pending", Send, t).unwrap();
+    let pending = c.transfer_async("fork-pending", Send, t).unwrap(); // never acknowledged
+    let sem_file = format!("/dev/shm/sem.{}", &pending.semaphore_name()[1..]);
     // SAFETY: the child only calls code that checks the pid first, then leaves with _exit.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
@@ -32,14 +33,30 @@ fn forked_child_cannot_use_the_parent_client() {
         }
         drop(pending); // must not unlink the parent's semaphore
         drop(c); // must not close the parent's environments
+        // A fresh bootstrap in the child gets environments of its own, not the parent's.
+        match boot(&paths, 5.0) {
+            Ok((child_client, _)) => {
+                if child_client.cleanup_batch("fork-child-own", t).is_err() {
+                    code |= 8;
+                }
+            }
+            Err(_) => code |= 16,
+        }
         unsafe { libc::_exit(code) };
     }
     let mut status = 0;
     unsafe { libc::waitpid(pid, &mut status, 0) };
     assert!(libc::WIFEXITED(status), "child crashed");
-    assert_eq!(libc::WEXITSTATUS(status), 0, "bit 1: transfer, 2: heartbeat, 4: completion not refused");
-    // The parent's client and completion still work.
-    pending.wait(t).unwrap();
-    c.transfer("fork-parent", Send, t).unwrap();
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "bits 1/2/4: transfer/heartbeat/completion not refused; 8/16: the child's own client failed"
+    );
+    // The parent's completion semaphore survived the child, and the parent's client works.
+    assert!(std::path::Path::new(&sem_file).exists(), "the child removed the parent's semaphore");
+    assert_eq!(pending.poll().unwrap(), false);
+    c.cleanup_batch("fork-parent", t).unwrap();
     assert!(c.heartbeat_age().unwrap() < 5.0);
+    drop(pending);
+    assert!(!std::path::Path::new(&sem_file).exists());
 }

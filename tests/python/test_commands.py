@@ -136,14 +136,27 @@ def test_queue_written_by_us_is_read_by_py_lmdb(lib, session):
 
 def test_stopped_consumer_means_queue_full(lib, session):
     s = session("--no-dequeue")
-    t0 = time.monotonic()
-    for i in range(3):
-        assert lib.etb_client_transfer_detached(s.client, f"x{i}".encode(), SEND, 0.0) == OK, err(lib)
+    transfer = lib.etb_client_transfer_detached
+    for i in range(50000):
+        if transfer(s.client, b"fill", SEND, 0.0) != OK:
+            pytest.fail(f"enqueue {i}: {err(lib)}")
     before = s.agent.status()
+    assert before.startswith("status head=0 tail=50000 items=50000 space=0"), before
+    t0 = time.monotonic()
+    assert lib.etb_client_transfer_detached(s.client, b"one-more", SEND, 0.1) == QUEUE_FULL, err(lib)
+    assert time.monotonic() - t0 >= 0.1
+    assert "stayed full" in err(lib)
+    assert lib.etb_client_transfer(s.client, b"blocked", SEND, 0.0) == QUEUE_FULL, err(lib)
+    assert s.agent.status() == before, "a full queue must be left exactly as it was"
+    assert our_semaphores() == []
+
+
+def test_unacknowledged_command_times_out(lib, session):
+    s = session("--never-ack", "Transfer")
+    t0 = time.monotonic()
     assert lib.etb_client_transfer(s.client, b"blocked", SEND, 0.1) == TIMEOUT, err(lib)
     assert time.monotonic() - t0 >= 0.1
-    assert our_semaphores() == []
-    assert s.agent.status() != before  # the blocking transfer was enqueued, just never acknowledged
+    assert our_semaphores() == [], "the timed-out call removed its semaphore"
 
 
 def test_agent_killed_during_a_wait(lib, session):

@@ -64,17 +64,19 @@ fn run(opts: &Options) -> Result<(), String> {
         if opts.exit_after.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
+        let paused = opts.faults.pause_dequeue.is_some_and(|d| started.elapsed() < d);
         match &mut consumer {
-            Some(c) => {
+            Some(c) if !paused => {
                 if let consumer::Outcome::Crash = c.step(Duration::from_millis(1), &state)? {
                     // As a crash: nothing cleaned up.
                     std::process::exit(3);
                 }
             }
-            None => std::thread::sleep(Duration::from_millis(1)),
+            _ => std::thread::sleep(Duration::from_millis(1)),
         }
         if !opts.stall_heartbeat {
-            state.beat(opts.heartbeat_offset)?;
+            let stale = opts.stale_after.is_some_and(|d| started.elapsed() >= d);
+            state.beat(opts.heartbeat_offset + if stale { 60.0 } else { 0.0 })?;
         }
     }
     drop(consumer);

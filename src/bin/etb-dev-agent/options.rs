@@ -13,12 +13,14 @@ usage: etb-dev-agent (--rank N | --command-queue PATH --state PATH) [options]
   --no-queue               do not create the command queue (a broken agent)
   --stall-heartbeat        write the first heartbeat, then never again
   --heartbeat-offset SECS  write heartbeats SECS in the past (negative: in the future)
+  --stale-after SECS       after SECS, write heartbeats 60 s in the past (alive but stale)
   --start-delay SECS       wait before creating anything
   --exit-after SECS        exit cleanly after SECS
   --keep-files             on exit, leave files and semaphores in place (as a crash would)
   --die-with-parent        exit when the parent process dies
 fault injection (TYPE: InitPair, RegisterTensors, Transfer, QueryStatus, CleanupBatch):
   --no-dequeue             never consume commands (a stopped consumer)
+  --pause-dequeue SECS     consume commands only SECS after start
   --exit-on TYPE           crash (exit 3, files kept) on receiving TYPE, before acknowledging
   --fail-on TYPE           acknowledge TYPE, then crash (the agent's failure path)
   --never-ack TYPE         handle TYPE but never post its completion
@@ -30,6 +32,7 @@ fault injection (TYPE: InitPair, RegisterTensors, Transfer, QueryStatus, Cleanup
 #[derive(Default)]
 pub struct Faults {
     pub no_dequeue: bool,
+    pub pause_dequeue: Option<Duration>,
     pub exit_on: Option<String>,
     pub fail_on: Option<String>,
     pub never_ack: Option<String>,
@@ -44,6 +47,7 @@ pub struct Options {
     pub create_queue: bool,
     pub stall_heartbeat: bool,
     pub heartbeat_offset: f64,
+    pub stale_after: Option<Duration>,
     pub start_delay: Option<Duration>,
     pub exit_after: Option<Duration>,
     pub keep_files: bool,
@@ -75,6 +79,7 @@ impl Options {
             create_queue: true,
             stall_heartbeat: false,
             heartbeat_offset: 0.0,
+            stale_after: None,
             start_delay: None,
             exit_after: None,
             keep_files: false,
@@ -99,6 +104,8 @@ impl Options {
                 "--keep-files" => o.keep_files = true,
                 "--die-with-parent" => o.die_with_parent = true,
                 "--no-dequeue" => o.faults.no_dequeue = true,
+                "--pause-dequeue" => o.faults.pause_dequeue = Some(duration("--pause-dequeue", args.next())?),
+                "--stale-after" => o.stale_after = Some(duration("--stale-after", args.next())?),
                 "--never-unlink" => o.faults.never_unlink = true,
                 "--unmatched" => o.faults.unmatched = true,
                 "--exit-on" => o.faults.exit_on = Some(text("--exit-on", args.next())?),
