@@ -5,8 +5,7 @@
 # Usage: bench/bootstrap.sh [WARM_RUNS] [CONNECT_RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-target=${CARGO_TARGET_DIR:-target}/release
+target=$(scripts/build.sh --release)
 work=$(mktemp -d "${TMPDIR:-/tmp}/etb-bench-XXXXXX")
 agent_pid=
 cleanup() {
@@ -15,8 +14,8 @@ cleanup() {
 }
 trap cleanup EXIT
 cc -O2 -std=c11 -Wall -Wextra -Werror -Iinclude bench/bootstrap.c -L"$target" -letha_tensor_bus \
-   -Wl,-rpath,"$PWD/$target" -o "$work/bootstrap"
-export ETB_DEV_AGENT="$PWD/$target/etb-dev-agent"
+   -Wl,-rpath,"$target" -o "$work/bootstrap"
+export ETB_DEV_AGENT="$target/etb-dev-agent"
 rank=$(( $$ * 1000 + 999 ))
 "$ETB_DEV_AGENT" --rank "$rank" --die-with-parent > "$work/agent.out" &
 agent_pid=$!

@@ -4,14 +4,13 @@
 # Usage: bench/commands.sh [ENQUEUE_N] [ROUNDTRIP_N] [DEATH_N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-target=${CARGO_TARGET_DIR:-target}/release
+target=$(scripts/build.sh --release)
 work=$(mktemp -d "${TMPDIR:-/tmp}/etb-bench-XXXXXX")
 shm=$(mktemp -d /dev/shm/etb-bench-XXXXXX)
 trap 'rm -rf "$work" "$shm"' EXIT
 cc -O2 -std=c11 -Wall -Wextra -Werror -Iinclude bench/commands.c -L"$target" -letha_tensor_bus -lpthread \
-   -Wl,-rpath,"$PWD/$target" -o "$work/commands"
-export ETB_DEV_AGENT="$PWD/$target/etb-dev-agent"
+   -Wl,-rpath,"$target" -o "$work/commands"
+export ETB_DEV_AGENT="$target/etb-dev-agent"
 echo "machine: $(nproc) cores, $(uname -r); $work on $(df --output=fstype "$work" | tail -1), $shm on tmpfs"
 echo "-- queue in $work"
 "$work/commands" enqueue "$work" "${1:-40000}"

@@ -4,8 +4,7 @@
 # Needs only the Rust toolchain and a C compiler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-target=${CARGO_TARGET_DIR:-target}/release
+target=$(scripts/build.sh --release)
 root=$(mktemp -d "${TMPDIR:-/tmp}/etb-demo-XXXXXX")
 agent_pid=
 cleanup() {
@@ -13,8 +12,8 @@ cleanup() {
     rm -rf "$root"
 }
 trap cleanup EXIT
-cc -std=c11 -Wall -Wextra -Werror -Iinclude examples/demo.c -L"$target" -letha_tensor_bus \
-   -Wl,-rpath,"$PWD/$target" -o "$root/demo"
+cc -std=c11 -Wall -Wextra -Werror -Iinclude examples/c/demo.c -L"$target" -letha_tensor_bus \
+   -Wl,-rpath,"$target" -o "$root/demo"
 
 # A torchrun-like environment: worker rank 1 of an inference job whose agents start at rank 4.
 export RANK=1 LOCAL_RANK=1 AGENT_RANK_OFFSET=4

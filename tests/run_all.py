@@ -47,7 +47,7 @@ def ipc_snapshot():
     """What our tests could leave: semaphores and agent files."""
     names = set()
     for n in os.listdir("/dev/shm"):
-        if n.startswith(("sem.cq_", "sem.command_", "sem.etb_")):
+        if n.startswith(("sem.cq_", "sem.command_", "sem.etb_", "etb-bench-")):
             names.add("/dev/shm/" + n)
     tmp = pathlib.Path(os.environ.get("TMPDIR", "/tmp"))
     for folder in {tmp, pathlib.Path("/tmp")}:
@@ -58,7 +58,7 @@ def ipc_snapshot():
 
 
 def cargo_tests():
-    out = run(["cargo", "build", "--quiet"])
+    out = run(["scripts/build.sh"])
     if out.returncode != 0:
         show(out)
         count("cargo build", 0, 1)
@@ -106,6 +106,72 @@ def c_tests():
     return {flavour: path for (stem, flavour), path in binaries.items() if stem == "test_bootstrap"}
 
 
+def cpp_wrapper_tests():
+    """The C++ wrapper: -Wpedantic clean, run under AddressSanitizer, LeakSanitizer and UBSan."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    exe = BUILD / "test_wrapper_asan"
+    argv = ["c++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-Wpedantic", "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g", f"-I{ROOT / 'include'}",
+            str(ROOT / "tests" / "cpp" / "test_wrapper.cpp"), f"-L{TARGET}", "-letha_tensor_bus",
+            f"-Wl,-rpath,{TARGET}", "-o", str(exe)]
+    out = run(argv)
+    if out.returncode != 0:
+        show(out)
+        count("compile the C++ wrapper test with sanitizers", 0, 1)
+        return
+    count("compile the C++ wrapper test (-Wpedantic, ASan, UBSan)", 1, 0)
+    env = dict(os.environ, ETB_DEV_AGENT=str(TARGET / "etb-dev-agent"), ASAN_OPTIONS="detect_leaks=1")
+    out = run([str(exe)], env=env, timeout=600)
+    show(out)
+    m = re.search(r"^(\d+) passed, (\d+) failed$", out.stdout, re.M)
+    passed, failed = (int(m.group(1)), int(m.group(2))) if m else (0, 1)
+    if out.returncode != 0 and failed == 0:
+        failed = 1  # a sanitizer report makes the run fail
+    count("C++ wrapper under ASan/LSan/UBSan", passed, failed)
+
+
+def pytest_suite(name, python, path, env):
+    out = run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", path], env=env, timeout=1800)
+    show(out)
+    tail = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    passed = int(m.group(1)) if (m := re.search(r"(\d+) passed", tail)) else 0
+    failed = sum(int(x) for x in re.findall(r"(\d+) (?:failed|error)", tail))
+    if out.returncode != 0 and failed == 0:
+        failed = 1
+    count(name, passed, failed)
+
+
+def packaging_tests():
+    """CMake install, SONAME, pkg-config and find_package consumers, relocation."""
+    pytest_suite("packaging (CMake install, pkg-config, find_package, relocation)", sys.executable,
+                 "tests/packaging", dict(os.environ))
+
+
+def python_package_tests():
+    """The Python package pip-installed (with the library inside) into a fresh virtual environment."""
+    import shutil
+
+    venv, src = BUILD / "pkg-venv", BUILD / "pkg-src"
+    shutil.rmtree(venv, ignore_errors=True)
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(ROOT / "python", src, ignore=shutil.ignore_patterns("*.so*", "__pycache__", "*.egg-info", "build"))
+    shutil.copy2(TARGET / "libetha_tensor_bus.so", src / "etha_tensor_bus" / "libetha_tensor_bus.so")
+    steps = [[sys.executable, "-m", "venv", str(venv)],
+             [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(src),
+              "pytest==9.0.2"]]
+    for argv in steps:
+        out = run(argv, timeout=900)
+        if out.returncode != 0:
+            show(out)
+            count("install the Python package into a fresh venv", 0, 1)
+            return
+    count("pip install the Python package into a fresh venv", 1, 0)
+    env = {k: v for k, v in os.environ.items() if k not in ("ETB_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV")}
+    env["ETB_DEV_AGENT"] = str(TARGET / "etb-dev-agent")
+    pytest_suite("Python package (fresh venv, shipped library)", str(venv / "bin" / "python"),
+                 "tests/python_package", env)
+
+
 def python_tests(binaries):
     env = dict(os.environ, ETB_LIBRARY_PATH=str(TARGET / "libetha_tensor_bus.so"))
     for flavour in ("c", "cpp"):
@@ -126,7 +192,10 @@ def main():
     before = ipc_snapshot()
     if cargo_tests():
         binaries = c_tests()
+        cpp_wrapper_tests()
         python_tests(binaries)
+        packaging_tests()
+        python_package_tests()
     left = sorted(ipc_snapshot() - before)
     if left:
         log("left behind by the suite:\n  " + "\n  ".join(left))

@@ -1,0 +1,83 @@
+"""Loading the C library and declaring every function's argtypes and restype."""
+import ctypes
+import ctypes.util
+import os
+import pathlib
+
+P = ctypes.c_void_p
+S = ctypes.c_char_p
+D = ctypes.c_double
+I32 = ctypes.c_int32
+I64 = ctypes.c_int64
+SIZE = ctypes.c_size_t
+
+# The buffers are raw pointers (c_void_p): c_char_p would hand the callback a copy.
+NAMING_FN = ctypes.CFUNCTYPE(I32, I64, P, SIZE, P, SIZE, P)
+
+
+class TensorPayload(ctypes.Structure):
+    _fields_ = [("pair_name", S), ("data", P), ("len", SIZE)]
+
+
+_SIGNATURES = {
+    "etb_bootstrap_client": (I32, [NAMING_FN, P, D, ctypes.POINTER(P), ctypes.POINTER(P)]),
+    "etb_client_close": (None, [P]),
+    "etb_client_heartbeat_age": (I32, [P, ctypes.POINTER(D)]),
+    "etb_info_agent_rank": (I64, [P]),
+    "etb_info_global_rank": (I64, [P]),
+    "etb_info_has_rank_offset": (ctypes.c_bool, [P]),
+    "etb_info_rank_offset": (I64, [P]),
+    "etb_info_device": (S, [P]),
+    "etb_info_device_index": (I32, [P]),
+    "etb_info_command_queue_path": (S, [P]),
+    "etb_info_state_path": (S, [P]),
+    "etb_info_method": (S, [P]),
+    "etb_info_agent_pid": (I32, [P]),
+    "etb_info_free": (None, [P]),
+    "etb_setup_ptrace": (I32, []),
+    "etb_status_name": (S, [I32]),
+    "etb_last_error_message": (S, []),
+    "etb_version": (S, []),
+    "etb_client_init_pair": (I32, [P, S, S, S, I64, P, SIZE, P, SIZE, D]),
+    "etb_client_register_tensors": (I32, [P, S, ctypes.POINTER(TensorPayload), SIZE, I64, D]),
+    "etb_client_transfer": (I32, [P, S, I32, D]),
+    "etb_client_query_transfer_signal": (I32, [P, S, D, ctypes.POINTER(ctypes.c_bool)]),
+    "etb_client_cleanup_batch": (I32, [P, S, D]),
+    "etb_client_transfer_async": (I32, [P, S, I32, D, ctypes.POINTER(P)]),
+    "etb_client_transfer_detached": (I32, [P, S, I32, D]),
+    "etb_completion_wait": (I32, [P, D]),
+    "etb_completion_poll": (I32, [P, ctypes.POINTER(ctypes.c_bool)]),
+    "etb_completion_free": (None, [P]),
+}
+
+
+def library_path():
+    """ETB_LIBRARY_PATH (the .so file) when set; else the copy shipped in this package; else
+    the system's library path."""
+    env = os.environ.get("ETB_LIBRARY_PATH")
+    if env:
+        return env
+    here = pathlib.Path(__file__).resolve().parent
+    shipped = sorted(here.glob("libetha_tensor_bus.so*"))
+    if shipped:
+        return str(shipped[0])
+    return ctypes.util.find_library("etha_tensor_bus") or "libetha_tensor_bus.so"
+
+
+def load(path=None):
+    lib = ctypes.CDLL(path or library_path())
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+_lib = None
+
+
+def lib():
+    """The library, loaded on first use."""
+    global _lib
+    if _lib is None:
+        _lib = load()
+    return _lib

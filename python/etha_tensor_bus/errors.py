@@ -1,0 +1,66 @@
+"""Exceptions: TensorBusError (status, message), and classes that also derive from the built-in
+exception the reference raises for the same failure.
+
+| status | raised as |
+| --- | --- |
+| ETB_ERR_ENV, ETB_ERR_INVALID_ARGUMENT, ETB_ERR_NAMING | ValueError |
+| ETB_ERR_AGENT_NOT_FOUND, ETB_ERR_AGENT_NOT_RESPONDING, ETB_ERR_AGENT_DIED, ETB_ERR_AGENT_BUSY | ConnectionError |
+| ETB_ERR_TIMEOUT, ETB_ERR_QUEUE_FULL | TimeoutError |
+| ETB_ERR_PERMISSION | PermissionError |
+| every other status | TensorBusError alone |
+"""
+
+STATUS = {
+    "OK": 0, "NULL_ARGUMENT": 1, "INVALID_ARGUMENT": 2, "ENV": 3, "NAMING": 4, "AGENT_NOT_FOUND": 5,
+    "AGENT_NOT_RESPONDING": 6, "LMDB": 7, "IPC": 8, "TIMEOUT": 9, "PTRACE": 10, "PANIC": 11,
+    "QUEUE_FULL": 12, "AGENT_DIED": 13, "PAIR_NOT_MATCHED": 14, "FORKED": 15, "CUDA": 16,
+    "PERMISSION": 17, "AGENT_BUSY": 18, "CLOSED": 19,
+}
+
+
+class TensorBusError(Exception):
+    """A failed call of the library: `status` (the EtbStatus integer) and `message`."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    @property
+    def status_name(self):
+        return next((f"ETB_ERR_{k}" for k, v in STATUS.items() if v == self.status), f"status {self.status}")
+
+
+class TensorBusValueError(TensorBusError, ValueError):
+    pass
+
+
+class TensorBusConnectionError(TensorBusError, ConnectionError):
+    pass
+
+
+class TensorBusTimeoutError(TensorBusError, TimeoutError):
+    pass
+
+
+class TensorBusPermissionError(TensorBusError, PermissionError):
+    pass
+
+
+_CLASSES = {
+    STATUS["ENV"]: TensorBusValueError,
+    STATUS["INVALID_ARGUMENT"]: TensorBusValueError,
+    STATUS["NAMING"]: TensorBusValueError,
+    STATUS["AGENT_NOT_FOUND"]: TensorBusConnectionError,
+    STATUS["AGENT_NOT_RESPONDING"]: TensorBusConnectionError,
+    STATUS["AGENT_DIED"]: TensorBusConnectionError,
+    STATUS["AGENT_BUSY"]: TensorBusConnectionError,
+    STATUS["TIMEOUT"]: TensorBusTimeoutError,
+    STATUS["QUEUE_FULL"]: TensorBusTimeoutError,
+    STATUS["PERMISSION"]: TensorBusPermissionError,
+}
+
+
+def error_for(status, message):
+    """The exception for a failed status."""
+    return _CLASSES.get(status, TensorBusError)(status, message)

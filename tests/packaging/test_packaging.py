@@ -1,0 +1,148 @@
+"""Packaging: the CMake build and install, the SONAME, pkg-config and find_package consumers
+built against the installed (and then relocated) package and run against etb-dev-agent."""
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TARGET = (ROOT / os.environ.get("CARGO_TARGET_DIR", "target")).resolve() / "debug"
+VERSION = re.search(r'^version = "([0-9.]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+MAJOR, MINOR, PATCH = VERSION.split(".")
+SONAME = f"libetha_tensor_bus.so.0.{MINOR}" if MAJOR == "0" else f"libetha_tensor_bus.so.{MAJOR}"
+CMAKE = str(pathlib.Path(sys.executable).parent / "cmake")
+
+
+def run(argv, **kw):
+    out = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)
+    assert out.returncode == 0, f"{argv}\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+def readelf_dynamic(path):
+    return run(["readelf", "-d", path])
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """Configure, build and install to a fresh prefix, with a stray CARGO_TARGET_DIR that must be
+    ignored (never installing a stale library from elsewhere)."""
+    base = tmp_path_factory.mktemp("pkg")
+    stray = base / "stray-target"
+    env = dict(os.environ, CARGO_TARGET_DIR=str(stray))
+    build, prefix = base / "build", base / "prefix"
+    run([CMAKE, "-S", ROOT, "-B", build, f"-DCMAKE_INSTALL_PREFIX={prefix}"], env=env)
+    run([CMAKE, "--build", build], env=env)
+    run([CMAKE, "--install", build], env=env)
+    assert not stray.exists(), "the CMake build used the inherited CARGO_TARGET_DIR"
+    return {"base": base, "build": build, "prefix": prefix}
+
+
+@pytest.fixture
+def agent():
+    """A running etb-dev-agent for a rank of our own; yields the environment a worker needs."""
+    rank = os.getpid() * 1000 + 900 + agent.counter
+    agent.counter += 1
+    proc = subprocess.Popen([TARGET / "etb-dev-agent", "--rank", str(rank), "--die-with-parent", "--exit-after", "120"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("ready")
+    yield dict(os.environ, AGENT_RANK=str(rank), RANK="0")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+
+
+agent.counter = 0
+
+
+def test_install_layout(installed):
+    p = installed["prefix"]
+    lib = p / "lib"
+    assert (lib / f"libetha_tensor_bus.so.{VERSION}").is_file()
+    assert os.readlink(lib / SONAME) == f"libetha_tensor_bus.so.{VERSION}"
+    assert os.readlink(lib / "libetha_tensor_bus.so") == SONAME
+    for f in ["lib/libetha_tensor_bus.a", "include/etha_tensor_bus.h", "include/etha_tensor_bus.hpp",
+              "lib/cmake/EthaTensorBus/EthaTensorBusConfig.cmake",
+              "lib/cmake/EthaTensorBus/EthaTensorBusConfigVersion.cmake", "lib/pkgconfig/etha-tensor-bus.pc"]:
+        assert (p / f).is_file(), f
+    assert not (p / "lib64").exists()
+
+
+def test_soname_exports_and_no_runpath(installed):
+    real = installed["prefix"] / "lib" / f"libetha_tensor_bus.so.{VERSION}"
+    dyn = readelf_dynamic(real)
+    assert f"Library soname: [{SONAME}]" in dyn
+    assert "RUNPATH" not in dyn and "RPATH" not in dyn
+    names = [l.split()[-1] for l in run(["nm", "-D", "--defined-only", real]).splitlines() if l.strip()]
+    assert names and all(n.startswith("etb_") for n in names), [n for n in names if not n.startswith("etb_")]
+
+
+def test_plain_cargo_build_has_the_soname():
+    assert f"Library soname: [{SONAME}]" in readelf_dynamic(TARGET / "libetha_tensor_bus.so")
+
+
+def test_no_installed_file_names_the_source_or_build_tree(installed):
+    needles = [str(ROOT).encode(), str(installed["build"]).encode()]
+    for path in installed["prefix"].rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            for needle in needles:
+                assert needle not in data, f"{path} names {needle.decode()}"
+
+
+def pkg_config_build(prefix, out):
+    env = dict(os.environ, PKG_CONFIG_PATH=str(prefix / "lib" / "pkgconfig"))
+    flags = run(["pkg-config", "--cflags", "--libs", "etha-tensor-bus"], env=env).split()
+    assert f"-I{prefix}/lib/pkgconfig/../../include" in flags or f"-I{prefix}/include" in flags, flags
+    run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", ROOT / "examples" / "c" / "demo.c", *flags, "-o", out])
+    return out
+
+
+def test_pkg_config_consumer(installed, agent):
+    exe = pkg_config_build(installed["prefix"], installed["base"] / "demo_pkgconfig")
+    dyn = readelf_dynamic(exe)
+    assert f"Shared library: [{SONAME}]" in dyn
+    assert str(installed["build"]) not in dyn and str(ROOT) not in dyn
+    out = run([exe], env=dict(agent, LD_LIBRARY_PATH=str(installed["prefix"] / "lib")))
+    assert "worker bootstrapped" in out and f"agent_rank         = {agent['AGENT_RANK']}" in out
+
+
+def cmake_consumer(prefix, build, env):
+    run([CMAKE, "-S", ROOT / "examples" / "cmake", "-B", build, f"-DCMAKE_PREFIX_PATH={prefix}"], env=env)
+    run([CMAKE, "--build", build], env=env)
+    ctest = str(pathlib.Path(CMAKE).parent / "ctest")
+    return run([ctest, "--output-on-failure"], cwd=build, env=env)
+
+
+def test_cmake_consumer_under_ctest(installed, agent):
+    out = cmake_consumer(installed["prefix"], installed["base"] / "consumer", agent)
+    assert "100% tests passed" in out and "3 tests" in out.replace("out of 3", "3 tests"), out
+    dyn = readelf_dynamic(installed["base"] / "consumer" / "demo_c")
+    assert f"Shared library: [{SONAME}]" in dyn
+
+
+def test_relocated_prefix(installed, agent):
+    moved = installed["base"] / "moved" / "elsewhere"
+    moved.parent.mkdir()
+    shutil.copytree(installed["prefix"], moved, symlinks=True)
+    out = cmake_consumer(moved, installed["base"] / "consumer-moved", agent)
+    assert "100% tests passed" in out, out
+    exe = pkg_config_build(moved, installed["base"] / "demo_pkgconfig_moved")
+    out = run([exe], env=dict(agent, LD_LIBRARY_PATH=str(moved / "lib")))
+    assert "worker bootstrapped" in out
+
+
+def test_version_compatibility(installed, tmp_path):
+    for wanted, ok in [("0.1", True), (f"0.{MINOR}.{PATCH}", True), ("0.2", False), ("1.0", False)]:
+        proj = tmp_path / f"v{wanted}"
+        proj.mkdir()
+        (proj / "CMakeLists.txt").write_text(
+            f"cmake_minimum_required(VERSION 3.16)\nproject(v LANGUAGES C)\nfind_package(EthaTensorBus {wanted} CONFIG REQUIRED)\n")
+        out = subprocess.run([CMAKE, "-S", proj, "-B", proj / "b", f"-DCMAKE_PREFIX_PATH={installed['prefix']}"],
+                             capture_output=True, text=True)
+        assert (out.returncode == 0) == ok, (wanted, out.stderr[-500:])
