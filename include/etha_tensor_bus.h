@@ -58,12 +58,6 @@ typedef struct EtbClient EtbClient;
 typedef struct EtbCompletion EtbCompletion;
 
 /**
- * The result of a call: `ETB_OK` (0) or one of the `ETB_ERR_*` codes below. A plain `int32_t`
- * on the C side, so that codes added later never make an old caller's `switch` undefined.
- */
-typedef int32_t EtbStatus;
-
-/**
  * A path naming callback: writes the agent's command-queue LMDB path and state LMDB path for
  * `agent_rank` as NUL-terminated bytes (any bytes but NUL; UTF-8 not required) into the two
  * buffers, which the library zero-fills and which hold `*_capacity` bytes each (at least 4096).
@@ -78,6 +72,46 @@ typedef int32_t (*EtbPathNamingFn)(int64_t agent_rank,
                                    char *state_path,
                                    size_t state_path_capacity,
                                    void *user_data);
+
+/**
+ * When to bind the worker to its GPU: `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE` or `ETB_CUDA_SKIP`.
+ */
+typedef int32_t EtbCudaMode;
+
+/**
+ * Options of `etb_bootstrap_client_ex`. Fill it with `etb_bootstrap_options_init`, then set
+ * what you need. The layout is fixed: later versions only append fields at the end, and
+ * `struct_size` (the `sizeof` the caller was compiled with) tells the library how much of it
+ * the caller knows.
+ */
+typedef struct EtbBootstrapOptions {
+    /**
+     * `sizeof(EtbBootstrapOptions)` as the caller knows it.
+     */
+    uint32_t struct_size;
+    /**
+     * NULL: the default names `/tmp/agent_rank{N}_{command,state}.lmdb`.
+     */
+    EtbPathNamingFn path_naming_fn;
+    /**
+     * Passed to `path_naming_fn` only.
+     */
+    void *user_data;
+    /**
+     * Seconds to wait for the agent: finite >= 0, or INFINITY.
+     */
+    double connection_timeout_s;
+    /**
+     * `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE` or `ETB_CUDA_SKIP`.
+     */
+    EtbCudaMode cuda_mode;
+} EtbBootstrapOptions;
+
+/**
+ * The result of a call: `ETB_OK` (0) or one of the `ETB_ERR_*` codes below. A plain `int32_t`
+ * on the C side, so that codes added later never make an old caller's `switch` undefined.
+ */
+typedef int32_t EtbStatus;
 
 /**
  * One tensor of `etb_client_register_tensors`: the pair it belongs to and its payload (the
@@ -99,6 +133,25 @@ typedef struct EtbTensorPayload {
  * A transfer direction across the C ABI: `ETB_TRANSFER_SEND` or `ETB_TRANSFER_RECV`.
  */
 typedef int32_t EtbTransferKind;
+
+/**
+ * Bind to `cuda:{LOCAL_RANK}` when a CUDA driver and that device exist; otherwise go on
+ * unbound. In a process that has not touched CUDA yet this costs the first `cuInit` and a new
+ * primary context (typically a few hundred milliseconds and a few hundred MiB of GPU memory);
+ * where PyTorch already initialized the device, retaining its primary context costs nothing more.
+ */
+#define ETB_CUDA_AUTO 0
+
+/**
+ * As AUTO, but no driver, a failing `cuInit` or an ordinal past the device count is
+ * `ETB_ERR_CUDA`, with the driver's own error text.
+ */
+#define ETB_CUDA_REQUIRE 1
+
+/**
+ * Never touch the CUDA driver (CPU-only control processes).
+ */
+#define ETB_CUDA_SKIP 2
 
 /**
  * This worker sends the batch.
@@ -191,7 +244,7 @@ typedef int32_t EtbTransferKind;
 #define ETB_ERR_FORKED 15
 
 /**
- * Reserved: the CUDA driver failed or is missing.
+ * The CUDA driver is missing or failed where CUDA was required, or the client is not bound.
  */
 #define ETB_ERR_CUDA 16
 
@@ -215,7 +268,15 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * Finds this worker's agent and attaches to it, as the reference `bootstrap_client` does.
+ * Fills `*options` with the defaults: `struct_size` = `sizeof(EtbBootstrapOptions)`, default
+ * naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`; every other byte zero. NULL is ignored
+ * (and recorded as the thread's last error). Thread-safe; does not block.
+ */
+void etb_bootstrap_options_init(struct EtbBootstrapOptions *options);
+
+/**
+ * Finds this worker's agent and attaches to it, as the reference `bootstrap_client` does, then
+ * binds the calling thread to its GPU as `ETB_CUDA_AUTO` says (see `etb_bootstrap_client_ex`).
  *
  * Reads `AGENT_RANK` (or `RANK` + `AGENT_RANK_OFFSET`; `RANK` is required either way) and
  * `LOCAL_RANK` from the process environment; names the agent's two LMDB files with
@@ -246,6 +307,24 @@ EtbStatus etb_bootstrap_client(EtbPathNamingFn path_naming_fn,
                                struct EtbBootstrapInfo **info_out);
 
 /**
+ * `etb_bootstrap_client` with options (NULL: `ETB_ERR_NULL_ARGUMENT`), an extensible struct
+ * whose `struct_size` may be that of an older caller (fields it does not cover take their
+ * defaults) or of a newer one (accepted only if every byte past the fields this library knows
+ * is zero), else `ETB_ERR_INVALID_ARGUMENT`; an unknown `cuda_mode` too.
+ *
+ * CUDA (after the agent is validated): the driver (`libcuda.so.1`, or the library named by
+ * `ETB_CUDA_DRIVER_PATH`) is loaded at run time, once per process, reusing one already loaded;
+ * the device is `cuda:{LOCAL_RANK}` as the driver numbers it (so `CUDA_VISIBLE_DEVICES`
+ * applies); its *primary* context (the one PyTorch and the CUDA runtime use) is retained and made
+ * current on the calling thread. The client holds the retain and releases it on close. See
+ * `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE`, `ETB_CUDA_SKIP` for what each mode does and costs.
+ * Everything else as `etb_bootstrap_client`.
+ */
+EtbStatus etb_bootstrap_client_ex(const struct EtbBootstrapOptions *options,
+                                  struct EtbClient **client_out,
+                                  struct EtbBootstrapInfo **info_out);
+
+/**
  * Closes a client: releases this worker's handles on the agent's queue and state (and nothing
  * of the agent's: its files and semaphores stay). NULL is accepted and ignored. Closing a client
  * twice, or using it after closing, is undefined behaviour. Must not race with other calls on
@@ -261,6 +340,20 @@ void etb_client_close(struct EtbClient *client);
  * LMDB fails. One short read transaction; thread-safe, also on the same client.
  */
 EtbStatus etb_client_heartbeat_age(const struct EtbClient *client, double *age_s_out);
+
+/**
+ * The `CUcontext` this client holds (the device's primary context), or NULL when the client is
+ * not bound to a GPU (or `client` is NULL). Owned by the client: valid until `etb_client_close`.
+ * Thread-safe.
+ */
+void *etb_client_cuda_context(const struct EtbClient *client);
+
+/**
+ * Makes the client's CUDA context current on the calling thread (current contexts are per
+ * thread: call it on each thread that launches work). `ETB_ERR_CUDA` when the client is not
+ * bound to a GPU or the driver fails; `ETB_ERR_FORKED` in a forked child. Thread-safe.
+ */
+EtbStatus etb_client_bind_current_thread(const struct EtbClient *client);
 
 /**
  * Sends `InitPair` and waits for it: the agent rendezvouses with every local and remote rank
@@ -420,6 +513,38 @@ const char *etb_info_method(const struct EtbBootstrapInfo *info);
  * another pid namespace) or when `info` is NULL. Thread-safe.
  */
 int32_t etb_info_agent_pid(const struct EtbBootstrapInfo *info);
+
+/**
+ * Whether bootstrap bound the worker to its GPU (retained `cuda:{LOCAL_RANK}`'s primary context
+ * and made it current); false when unbound (no driver or device under `ETB_CUDA_AUTO`, or
+ * `ETB_CUDA_SKIP`) or when `info` is NULL. Thread-safe.
+ */
+bool etb_info_cuda_bound(const struct EtbBootstrapInfo *info);
+
+/**
+ * The bound device's name as the driver reports it (e.g. "NVIDIA H100 80GB HBM3"). Owned by
+ * `info`: valid until `etb_info_free`. NULL when unbound or when `info` is NULL. Thread-safe.
+ */
+const char *etb_info_device_name(const struct EtbBootstrapInfo *info);
+
+/**
+ * The bound device's PCI bus id (e.g. "0000:18:00.0"). Owned by `info`: valid until
+ * `etb_info_free`. NULL when unbound or when `info` is NULL. Thread-safe.
+ */
+const char *etb_info_device_pci_bus_id(const struct EtbBootstrapInfo *info);
+
+/**
+ * The bound device's UUID as canonical lower-case text, `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+ * Owned by `info`: valid until `etb_info_free`. NULL when unbound or when `info` is NULL.
+ * Thread-safe.
+ */
+const char *etb_info_device_uuid(const struct EtbBootstrapInfo *info);
+
+/**
+ * The CUDA driver's version as `cuDriverGetVersion` reports it (e.g. 12080 for 12.8); 0 when no
+ * driver answered (none installed, `ETB_CUDA_SKIP`); -1 when `info` is NULL. Thread-safe.
+ */
+int32_t etb_info_cuda_driver_version(const struct EtbBootstrapInfo *info);
 
 /**
  * Releases an info and every string its accessors returned. NULL is accepted and ignored.

@@ -83,9 +83,20 @@ public:
         int32_t pid = etb_info_agent_pid(info_);
         return pid > 0 ? std::optional<int32_t>(pid) : std::nullopt;
     }
+    /// Whether bootstrap bound the worker to its GPU.
+    bool cuda_bound() const noexcept { return etb_info_cuda_bound(info_); }
+    std::optional<std::string> device_name() const { return optional_text(etb_info_device_name(info_)); }
+    std::optional<std::string> device_pci_bus_id() const { return optional_text(etb_info_device_pci_bus_id(info_)); }
+    /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+    std::optional<std::string> device_uuid() const { return optional_text(etb_info_device_uuid(info_)); }
+    /// E.g. 12080; 0 when no driver answered.
+    int32_t cuda_driver_version() const noexcept { return etb_info_cuda_driver_version(info_); }
     const EtbBootstrapInfo *get() const noexcept { return info_; }
 
 private:
+    static std::optional<std::string> optional_text(const char *s) {
+        return s ? std::optional<std::string>(s) : std::nullopt;
+    }
     EtbBootstrapInfo *info_;
 };
 
@@ -183,6 +194,10 @@ public:
     void cleanup_batch(const std::string &batch_id, double timeout_s = 30.0) {
         detail::check(etb_client_cleanup_batch(client_, batch_id.c_str(), timeout_s));
     }
+    /// The CUcontext the client holds (the device's primary context); nullptr when unbound.
+    void *cuda_context() const noexcept { return etb_client_cuda_context(client_); }
+    /// Makes the client's context current on the calling thread.
+    void bind_current_thread() const { detail::check(etb_client_bind_current_thread(client_)); }
     double heartbeat_age() const {
         double age = 0.0;
         detail::check(etb_client_heartbeat_age(client_, &age));
@@ -230,15 +245,23 @@ inline int32_t naming_trampoline(int64_t agent_rank, char *command_queue_path, s
 }
 }  // namespace detail
 
-/// Bootstraps this worker against its agent (see etb_bootstrap_client). An exception thrown by
-/// `path_naming_fn` reaches the caller as itself.
+enum class CudaMode : int32_t { Auto = ETB_CUDA_AUTO, Require = ETB_CUDA_REQUIRE, Skip = ETB_CUDA_SKIP };
+
+/// Bootstraps this worker against its agent (see etb_bootstrap_client_ex). An exception thrown
+/// by `path_naming_fn` reaches the caller as itself.
 inline std::pair<Client, BootstrapInfo> bootstrap_client(PathNamingFn path_naming_fn = nullptr,
-                                                         double connection_timeout_s = 30.0) {
+                                                         double connection_timeout_s = 30.0,
+                                                         CudaMode cuda_mode = CudaMode::Auto) {
     EtbClient *client = nullptr;
     EtbBootstrapInfo *info = nullptr;
     detail::NamingContext ctx{&path_naming_fn, nullptr};
-    EtbStatus status = etb_bootstrap_client(path_naming_fn ? &detail::naming_trampoline : nullptr, &ctx,
-                                            connection_timeout_s, &client, &info);
+    EtbBootstrapOptions options;
+    etb_bootstrap_options_init(&options);
+    options.path_naming_fn = path_naming_fn ? &detail::naming_trampoline : nullptr;
+    options.user_data = &ctx;
+    options.connection_timeout_s = connection_timeout_s;
+    options.cuda_mode = static_cast<EtbCudaMode>(cuda_mode);
+    EtbStatus status = etb_bootstrap_client_ex(&options, &client, &info);
     if (ctx.error) std::rethrow_exception(ctx.error);
     detail::check(status);
     return std::pair<Client, BootstrapInfo>(Client(client), BootstrapInfo(info));

@@ -6,6 +6,7 @@
 //!    reference polls every 100 ms), so a worker started before its agent connects within a few
 //!    ms of the first heartbeat.
 //! 3. Authorize the agent (only its pid, when known) to ptrace this process.
+//! 4. Bind this thread to `cuda:{LOCAL_RANK}`'s primary context, as the CUDA mode says.
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use crate::agent_process::{has_open_for_writing, lock_holders, pick_agent, Holders};
 use crate::client::Client;
 use crate::command_queue::{AttachError, CommandQueue};
+use crate::cuda::{self, CudaMode, CudaReport};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lmdb::lock_path;
 use crate::lmdb_registry::FileId;
@@ -37,6 +39,8 @@ pub struct BootstrapOptions<'a> {
     pub path_naming: Option<PathNaming<'a>>,
     pub connection_timeout: Timeout,
     pub env: &'a dyn EnvSource,
+    /// Whether to bind the worker to its GPU (`cuda:{LOCAL_RANK}`'s primary context).
+    pub cuda_mode: CudaMode,
 }
 
 /// What bootstrap found out, as the reference's `BootstrapInfo` plus the agent's pid.
@@ -50,6 +54,8 @@ pub struct BootstrapInfo {
     pub paths: AgentPaths,
     pub method: Method,
     pub agent_pid: Option<i32>,
+    /// The CUDA driver's version and, when bound, the device's identity.
+    pub cuda: CudaReport,
 }
 
 /// How the rank was found, for error messages.
@@ -82,6 +88,8 @@ pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, Bootst
     log::trace!("queue attached after {:.3} ms", deadline.elapsed_secs() * 1e3);
     let agent_pid = identify_agent(&state, &paths.state);
     authorize_agent(agent_pid);
+    // Only once the agent is validated: a missing agent never costs a CUDA initialization.
+    let (cuda_binding, cuda) = cuda::bind(ranks.local_rank, options.cuda_mode)?;
 
     let info = BootstrapInfo {
         agent_rank: ranks.agent_rank,
@@ -92,6 +100,7 @@ pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, Bootst
         paths: paths.clone(),
         method: ranks.method,
         agent_pid,
+        cuda,
     };
     log::info!(
         "bootstrapped: {origin}, state {}, queue {}, agent pid {agent_pid:?}, {:.3} ms",
@@ -99,7 +108,7 @@ pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, Bootst
         paths.command_queue.display(),
         deadline.elapsed_secs() * 1e3
     );
-    Ok((Client::new(ranks.agent_rank, paths, state, queue, agent_pid), info))
+    Ok((Client::new(ranks.agent_rank, paths, state, queue, agent_pid, cuda_binding), info))
 }
 
 fn wait_for_state(path: &Path, deadline: &Deadline, origin: &str) -> Result<StateDb> {

@@ -15,6 +15,7 @@ use crate::agent_watch::AgentWatch;
 use crate::command_queue::{CommandQueue, EnqueueError};
 use crate::commands::{Command, TransferKind, TRANSFER_SIGNAL};
 use crate::completion::CompletionSemaphore;
+use crate::cuda::{CuContext, CudaBinding};
 use crate::error::{Error, ErrorKind, Result};
 use crate::naming::AgentPaths;
 use crate::semaphore::WaitError;
@@ -73,6 +74,8 @@ impl Shared {
 struct Handles {
     state: StateDb,
     queue: CommandQueue,
+    /// Declared last: released after the queue and state are closed.
+    cuda: Option<CudaBinding>,
 }
 
 /// A bootstrapped client. Dropping it closes only this worker's own handles: it never removes
@@ -93,14 +96,21 @@ pub struct Completion {
 }
 
 impl Client {
-    pub(crate) fn new(agent_rank: i64, paths: AgentPaths, state: StateDb, queue: CommandQueue, agent_pid: Option<i32>) -> Client {
+    pub(crate) fn new(
+        agent_rank: i64,
+        paths: AgentPaths,
+        state: StateDb,
+        queue: CommandQueue,
+        agent_pid: Option<i32>,
+        cuda: Option<CudaBinding>,
+    ) -> Client {
         let shared = Arc::new(Shared {
             watch: AgentWatch::new(agent_pid),
             died: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             owner_pid: std::process::id(),
         });
-        Client { agent_rank, paths, handles: ManuallyDrop::new(Handles { state, queue }), shared }
+        Client { agent_rank, paths, handles: ManuallyDrop::new(Handles { state, queue, cuda }), shared }
     }
 
     pub fn agent_rank(&self) -> i64 {
@@ -122,6 +132,23 @@ impl Client {
 
     pub fn queue(&self) -> &CommandQueue {
         &self.handles.queue
+    }
+
+    /// The primary context this client holds (`CUcontext`), when bound.
+    pub fn cuda_context(&self) -> Option<CuContext> {
+        self.handles.cuda.as_ref().map(CudaBinding::context)
+    }
+
+    /// Makes the client's context current on the calling thread.
+    pub fn bind_current_thread(&self) -> Result<()> {
+        self.shared.check_process()?;
+        match &self.handles.cuda {
+            Some(b) => b.make_current(),
+            None => Err(Error::new(
+                ErrorKind::Cuda,
+                "this client is not bound to a GPU (no driver or device at bootstrap, or ETB_CUDA_SKIP)",
+            )),
+        }
     }
 
     /// Seconds since the agent's last heartbeat (however old).

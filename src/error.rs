@@ -34,6 +34,8 @@ pub enum ErrorKind {
     Forked,
     /// The client this object belongs to was closed.
     Closed,
+    /// The CUDA driver is missing or failed.
+    Cuda,
 }
 
 /// An error of the core: its kind and a complete, user-facing message.

@@ -18,6 +18,7 @@ pub mod client;
 pub mod command_queue;
 pub mod commands;
 pub mod completion;
+pub mod cuda;
 pub mod error;
 pub mod ffi;
 pub mod lmdb;

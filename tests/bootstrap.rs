@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{env_of, leftovers, unique_rank, DevAgent, TempDir};
+use etha_tensor_bus::cuda::CudaMode;
 use etha_tensor_bus::naming::AgentPaths;
 use etha_tensor_bus::rank::Method;
 use etha_tensor_bus::timeout::Timeout;
@@ -17,7 +18,7 @@ fn secs(s: f64) -> Timeout {
 fn boot_paths(paths: &AgentPaths, timeout: f64) -> etha_tensor_bus::Result<(Client, BootstrapInfo)> {
     let env = env_of(&[("AGENT_RANK", "0".into()), ("RANK", "0".into())]);
     let mut naming = |_rank: i64| Ok(paths.clone());
-    bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(timeout), env: &env })
+    bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(timeout), env: &env, cuda_mode: CudaMode::Skip })
 }
 
 #[test]
@@ -26,7 +27,7 @@ fn default_names_offset_method() {
     let agent = DevAgent::with_rank(rank, &[]);
     let env = env_of(&[("RANK", (rank - 4).to_string()), ("AGENT_RANK_OFFSET", "4".into()), ("LOCAL_RANK", "3".into())]);
     let (client, info) =
-        bootstrap_client(BootstrapOptions { path_naming: None, connection_timeout: secs(5.0), env: &env }).unwrap();
+        bootstrap_client(BootstrapOptions { path_naming: None, connection_timeout: secs(5.0), env: &env, cuda_mode: CudaMode::Skip }).unwrap();
     assert_eq!(info.agent_rank, rank);
     assert_eq!(info.global_rank, rank - 4);
     assert_eq!(info.rank_offset, Some(4));
@@ -58,7 +59,7 @@ fn naming_function_gets_the_rank() {
         Ok(paths.clone())
     };
     let (_client, info) =
-        bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(5.0), env: &env })
+        bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(5.0), env: &env, cuda_mode: CudaMode::Skip })
             .unwrap();
     assert_eq!(seen, vec![17]);
     assert_eq!((info.agent_rank, info.global_rank, info.rank_offset, info.method), (17, 2, None, Method::Direct));

@@ -70,6 +70,11 @@ class BootstrapInfo:
     state_path: str
     method: str
     agent_pid: Optional[int] = None
+    cuda_bound: bool = False
+    device_name: Optional[str] = None
+    device_pci_bus_id: Optional[str] = None
+    device_uuid: Optional[str] = None
+    cuda_driver_version: int = 0
 
 
 class Completion:
@@ -166,6 +171,14 @@ class TensorBusClient:
     def cleanup_batch(self, batch_id, timeout=30.0):
         _check(_native.lib().etb_client_cleanup_batch(self._h, _text(batch_id, "batch_id"), float(timeout)))
 
+    def cuda_context(self):
+        """The CUcontext (an int address) the client holds, or None when unbound."""
+        return _native.lib().etb_client_cuda_context(self._h)
+
+    def bind_current_thread(self):
+        """Makes the client's CUDA context current on the calling thread."""
+        _check(_native.lib().etb_client_bind_current_thread(self._h))
+
     def heartbeat_age(self):
         age = ctypes.c_double()
         _check(_native.lib().etb_client_heartbeat_age(self._h, ctypes.byref(age)))
@@ -243,6 +256,11 @@ def bootstrap_client(path_naming_fn: Optional[Callable[[int], Tuple[str, str]]] 
             state_path=dec(lib.etb_info_state_path(info)),
             method=lib.etb_info_method(info).decode(),
             agent_pid=(lambda pid: pid if pid > 0 else None)(lib.etb_info_agent_pid(info)),
+            cuda_bound=bool(lib.etb_info_cuda_bound(info)),
+            device_name=(lambda b: b.decode() if b else None)(lib.etb_info_device_name(info)),
+            device_pci_bus_id=(lambda b: b.decode() if b else None)(lib.etb_info_device_pci_bus_id(info)),
+            device_uuid=(lambda b: b.decode() if b else None)(lib.etb_info_device_uuid(info)),
+            cuda_driver_version=lib.etb_info_cuda_driver_version(info),
         )
     finally:
         lib.etb_info_free(info)

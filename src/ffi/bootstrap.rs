@@ -4,10 +4,11 @@ use std::ffi::c_void;
 
 use super::boundary::{call, FfiError};
 use super::info::EtbBootstrapInfo;
-use super::status::{EtbStatus, ETB_ERR_NAMING};
+use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT, ETB_ERR_NAMING};
 use crate::bootstrap::{bootstrap_client, BootstrapOptions};
 use crate::client::Client;
 use crate::naming::{path_from_buffer, AgentPaths, PATH_BUFFER_CAPACITY};
+use crate::cuda::CudaMode;
 use crate::rank::ProcessEnv;
 use crate::timeout::Timeout;
 
@@ -67,7 +68,128 @@ fn call_naming_fn(
     })
 }
 
-/// Finds this worker's agent and attaches to it, as the reference `bootstrap_client` does.
+/// When to bind the worker to its GPU: `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE` or `ETB_CUDA_SKIP`.
+pub type EtbCudaMode = i32;
+/// Bind to `cuda:{LOCAL_RANK}` when a CUDA driver and that device exist; otherwise go on
+/// unbound. In a process that has not touched CUDA yet this costs the first `cuInit` and a new
+/// primary context (typically a few hundred milliseconds and a few hundred MiB of GPU memory);
+/// where PyTorch already initialized the device, retaining its primary context costs nothing more.
+pub const ETB_CUDA_AUTO: EtbCudaMode = 0;
+/// As AUTO, but no driver, a failing `cuInit` or an ordinal past the device count is
+/// `ETB_ERR_CUDA`, with the driver's own error text.
+pub const ETB_CUDA_REQUIRE: EtbCudaMode = 1;
+/// Never touch the CUDA driver (CPU-only control processes).
+pub const ETB_CUDA_SKIP: EtbCudaMode = 2;
+
+/// Options of `etb_bootstrap_client_ex`. Fill it with `etb_bootstrap_options_init`, then set
+/// what you need. The layout is fixed: later versions only append fields at the end, and
+/// `struct_size` (the `sizeof` the caller was compiled with) tells the library how much of it
+/// the caller knows.
+#[repr(C)]
+pub struct EtbBootstrapOptions {
+    /// `sizeof(EtbBootstrapOptions)` as the caller knows it.
+    pub struct_size: u32,
+    /// NULL: the default names `/tmp/agent_rank{N}_{command,state}.lmdb`.
+    pub path_naming_fn: EtbPathNamingFn,
+    /// Passed to `path_naming_fn` only.
+    pub user_data: *mut c_void,
+    /// Seconds to wait for the agent: finite >= 0, or INFINITY.
+    pub connection_timeout_s: f64,
+    /// `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE` or `ETB_CUDA_SKIP`.
+    pub cuda_mode: EtbCudaMode,
+}
+
+/// Where the fields this version of the library knows end: a caller's `struct_size` must reach
+/// it, and any bytes a newer caller passes beyond it must be zero.
+const KNOWN_OPTIONS_END: usize = std::mem::offset_of!(EtbBootstrapOptions, cuda_mode) + std::mem::size_of::<EtbCudaMode>();
+
+/// Fills `*options` with the defaults: `struct_size` = `sizeof(EtbBootstrapOptions)`, default
+/// naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`; every other byte zero. NULL is ignored
+/// (and recorded as the thread's last error). Thread-safe; does not block.
+#[no_mangle]
+pub unsafe extern "C" fn etb_bootstrap_options_init(options: *mut EtbBootstrapOptions) {
+    call("etb_bootstrap_options_init", || {
+        require_non_null!("etb_bootstrap_options_init", options);
+        // SAFETY: non-NULL and writable for sizeof(EtbBootstrapOptions) by the caller's contract;
+        // zero-filled first so that padding is zero too.
+        unsafe {
+            std::ptr::write_bytes(options.cast::<u8>(), 0, std::mem::size_of::<EtbBootstrapOptions>());
+            (*options).struct_size = std::mem::size_of::<EtbBootstrapOptions>() as u32;
+            (*options).connection_timeout_s = crate::bootstrap::DEFAULT_CONNECTION_TIMEOUT_SECS;
+            (*options).cuda_mode = ETB_CUDA_AUTO;
+        }
+        Ok(())
+    });
+}
+
+/// Reads a caller's options, whatever version of the struct it was compiled with.
+fn read_options(options: *const EtbBootstrapOptions) -> Result<(EtbPathNamingFn, *mut c_void, f64, CudaMode), FfiError> {
+    // SAFETY: non-NULL (checked by the caller); `struct_size` is the first field.
+    let size = unsafe { std::ptr::read_unaligned(options.cast::<u32>()) } as usize;
+    if size < KNOWN_OPTIONS_END {
+        return Err(FfiError::new(
+            ETB_ERR_INVALID_ARGUMENT,
+            format!(
+                "etb_bootstrap_client_ex: options->struct_size is {size}, smaller than the {KNOWN_OPTIONS_END} bytes of its \
+                 first five fields: set it with etb_bootstrap_options_init"
+            ),
+        ));
+    }
+    // SAFETY: the caller guarantees `struct_size` readable bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(options.cast::<u8>(), size) };
+    if let Some(i) = bytes[KNOWN_OPTIONS_END..].iter().position(|&b| b != 0) {
+        return Err(FfiError::new(
+            ETB_ERR_INVALID_ARGUMENT,
+            format!(
+                "etb_bootstrap_client_ex: options byte {} is set, past the fields this library ({}) knows: \
+                 the caller was built for a newer etha-tensor-bus",
+                KNOWN_OPTIONS_END + i,
+                env!("CARGO_PKG_VERSION")
+            ),
+        ));
+    }
+    // SAFETY: all five fields lie within the readable `struct_size` bytes.
+    let o = unsafe { &*options };
+    let mode = match o.cuda_mode {
+        ETB_CUDA_AUTO => CudaMode::Auto,
+        ETB_CUDA_REQUIRE => CudaMode::Require,
+        ETB_CUDA_SKIP => CudaMode::Skip,
+        other => {
+            return Err(FfiError::new(
+                ETB_ERR_INVALID_ARGUMENT,
+                format!("etb_bootstrap_client_ex: cuda_mode is {other}; use ETB_CUDA_AUTO (0), ETB_CUDA_REQUIRE (1) or ETB_CUDA_SKIP (2)"),
+            ))
+        }
+    };
+    Ok((o.path_naming_fn, o.user_data, o.connection_timeout_s, mode))
+}
+
+/// The body both entry points share.
+fn bootstrap_into(
+    (path_naming_fn, user_data, connection_timeout_s, cuda_mode): (EtbPathNamingFn, *mut c_void, f64, CudaMode),
+    client_out: *mut *mut EtbClient,
+    info_out: *mut *mut EtbBootstrapInfo,
+) -> Result<(), FfiError> {
+    let connection_timeout = Timeout::from_secs_f64(connection_timeout_s, "connection_timeout_s")?;
+    let mut naming = path_naming_fn.map(|f| move |rank| call_naming_fn(f, user_data, rank));
+    let options = BootstrapOptions {
+        path_naming: naming.as_mut().map(|n| n as _),
+        connection_timeout,
+        env: &ProcessEnv,
+        cuda_mode,
+    };
+    let (client, info) = bootstrap_client(options)?;
+    let info = EtbBootstrapInfo::new(info).map_err(|e| FfiError::new(ETB_ERR_NAMING, e))?;
+    // SAFETY: both out-pointers were checked non-NULL; written only now, on success.
+    unsafe {
+        *client_out = Box::into_raw(Box::new(EtbClient { client }));
+        *info_out = Box::into_raw(Box::new(info));
+    }
+    Ok(())
+}
+
+/// Finds this worker's agent and attaches to it, as the reference `bootstrap_client` does, then
+/// binds the calling thread to its GPU as `ETB_CUDA_AUTO` says (see `etb_bootstrap_client_ex`).
 ///
 /// Reads `AGENT_RANK` (or `RANK` + `AGENT_RANK_OFFSET`; `RANK` is required either way) and
 /// `LOCAL_RANK` from the process environment; names the agent's two LMDB files with
@@ -100,21 +222,32 @@ pub unsafe extern "C" fn etb_bootstrap_client(
 ) -> EtbStatus {
     call("etb_bootstrap_client", || {
         require_non_null!("etb_bootstrap_client", client_out, info_out);
-        let connection_timeout = Timeout::from_secs_f64(connection_timeout_s, "connection_timeout_s")?;
-        let mut naming = path_naming_fn.map(|f| move |rank| call_naming_fn(f, user_data, rank));
-        let options = BootstrapOptions {
-            path_naming: naming.as_mut().map(|n| n as _),
-            connection_timeout,
-            env: &ProcessEnv,
-        };
-        let (client, info) = bootstrap_client(options)?;
-        let info = EtbBootstrapInfo::new(info).map_err(|e| FfiError::new(ETB_ERR_NAMING, e))?;
-        // SAFETY: both out-pointers were checked non-NULL; written only now, on success.
-        unsafe {
-            *client_out = Box::into_raw(Box::new(EtbClient { client }));
-            *info_out = Box::into_raw(Box::new(info));
-        }
-        Ok(())
+        bootstrap_into((path_naming_fn, user_data, connection_timeout_s, CudaMode::Auto), client_out, info_out)
+    })
+}
+
+/// `etb_bootstrap_client` with options (NULL: `ETB_ERR_NULL_ARGUMENT`), an extensible struct
+/// whose `struct_size` may be that of an older caller (fields it does not cover take their
+/// defaults) or of a newer one (accepted only if every byte past the fields this library knows
+/// is zero), else `ETB_ERR_INVALID_ARGUMENT`; an unknown `cuda_mode` too.
+///
+/// CUDA (after the agent is validated): the driver (`libcuda.so.1`, or the library named by
+/// `ETB_CUDA_DRIVER_PATH`) is loaded at run time, once per process, reusing one already loaded;
+/// the device is `cuda:{LOCAL_RANK}` as the driver numbers it (so `CUDA_VISIBLE_DEVICES`
+/// applies); its *primary* context (the one PyTorch and the CUDA runtime use) is retained and made
+/// current on the calling thread. The client holds the retain and releases it on close. See
+/// `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE`, `ETB_CUDA_SKIP` for what each mode does and costs.
+/// Everything else as `etb_bootstrap_client`.
+#[no_mangle]
+pub unsafe extern "C" fn etb_bootstrap_client_ex(
+    options: *const EtbBootstrapOptions,
+    client_out: *mut *mut EtbClient,
+    info_out: *mut *mut EtbBootstrapInfo,
+) -> EtbStatus {
+    call("etb_bootstrap_client_ex", || {
+        require_non_null!("etb_bootstrap_client_ex", options, client_out, info_out);
+        let read = read_options(options)?;
+        bootstrap_into(read, client_out, info_out)
     })
 }
 
@@ -146,5 +279,29 @@ pub unsafe extern "C" fn etb_client_heartbeat_age(client: *const EtbClient, age_
         let age = unsafe { &*client }.client.heartbeat_age()?;
         unsafe { *age_s_out = age };
         Ok(())
+    })
+}
+
+/// The `CUcontext` this client holds (the device's primary context), or NULL when the client is
+/// not bound to a GPU (or `client` is NULL). Owned by the client: valid until `etb_client_close`.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_cuda_context(client: *const EtbClient) -> *mut c_void {
+    super::boundary::value("etb_client_cuda_context", std::ptr::null_mut(), || {
+        // SAFETY: non-NULL pointers come from etb_bootstrap_client and are live.
+        let c = unsafe { client.as_ref() }.ok_or_else(|| FfiError::null("etb_client_cuda_context", "client"))?;
+        Ok(c.client.cuda_context().unwrap_or(std::ptr::null_mut()))
+    })
+}
+
+/// Makes the client's CUDA context current on the calling thread (current contexts are per
+/// thread: call it on each thread that launches work). `ETB_ERR_CUDA` when the client is not
+/// bound to a GPU or the driver fails; `ETB_ERR_FORKED` in a forked child. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_bind_current_thread(client: *const EtbClient) -> EtbStatus {
+    call("etb_client_bind_current_thread", || {
+        require_non_null!("etb_client_bind_current_thread", client);
+        // SAFETY: non-NULL, and live by the caller's contract.
+        Ok(unsafe { &*client }.client.bind_current_thread()?)
     })
 }

@@ -15,15 +15,23 @@ pub struct EtbBootstrapInfo {
     device: CString,
     command_queue_path: CString,
     state_path: CString,
+    device_name: Option<CString>,
+    device_pci_bus_id: Option<CString>,
+    device_uuid: Option<CString>,
 }
 
 impl EtbBootstrapInfo {
     pub(crate) fn new(info: BootstrapInfo) -> Result<Self, String> {
         let c = |bytes: &[u8]| CString::new(bytes).map_err(|_| "a path contains a NUL byte".to_string());
+        let text = |s: &str| CString::new(s.replace('\0', "")).ok();
+        let identity = info.cuda.identity.as_ref();
         Ok(EtbBootstrapInfo {
             device: c(info.device.as_bytes())?,
             command_queue_path: c(info.paths.command_queue.as_os_str().as_bytes())?,
             state_path: c(info.paths.state.as_os_str().as_bytes())?,
+            device_name: identity.and_then(|i| text(&i.name)),
+            device_pci_bus_id: identity.and_then(|i| text(&i.pci_bus_id)),
+            device_uuid: identity.and_then(|i| text(&i.uuid)),
             info,
         })
     }
@@ -109,6 +117,49 @@ pub unsafe extern "C" fn etb_info_method(info: *const EtbBootstrapInfo) -> *cons
 #[no_mangle]
 pub unsafe extern "C" fn etb_info_agent_pid(info: *const EtbBootstrapInfo) -> i32 {
     value("etb_info_agent_pid", -1, || Ok(with_info("etb_info_agent_pid", info)?.info.agent_pid.unwrap_or(-1)))
+}
+
+/// Whether bootstrap bound the worker to its GPU (retained `cuda:{LOCAL_RANK}`'s primary context
+/// and made it current); false when unbound (no driver or device under `ETB_CUDA_AUTO`, or
+/// `ETB_CUDA_SKIP`) or when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_cuda_bound(info: *const EtbBootstrapInfo) -> bool {
+    value("etb_info_cuda_bound", false, || Ok(with_info("etb_info_cuda_bound", info)?.info.cuda.identity.is_some()))
+}
+
+/// The bound device's name as the driver reports it (e.g. "NVIDIA H100 80GB HBM3"). Owned by
+/// `info`: valid until `etb_info_free`. NULL when unbound or when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_device_name(info: *const EtbBootstrapInfo) -> *const libc::c_char {
+    value("etb_info_device_name", std::ptr::null(), || {
+        Ok(with_info("etb_info_device_name", info)?.device_name.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()))
+    })
+}
+
+/// The bound device's PCI bus id (e.g. "0000:18:00.0"). Owned by `info`: valid until
+/// `etb_info_free`. NULL when unbound or when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_device_pci_bus_id(info: *const EtbBootstrapInfo) -> *const libc::c_char {
+    value("etb_info_device_pci_bus_id", std::ptr::null(), || {
+        Ok(with_info("etb_info_device_pci_bus_id", info)?.device_pci_bus_id.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()))
+    })
+}
+
+/// The bound device's UUID as canonical lower-case text, `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+/// Owned by `info`: valid until `etb_info_free`. NULL when unbound or when `info` is NULL.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_device_uuid(info: *const EtbBootstrapInfo) -> *const libc::c_char {
+    value("etb_info_device_uuid", std::ptr::null(), || {
+        Ok(with_info("etb_info_device_uuid", info)?.device_uuid.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()))
+    })
+}
+
+/// The CUDA driver's version as `cuDriverGetVersion` reports it (e.g. 12080 for 12.8); 0 when no
+/// driver answered (none installed, `ETB_CUDA_SKIP`); -1 when `info` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn etb_info_cuda_driver_version(info: *const EtbBootstrapInfo) -> i32 {
+    value("etb_info_cuda_driver_version", -1, || Ok(with_info("etb_info_cuda_driver_version", info)?.info.cuda.driver_version))
 }
 
 /// Releases an info and every string its accessors returned. NULL is accepted and ignored.

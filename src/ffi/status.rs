@@ -40,7 +40,7 @@ pub const ETB_ERR_AGENT_DIED: EtbStatus = 13;
 pub const ETB_ERR_PAIR_NOT_MATCHED: EtbStatus = 14;
 /// A client (or completion) was used in a process forked from the one that made it.
 pub const ETB_ERR_FORKED: EtbStatus = 15;
-/// Reserved: the CUDA driver failed or is missing.
+/// The CUDA driver is missing or failed where CUDA was required, or the client is not bound.
 pub const ETB_ERR_CUDA: EtbStatus = 16;
 /// Reserved: a file or semaphore has an owner or mode we do not trust.
 pub const ETB_ERR_PERMISSION: EtbStatus = 17;
@@ -99,6 +99,7 @@ pub(crate) fn status_of(kind: ErrorKind) -> EtbStatus {
         ErrorKind::PairNotMatched => ETB_ERR_PAIR_NOT_MATCHED,
         ErrorKind::Forked => ETB_ERR_FORKED,
         ErrorKind::Closed => ETB_ERR_CLOSED,
+        ErrorKind::Cuda => ETB_ERR_CUDA,
     }
 }
 

@@ -14,6 +14,8 @@
 
 #include "harness.h"
 
+#include <dlfcn.h>
+
 /* Sentinels that must survive a failed call untouched. */
 static EtbClient *const CLIENT_SENTINEL = (EtbClient *)(void *)0x1;
 static EtbBootstrapInfo *const INFO_SENTINEL = (EtbBootstrapInfo *)(void *)0x1;
@@ -323,6 +325,41 @@ static int t_two_clients_one_agent(void) {
     return nothing_left(rank);
 }
 
+/* No CUDA driver at all (this machine, CI): AUTO bootstraps unbound, REQUIRE fails clearly. */
+static int t_no_cuda_driver(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    EtbClient *client = NULL;
+    EtbBootstrapInfo *info = NULL;
+    EtbBootstrapOptions o;
+    void *cuda = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+    CHECK(agent.pid > 0, "agent did not start");
+    if (cuda) {
+        dlclose(cuda);
+        printf("# skipped: a CUDA driver is installed here (tests/gpu/check.sh covers that case)\n");
+        stop_agent(&agent);
+        return nothing_left(rank);
+    }
+    unsetenv("ETB_CUDA_DRIVER_PATH");
+    set_direct(rank);
+    CHECK(etb_bootstrap_client(NULL, NULL, 5.0, &client, &info) == ETB_OK, "AUTO without a driver: %s",
+          etb_last_error_message());
+    CHECK(!etb_info_cuda_bound(info) && etb_info_cuda_driver_version(info) == 0, "unbound, no driver answered");
+    CHECK(etb_info_device_name(info) == NULL && etb_info_device_pci_bus_id(info) == NULL, "no identity");
+    CHECK(etb_client_cuda_context(client) == NULL, "no context");
+    CHECK(etb_client_bind_current_thread(client) == ETB_ERR_CUDA, "binding an unbound client");
+    etb_client_close(client);
+    etb_info_free(info);
+    etb_bootstrap_options_init(&o);
+    o.cuda_mode = ETB_CUDA_REQUIRE;
+    client = NULL;
+    CHECK(etb_bootstrap_client_ex(&o, &client, &info) == ETB_ERR_CUDA, "REQUIRE without a driver");
+    CHECK(strstr(etb_last_error_message(), "libcuda.so.1 could not be loaded") != NULL, "%s", etb_last_error_message());
+    CHECK(client == NULL, "out-pointer written on failure");
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
 static int t_external_agent(void) {
     EtbClient *client = NULL;
     EtbBootstrapInfo *info = NULL;
@@ -359,6 +396,7 @@ int main(void) {
         run_case("null_out_pointers", t_null_out_pointers);
         run_case("null_to_accessors_and_free", t_null_to_accessors);
         run_case("two_clients_one_agent", t_two_clients_one_agent);
+        run_case("no_cuda_driver", t_no_cuda_driver);
     }
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;

@@ -162,6 +162,7 @@ pub fn boot(paths: &AgentPaths, timeout: f64) -> etha_tensor_bus::Result<(etha_t
         path_naming: Some(&mut naming),
         connection_timeout: etha_tensor_bus::timeout::Timeout::from_secs_f64(timeout, "t").unwrap(),
         env: &env,
+        cuda_mode: etha_tensor_bus::cuda::CudaMode::Skip,
     })
 }
 

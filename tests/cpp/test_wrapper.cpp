@@ -28,6 +28,14 @@ static int t_bootstrap_and_ownership() {
         CHECK(info.device() == "cuda:1" && info.device_index() == 1 && info.method() == "direct", "device/method");
         CHECK(info.agent_pid() && *info.agent_pid() == agent.pid, "agent pid");
         CHECK(info.state_path() == "/tmp/agent_rank" + std::to_string(rank) + "_state.lmdb", "state path");
+        CHECK(!info.cuda_bound() && !info.device_uuid() && info.cuda_driver_version() == 0, "no driver here");
+        CHECK(client.cuda_context() == nullptr, "unbound");
+        try {
+            client.bind_current_thread();
+            CHECK(false, "binding an unbound client did not throw");
+        } catch (const etb::Error &e) {
+            CHECK(e.status() == ETB_ERR_CUDA, "status %d", e.status());
+        }
         etb::Client moved = std::move(client);
         CHECK(client.get() == nullptr && moved.get() != nullptr, "move leaves the source empty");
         etb::BootstrapInfo info2 = std::move(info);
@@ -80,7 +88,7 @@ static int t_commands() {
     CHECK(agent.pid > 0, "agent did not start");
     set_direct(rank);
     {
-        auto boot = etb::bootstrap_client(nullptr, 5.0);
+        auto boot = etb::bootstrap_client(nullptr, 5.0, etb::CudaMode::Skip);
         etb::Client &c = boot.first;
         try {
             c.init_pair("p", "a", "b", 2);

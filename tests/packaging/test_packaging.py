@@ -78,6 +78,7 @@ def test_soname_exports_and_no_runpath(installed):
     dyn = readelf_dynamic(real)
     assert f"Library soname: [{SONAME}]" in dyn
     assert "RUNPATH" not in dyn and "RPATH" not in dyn
+    assert "libcuda" not in dyn, "the CUDA driver must be loaded at run time, never linked"
     names = [l.split()[-1] for l in run(["nm", "-D", "--defined-only", real]).splitlines() if l.strip()]
     assert names and all(n.startswith("etb_") for n in names), [n for n in names if not n.startswith("etb_")]
 

@@ -67,6 +67,11 @@ def test_bootstrap_and_commands(agent):
     client, info = bootstrap_client()
     assert info.method == "direct" and info.rank_offset is None and info.device == "cuda:0"
     assert info.agent_pid == p.pid
+    assert info.cuda_bound is False and info.device_uuid is None and info.cuda_driver_version == 0
+    assert client.cuda_context() is None
+    with pytest.raises(TensorBusError) as e:
+        client.bind_current_thread()
+    assert e.value.status == errors.STATUS["CUDA"]
     with client:
         client.init_pair("w", "train", "infer", 2, device_mesh=b"\x80\x04", placements=None)
         batch = client.register_tensors("step", [(b"\x01\x02", "w"), (b"", "w")], bucket_size=1 << 20)

@@ -1,0 +1,284 @@
+//! Putting the worker on its agent's GPU: the CUDA driver API, loaded at run time.
+//!
+//! The driver (`libcuda.so.1`, or `ETB_CUDA_DRIVER_PATH`) is loaded lazily and once per process
+//! with `dlopen`, trying `RTLD_NOLOAD` first so that a driver PyTorch already loaded is reused;
+//! nothing links against libcuda, so the library loads on hosts without a GPU. Entry points are
+//! looked up by the versioned names the CUDA headers bind to (`cuDevicePrimaryCtxRelease_v2`,
+//! `cuDeviceGetUuid_v2`), falling back to the unversioned ones, and a missing one is an error,
+//! never a crash.
+//!
+//! Only the device's *primary* context is used (`cuDevicePrimaryCtxRetain`, the context the CUDA
+//! runtime and PyTorch use), never `cuCtxCreate`. A binding holds one retain and releases it
+//! when dropped, except in a forked child (the parent's retain is not the child's to release).
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::path::PathBuf;
+
+use once_cell::sync::OnceCell;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The environment variable that names the driver library to load instead of libcuda.so.1.
+pub const DRIVER_PATH_ENV: &str = "ETB_CUDA_DRIVER_PATH";
+const DEFAULT_DRIVER: &str = "libcuda.so.1";
+
+type CuResult = c_int;
+type CuDevice = c_int;
+/// A `CUcontext`.
+pub type CuContext = *mut c_void;
+
+/// When to bind the worker to its GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaMode {
+    /// Bind when a driver and the device exist; otherwise go on without.
+    Auto,
+    /// No driver, a failing `cuInit` or a missing device is an error.
+    Require,
+    /// Never touch the driver.
+    Skip,
+}
+
+struct Api {
+    path: String,
+    init: unsafe extern "C" fn(c_uint) -> CuResult,
+    driver_get_version: unsafe extern "C" fn(*mut c_int) -> CuResult,
+    device_get_count: unsafe extern "C" fn(*mut c_int) -> CuResult,
+    device_get: unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult,
+    device_get_name: unsafe extern "C" fn(*mut c_char, c_int, CuDevice) -> CuResult,
+    device_get_pci_bus_id: unsafe extern "C" fn(*mut c_char, c_int, CuDevice) -> CuResult,
+    device_get_uuid: unsafe extern "C" fn(*mut [u8; 16], CuDevice) -> CuResult,
+    primary_ctx_retain: unsafe extern "C" fn(*mut CuContext, CuDevice) -> CuResult,
+    primary_ctx_release: unsafe extern "C" fn(CuDevice) -> CuResult,
+    ctx_set_current: unsafe extern "C" fn(CuContext) -> CuResult,
+    get_error_string: Option<unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult>,
+    get_error_name: Option<unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult>,
+    // Keeps the entry points above valid: the library is never unloaded.
+    _lib: libloading::Library,
+}
+
+static DRIVER: OnceCell<std::result::Result<Api, String>> = OnceCell::new();
+
+fn load() -> std::result::Result<Api, String> {
+    use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+    let path = std::env::var_os(DRIVER_PATH_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_DRIVER));
+    let shown = path.display().to_string();
+    // SAFETY: loading the CUDA driver runs its initializers, as any CUDA program does.
+    let lib = unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_LOCAL | libc::RTLD_NOLOAD) }
+        .or_else(|_| unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_LOCAL) })
+        .map_err(|e| format!("the CUDA driver {shown} could not be loaded: {e}"))?;
+    let lib: libloading::Library = lib.into();
+    macro_rules! sym {
+        ($($name:literal),+) => {{
+            let mut found = None;
+            $(
+                if found.is_none() {
+                    // SAFETY: the symbol is the CUDA driver entry point of that name, whose C
+                    // signature the field's type spells out.
+                    found = unsafe { lib.get::<*const ()>(concat!($name, "\0").as_bytes()) }
+                        .ok()
+                        .map(|s| unsafe { std::mem::transmute_copy(&*s) });
+                }
+            )+
+            found
+        }};
+    }
+    macro_rules! required {
+        ($($name:literal),+) => {
+            sym!($($name),+).ok_or_else(|| format!("the CUDA driver {shown} has no entry point {}", [$($name),+].join(" or ")))?
+        };
+    }
+    Ok(Api {
+        init: required!("cuInit"),
+        driver_get_version: required!("cuDriverGetVersion"),
+        device_get_count: required!("cuDeviceGetCount"),
+        device_get: required!("cuDeviceGet"),
+        device_get_name: required!("cuDeviceGetName"),
+        device_get_pci_bus_id: required!("cuDeviceGetPCIBusId"),
+        device_get_uuid: required!("cuDeviceGetUuid_v2", "cuDeviceGetUuid"),
+        primary_ctx_retain: required!("cuDevicePrimaryCtxRetain"),
+        primary_ctx_release: required!("cuDevicePrimaryCtxRelease_v2", "cuDevicePrimaryCtxRelease"),
+        ctx_set_current: required!("cuCtxSetCurrent"),
+        get_error_string: sym!("cuGetErrorString"),
+        get_error_name: sym!("cuGetErrorName"),
+        path: shown,
+        _lib: lib,
+    })
+}
+
+fn api() -> std::result::Result<&'static Api, String> {
+    DRIVER.get_or_init(load).as_ref().map_err(Clone::clone)
+}
+
+impl Api {
+    /// "CUDA_ERROR_NO_DEVICE (100): no CUDA-capable device is detected", as the driver says it.
+    fn describe(&self, code: CuResult) -> String {
+        let text = |f: Option<unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult>| {
+            let mut p: *const c_char = std::ptr::null();
+            // SAFETY: the driver writes a pointer to a static string, or leaves NULL.
+            match f {
+                Some(f) if unsafe { f(code, &mut p) } == 0 && !p.is_null() => {
+                    Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+                }
+                _ => None,
+            }
+        };
+        match (text(self.get_error_name), text(self.get_error_string)) {
+            (Some(n), Some(s)) => format!("{n} ({code}): {s}"),
+            (Some(n), None) => format!("{n} ({code})"),
+            _ => format!("CUDA error {code}"),
+        }
+    }
+
+    fn call(&self, what: &str, code: CuResult) -> Result<()> {
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Cuda, format!("{what} failed: {}", self.describe(code))))
+        }
+    }
+}
+
+/// What the driver says about the bound device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    pub name: String,
+    pub pci_bus_id: String,
+    /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lower case.
+    pub uuid: String,
+}
+
+/// The outcome of binding: the driver's version (0 when no driver answered) and, when bound,
+/// the device's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CudaReport {
+    pub driver_version: i32,
+    pub identity: Option<DeviceIdentity>,
+}
+
+/// A retain of a device's primary context, current on the bootstrapping thread.
+pub struct CudaBinding {
+    api: &'static Api,
+    device: CuDevice,
+    context: CuContext,
+    owner_pid: u32,
+}
+
+// SAFETY: a CUcontext is a handle usable from any thread (cuCtxSetCurrent is per thread); the
+// release happens once, in Drop.
+unsafe impl Send for CudaBinding {}
+unsafe impl Sync for CudaBinding {}
+
+impl CudaBinding {
+    pub fn context(&self) -> CuContext {
+        self.context
+    }
+
+    /// Makes the primary context current on the calling thread (current contexts are per thread).
+    pub fn make_current(&self) -> Result<()> {
+        // SAFETY: a context we retained and still hold.
+        self.api.call("cuCtxSetCurrent", unsafe { (self.api.ctx_set_current)(self.context) })
+    }
+}
+
+impl Drop for CudaBinding {
+    fn drop(&mut self) {
+        if std::process::id() == self.owner_pid {
+            // SAFETY: releases the one retain this binding holds.
+            let rc = unsafe { (self.api.primary_ctx_release)(self.device) };
+            if rc != 0 {
+                log::warn!("cuDevicePrimaryCtxRelease({}) failed: {}", self.device, self.api.describe(rc));
+            }
+        }
+    }
+}
+
+/// The canonical text of a CUDA UUID.
+pub fn uuid_text(b: &[u8; 16]) -> String {
+    let h: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("GPU-{}-{}-{}-{}-{}", h[0..4].concat(), h[4..6].concat(), h[6..8].concat(), h[8..10].concat(), h[10..16].concat())
+}
+
+fn c_text(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Binds this thread to device `ordinal`'s primary context as `mode` says.
+pub fn bind(ordinal: i32, mode: CudaMode) -> Result<(Option<CudaBinding>, CudaReport)> {
+    if mode == CudaMode::Skip {
+        return Ok((None, CudaReport::default()));
+    }
+    let api = match api() {
+        Ok(api) => api,
+        Err(why) if mode == CudaMode::Require => {
+            return Err(Error::new(ErrorKind::Cuda, format!("{why}; CUDA is required (ETB_CUDA_REQUIRE)")))
+        }
+        Err(why) => {
+            log::debug!("{why}: going on without CUDA");
+            return Ok((None, CudaReport::default()));
+        }
+    };
+    let mut report = CudaReport::default();
+    match try_bind(api, ordinal, &mut report) {
+        Ok(binding) => Ok((Some(binding), report)),
+        Err(e) if mode == CudaMode::Require => Err(e),
+        Err(e) => {
+            log::warn!("not bound to a GPU: {e}");
+            Ok((None, report))
+        }
+    }
+}
+
+fn try_bind(api: &'static Api, ordinal: i32, report: &mut CudaReport) -> Result<CudaBinding> {
+    // SAFETY (whole function): CUDA driver calls with out-pointers to locals of the right types
+    // and buffers of the sizes passed.
+    api.call(&format!("cuInit(0) of {}", api.path), unsafe { (api.init)(0) })?;
+    let mut version = 0;
+    api.call("cuDriverGetVersion", unsafe { (api.driver_get_version)(&mut version) })?;
+    report.driver_version = version;
+    let mut count = 0;
+    api.call("cuDeviceGetCount", unsafe { (api.device_get_count)(&mut count) })?;
+    if ordinal >= count {
+        return Err(Error::new(
+            ErrorKind::Cuda,
+            format!(
+                "device ordinal {ordinal} (LOCAL_RANK) is past the {count} device(s) the driver reports \
+                 (CUDA_VISIBLE_DEVICES may hide the others)"
+            ),
+        ));
+    }
+    let mut device = 0;
+    api.call(&format!("cuDeviceGet({ordinal})"), unsafe { (api.device_get)(&mut device, ordinal) })?;
+    let mut name = [0u8; 256];
+    api.call("cuDeviceGetName", unsafe { (api.device_get_name)(name.as_mut_ptr().cast(), name.len() as c_int, device) })?;
+    let mut bus = [0u8; 64];
+    api.call("cuDeviceGetPCIBusId", unsafe { (api.device_get_pci_bus_id)(bus.as_mut_ptr().cast(), bus.len() as c_int, device) })?;
+    let mut uuid = [0u8; 16];
+    api.call("cuDeviceGetUuid", unsafe { (api.device_get_uuid)(&mut uuid, device) })?;
+    let mut context: CuContext = std::ptr::null_mut();
+    api.call(&format!("cuDevicePrimaryCtxRetain({ordinal})"), unsafe { (api.primary_ctx_retain)(&mut context, device) })?;
+    // From here the binding owns the retain: dropping it on an error releases it.
+    let binding = CudaBinding { api, device, context, owner_pid: std::process::id() };
+    binding.make_current()?;
+    report.identity = Some(DeviceIdentity { name: c_text(&name), pci_bus_id: c_text(&bus), uuid: uuid_text(&uuid) });
+    Ok(binding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_is_canonical_lower_case() {
+        let b: [u8; 16] = [0xAB, 0xCD, 0xEF, 0x01, 0x23, 0x45, 0x67, 0x89, 0x0A, 0xBC, 0xDE, 0xF0, 0x12, 0x34, 0x56, 0x78];
+        assert_eq!(uuid_text(&b), "GPU-abcdef01-2345-6789-0abc-def012345678");
+    }
+
+    #[test]
+    fn skip_never_touches_the_driver() {
+        let (binding, report) = bind(0, CudaMode::Skip).unwrap();
+        assert!(binding.is_none());
+        assert_eq!(report, CudaReport::default());
+        assert!(DRIVER.get().is_none(), "SKIP must not even load the driver");
+    }
+}
