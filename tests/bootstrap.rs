@@ -120,8 +120,10 @@ fn concurrent_bootstraps_from_threads() {
 fn agent_started_after_the_worker() {
     let dir = TempDir::new("late");
     let paths = dir.paths();
-    let _agent = DevAgent::start(&paths, &["--start-delay", "0.3"], false);
+    // Timed from before the spawn: the agent's delay starts once it runs, which may be before
+    // this thread gets the CPU back.
     let t = Instant::now();
+    let _agent = DevAgent::start(&paths, &["--start-delay", "0.3"], false);
     let (client, _) = boot_paths(&paths, 10.0).unwrap();
     assert!(t.elapsed() >= Duration::from_millis(300));
     assert!(client.heartbeat_age().unwrap() < 5.0);

@@ -171,10 +171,10 @@ static int t_failing_callbacks(void) {
 
 static int t_agent_after_worker(void) {
     long long rank = fresh_rank();
+    double t0 = now_s(), took; /* before the spawn: the agent's delay may start before we run again */
     Agent agent = start_agent(rank, 0, "--start-delay", "0.3");
     EtbClient *client = NULL;
     EtbBootstrapInfo *info = NULL;
-    double t0 = now_s(), took;
     CHECK(agent.pid > 0, "agent did not start");
     set_direct(rank);
     CHECK(etb_bootstrap_client(NULL, NULL, 10.0, &client, &info) == ETB_OK, "%s", etb_last_error_message());
