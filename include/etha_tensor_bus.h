@@ -80,9 +80,9 @@ typedef int32_t EtbCudaMode;
 
 /**
  * Options of `etb_bootstrap_client_ex`. Fill it with `etb_bootstrap_options_init`, then set
- * what you need. The layout is fixed: later versions only append fields at the end, and
- * `struct_size` (the `sizeof` the caller was compiled with) tells the library how much of it
- * the caller knows.
+ * what you need. The layout is fixed: later versions only append fields at the end (from offset
+ * `sizeof` of this version, 40 on 64-bit Linux), and `struct_size` (the `sizeof` the caller was
+ * compiled with) tells the library how much of it the caller knows.
  */
 typedef struct EtbBootstrapOptions {
     /**
@@ -271,6 +271,10 @@ extern "C" {
  * Fills `*options` with the defaults: `struct_size` = `sizeof(EtbBootstrapOptions)`, default
  * naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`; every other byte zero. NULL is ignored
  * (and recorded as the thread's last error). Thread-safe; does not block.
+ *
+ * It writes this library version's `sizeof(EtbBootstrapOptions)` bytes. Fields are only ever
+ * appended in a release that changes the SONAME (`libetha_tensor_bus.so.0.<minor>`), so a
+ * program can never meet a library whose struct is larger than the one it was compiled with.
  */
 void etb_bootstrap_options_init(struct EtbBootstrapOptions *options);
 
@@ -343,7 +347,7 @@ EtbStatus etb_client_heartbeat_age(const struct EtbClient *client, double *age_s
 
 /**
  * The `CUcontext` this client holds (the device's primary context), or NULL when the client is
- * not bound to a GPU (or `client` is NULL). Owned by the client: valid until `etb_client_close`.
+ * not bound to a GPU, `client` is NULL, or this is a forked child (the context is the parent's). Owned by the client: valid until `etb_client_close`.
  * Thread-safe.
  */
 void *etb_client_cuda_context(const struct EtbClient *client);

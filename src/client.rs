@@ -134,9 +134,10 @@ impl Client {
         &self.handles.queue
     }
 
-    /// The primary context this client holds (`CUcontext`), when bound.
-    pub fn cuda_context(&self) -> Option<CuContext> {
-        self.handles.cuda.as_ref().map(CudaBinding::context)
+    /// The primary context this client holds (`CUcontext`), when bound; `Forked` in a child.
+    pub fn cuda_context(&self) -> Result<Option<CuContext>> {
+        self.shared.check_process()?;
+        Ok(self.handles.cuda.as_ref().map(CudaBinding::context))
     }
 
     /// Makes the client's context current on the calling thread.

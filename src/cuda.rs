@@ -50,6 +50,7 @@ struct Api {
     primary_ctx_retain: unsafe extern "C" fn(*mut CuContext, CuDevice) -> CuResult,
     primary_ctx_release: unsafe extern "C" fn(CuDevice) -> CuResult,
     ctx_set_current: unsafe extern "C" fn(CuContext) -> CuResult,
+    ctx_get_current: Option<unsafe extern "C" fn(*mut CuContext) -> CuResult>,
     get_error_string: Option<unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult>,
     get_error_name: Option<unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult>,
     // Keeps the entry points above valid: the library is never unloaded.
@@ -57,6 +58,10 @@ struct Api {
 }
 
 static DRIVER: OnceCell<std::result::Result<Api, String>> = OnceCell::new();
+
+/// The process that first called `cuInit` through us: CUDA cannot be used again in a child
+/// forked after that (NVIDIA leaves it undefined), so such a child is refused the driver.
+static INIT_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn load() -> std::result::Result<Api, String> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
@@ -74,8 +79,10 @@ fn load() -> std::result::Result<Api, String> {
                 if found.is_none() {
                     // SAFETY: the symbol is the CUDA driver entry point of that name, whose C
                     // signature the field's type spells out.
+                    // A symbol whose address is NULL is as missing as an absent one.
                     found = unsafe { lib.get::<*const ()>(concat!($name, "\0").as_bytes()) }
                         .ok()
+                        .filter(|s| !(**s).is_null())
                         .map(|s| unsafe { std::mem::transmute_copy(&*s) });
                 }
             )+
@@ -98,6 +105,7 @@ fn load() -> std::result::Result<Api, String> {
         primary_ctx_retain: required!("cuDevicePrimaryCtxRetain"),
         primary_ctx_release: required!("cuDevicePrimaryCtxRelease_v2", "cuDevicePrimaryCtxRelease"),
         ctx_set_current: required!("cuCtxSetCurrent"),
+        ctx_get_current: sym!("cuCtxGetCurrent"),
         get_error_string: sym!("cuGetErrorString"),
         get_error_name: sym!("cuGetErrorName"),
         path: shown,
@@ -183,6 +191,16 @@ impl CudaBinding {
 impl Drop for CudaBinding {
     fn drop(&mut self) {
         if std::process::id() == self.owner_pid {
+            // Leave no context of ours current on this thread: if ours was the last retain, the
+            // driver resets the context, and a thread keeping it current would use a dead one.
+            // (Other threads that bound it keep it current: unbind them before closing.)
+            if let Some(get) = self.api.ctx_get_current {
+                let mut current: CuContext = std::ptr::null_mut();
+                // SAFETY: out-pointer to a local; setting NULL is always valid.
+                if unsafe { get(&mut current) } == 0 && current == self.context {
+                    unsafe { (self.api.ctx_set_current)(std::ptr::null_mut()) };
+                }
+            }
             // SAFETY: releases the one retain this binding holds.
             let rc = unsafe { (self.api.primary_ctx_release)(self.device) };
             if rc != 0 {
@@ -230,12 +248,26 @@ pub fn bind(ordinal: i32, mode: CudaMode) -> Result<(Option<CudaBinding>, CudaRe
 }
 
 fn try_bind(api: &'static Api, ordinal: i32, report: &mut CudaReport) -> Result<CudaBinding> {
+    use std::sync::atomic::Ordering;
+    let me = std::process::id();
+    match INIT_PID.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {}
+        Err(pid) if pid == me => {}
+        Err(pid) => {
+            return Err(Error::new(
+                ErrorKind::Cuda,
+                format!("this process was forked from {pid} after CUDA was initialized there: CUDA cannot be used in it"),
+            ))
+        }
+    }
     // SAFETY (whole function): CUDA driver calls with out-pointers to locals of the right types
     // and buffers of the sizes passed.
-    api.call(&format!("cuInit(0) of {}", api.path), unsafe { (api.init)(0) })?;
     let mut version = 0;
-    api.call("cuDriverGetVersion", unsafe { (api.driver_get_version)(&mut version) })?;
-    report.driver_version = version;
+    // Asked before cuInit (it needs none), so that logs have it even when cuInit fails.
+    if unsafe { (api.driver_get_version)(&mut version) } == 0 {
+        report.driver_version = version;
+    }
+    api.call(&format!("cuInit(0) of {}", api.path), unsafe { (api.init)(0) })?;
     let mut count = 0;
     api.call("cuDeviceGetCount", unsafe { (api.device_get_count)(&mut count) })?;
     if ordinal >= count {

@@ -79,10 +79,12 @@ def c_tests():
     flags = ["-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'include'}"]
     link = [f"-L{TARGET}", "-letha_tensor_bus", f"-Wl,-rpath,{TARGET}", "-lm", "-ldl", "-lpthread"]
     binaries = {}
-    fake_cuda = BUILD / "libfakecuda.so"
-    out = run(["cc", "-std=c11", "-shared", "-fPIC", *flags, str(ROOT / "tests" / "fake_cuda" / "fake_cuda.c"),
-               "-lpthread", "-o", str(fake_cuda)])
-    count("compile the fake CUDA driver", 1 if out.returncode == 0 else 0, 0 if out.returncode == 0 else 1)
+    fakes = {"": [], "unversioned": ["-DFAKE_UNVERSIONED"], "missing": ["-DFAKE_NO_RETAIN"]}
+    for variant, defines in fakes.items():
+        out = run(["cc", "-std=c11", "-shared", "-fPIC", *flags, *defines, str(ROOT / "tests" / "fake_cuda" / "fake_cuda.c"),
+                   "-lpthread", "-o", str(BUILD / f"libfakecuda{variant}.so")])
+        show(out) if out.returncode else None
+        count(f"compile the fake CUDA driver {variant or 'default'}", int(out.returncode == 0), int(out.returncode != 0))
     for src in sorted((ROOT / "tests" / "c").glob("test_*.c")):
         for flavour in ("c", "cpp"):
             out_path = BUILD / f"{src.stem}_{flavour}"
@@ -100,16 +102,24 @@ def c_tests():
     env = dict(os.environ, ETB_DEV_AGENT=str(TARGET / "etb-dev-agent"))
     env.pop("ETB_EXTERNAL_AGENT_PID", None)
     env.pop("ETB_CUDA_DRIVER_PATH", None)
+    runs = []
     for (stem, flavour), binary in binaries.items():
-        # Only the CUDA test loads the fake driver; the others run as on a machine without one.
-        case_env = dict(env, ETB_CUDA_DRIVER_PATH=str(fake_cuda)) if stem == "test_cuda" else env
+        if stem != "test_cuda":
+            # The others run as on a machine without a CUDA driver.
+            runs.append((f"{stem} as {flavour}", binary, env))
+            continue
+        # The CUDA test loads a fake driver; one per process (the driver is loaded once).
+        for variant in fakes if flavour == "c" else [""]:
+            case_env = dict(env, ETB_CUDA_DRIVER_PATH=str(BUILD / f"libfakecuda{variant}.so"), ETB_TEST_CUDA_VARIANT=variant)
+            runs.append((f"{stem} as {flavour}, fake driver {variant or 'default'}", binary, case_env))
+    for name, binary, case_env in runs:
         out = run([binary], env=case_env, timeout=600)
         show(out)
         m = re.search(r"^(\d+) passed, (\d+) failed$", out.stdout, re.M)
         passed, failed = (int(m.group(1)), int(m.group(2))) if m else (0, 1)
         if out.returncode != 0 and failed == 0:
             failed = 1
-        count(f"{stem} as {flavour}", passed, failed)
+        count(name, passed, failed)
     return {flavour: path for (stem, flavour), path in binaries.items() if stem == "test_bootstrap"}
 
 

@@ -22,6 +22,8 @@ from typing import Callable, Optional, Sequence, Tuple
 from . import _native
 from .errors import STATUS, TensorBusError, error_for
 
+__version__ = "0.1.0"
+
 __all__ = [
     "BatchHandler", "BootstrapInfo", "Completion", "TensorBusClient", "TensorBusError", "bootstrap_client",
     "setup_ptrace", "version",
@@ -219,10 +221,18 @@ class BatchHandler:
         self.client.cleanup_batch(self.batch_id, timeout=timeout)
 
 
-def bootstrap_client(path_naming_fn: Optional[Callable[[int], Tuple[str, str]]] = None, connection_timeout: float = 30.0):
+_CUDA_MODES = {"auto": 0, "require": 1, "skip": 2}
+
+
+def bootstrap_client(path_naming_fn: Optional[Callable[[int], Tuple[str, str]]] = None, connection_timeout: float = 30.0,
+                     *, cuda_mode: str = "auto"):
     """Bootstrap TensorBusClient with automatic agent rank resolution; returns
     (TensorBusClient, BootstrapInfo). `path_naming_fn(rank) -> (cmd_queue_path, state_path)`;
-    an exception it raises reaches the caller as itself."""
+    an exception it raises reaches the caller as itself. `cuda_mode` (keyword only, beyond the
+    reference): "auto" binds to cuda:{LOCAL_RANK} when a driver and the device exist, "require"
+    fails without them, "skip" never touches CUDA (CPU-only control processes)."""
+    if cuda_mode not in _CUDA_MODES:
+        raise ValueError(f"cuda_mode must be one of {sorted(_CUDA_MODES)}, not {cuda_mode!r}")
     lib = _native.lib()
     raised = []
 
@@ -240,11 +250,17 @@ def bootstrap_client(path_naming_fn: Optional[Callable[[int], Tuple[str, str]]] 
             return 1
 
     callback = _native.NAMING_FN(naming) if path_naming_fn is not None else _native.NAMING_FN()
+    options = _native.BootstrapOptions()
+    lib.etb_bootstrap_options_init(ctypes.byref(options))
+    options.path_naming_fn = callback  # kept alive by `callback` for the call
+    options.connection_timeout_s = float(connection_timeout)
+    options.cuda_mode = _CUDA_MODES[cuda_mode]
     client, info = ctypes.c_void_p(), ctypes.c_void_p()
-    status = lib.etb_bootstrap_client(callback, None, float(connection_timeout), ctypes.byref(client), ctypes.byref(info))
+    status = lib.etb_bootstrap_client_ex(ctypes.byref(options), ctypes.byref(client), ctypes.byref(info))
     if raised:
         raise raised[0]
     _check(status)
+    client = TensorBusClient(client)  # owns the handle from here, whatever happens below
     try:
         dec = lambda b: os.fsdecode(b)  # noqa: E731
         result = BootstrapInfo(
@@ -262,6 +278,9 @@ def bootstrap_client(path_naming_fn: Optional[Callable[[int], Tuple[str, str]]] 
             device_uuid=(lambda b: b.decode() if b else None)(lib.etb_info_device_uuid(info)),
             cuda_driver_version=lib.etb_info_cuda_driver_version(info),
         )
+    except BaseException:
+        client.close()
+        raise
     finally:
         lib.etb_info_free(info)
-    return TensorBusClient(client), result
+    return client, result

@@ -15,12 +15,19 @@ SIZE = ctypes.c_size_t
 NAMING_FN = ctypes.CFUNCTYPE(I32, I64, P, SIZE, P, SIZE, P)
 
 
+class BootstrapOptions(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("path_naming_fn", NAMING_FN), ("user_data", P),
+                ("connection_timeout_s", D), ("cuda_mode", I32)]
+
+
 class TensorPayload(ctypes.Structure):
     _fields_ = [("pair_name", S), ("data", P), ("len", SIZE)]
 
 
 _SIGNATURES = {
     "etb_bootstrap_client": (I32, [NAMING_FN, P, D, ctypes.POINTER(P), ctypes.POINTER(P)]),
+    "etb_bootstrap_options_init": (None, [ctypes.POINTER(BootstrapOptions)]),
+    "etb_bootstrap_client_ex": (I32, [ctypes.POINTER(BootstrapOptions), ctypes.POINTER(P), ctypes.POINTER(P)]),
     "etb_client_close": (None, [P]),
     "etb_client_heartbeat_age": (I32, [P, ctypes.POINTER(D)]),
     "etb_info_agent_rank": (I64, [P]),
@@ -71,8 +78,19 @@ def library_path():
     return ctypes.util.find_library("etha_tensor_bus") or "libetha_tensor_bus.so"
 
 
+EXPECTED_VERSION = "0.1"  # major.minor this package is written against
+
+
 def load(path=None):
-    lib = ctypes.CDLL(path or library_path())
+    path = path or library_path()
+    lib = ctypes.CDLL(path)
+    try:
+        lib.etb_version.restype = S
+        found = lib.etb_version().decode()
+    except AttributeError:
+        raise ImportError(f"{path} is not the etha-tensor-bus library (no etb_version)") from None
+    if found.rsplit(".", 1)[0] != EXPECTED_VERSION:
+        raise ImportError(f"{path} is etha-tensor-bus {found}; this package needs {EXPECTED_VERSION}.x")
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes

@@ -82,9 +82,9 @@ pub const ETB_CUDA_REQUIRE: EtbCudaMode = 1;
 pub const ETB_CUDA_SKIP: EtbCudaMode = 2;
 
 /// Options of `etb_bootstrap_client_ex`. Fill it with `etb_bootstrap_options_init`, then set
-/// what you need. The layout is fixed: later versions only append fields at the end, and
-/// `struct_size` (the `sizeof` the caller was compiled with) tells the library how much of it
-/// the caller knows.
+/// what you need. The layout is fixed: later versions only append fields at the end (from offset
+/// `sizeof` of this version, 40 on 64-bit Linux), and `struct_size` (the `sizeof` the caller was
+/// compiled with) tells the library how much of it the caller knows.
 #[repr(C)]
 pub struct EtbBootstrapOptions {
     /// `sizeof(EtbBootstrapOptions)` as the caller knows it.
@@ -99,13 +99,18 @@ pub struct EtbBootstrapOptions {
     pub cuda_mode: EtbCudaMode,
 }
 
-/// Where the fields this version of the library knows end: a caller's `struct_size` must reach
-/// it, and any bytes a newer caller passes beyond it must be zero.
-const KNOWN_OPTIONS_END: usize = std::mem::offset_of!(EtbBootstrapOptions, cuda_mode) + std::mem::size_of::<EtbCudaMode>();
+/// The smallest `struct_size` accepted: the end of the five fields every version has.
+const MIN_OPTIONS_SIZE: usize = std::mem::offset_of!(EtbBootstrapOptions, cuda_mode) + std::mem::size_of::<EtbCudaMode>();
+/// A `struct_size` past this is garbage (an uninitialized struct), not a newer caller.
+const MAX_OPTIONS_SIZE: usize = 4096;
 
 /// Fills `*options` with the defaults: `struct_size` = `sizeof(EtbBootstrapOptions)`, default
 /// naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`; every other byte zero. NULL is ignored
 /// (and recorded as the thread's last error). Thread-safe; does not block.
+///
+/// It writes this library version's `sizeof(EtbBootstrapOptions)` bytes. Fields are only ever
+/// appended in a release that changes the SONAME (`libetha_tensor_bus.so.0.<minor>`), so a
+/// program can never meet a library whose struct is larger than the one it was compiled with.
 #[no_mangle]
 pub unsafe extern "C" fn etb_bootstrap_options_init(options: *mut EtbBootstrapOptions) {
     call("etb_bootstrap_options_init", || {
@@ -114,43 +119,62 @@ pub unsafe extern "C" fn etb_bootstrap_options_init(options: *mut EtbBootstrapOp
         // zero-filled first so that padding is zero too.
         unsafe {
             std::ptr::write_bytes(options.cast::<u8>(), 0, std::mem::size_of::<EtbBootstrapOptions>());
-            (*options).struct_size = std::mem::size_of::<EtbBootstrapOptions>() as u32;
-            (*options).connection_timeout_s = crate::bootstrap::DEFAULT_CONNECTION_TIMEOUT_SECS;
-            (*options).cuda_mode = ETB_CUDA_AUTO;
+            options.write(default_options());
         }
         Ok(())
     });
 }
 
-/// Reads a caller's options, whatever version of the struct it was compiled with.
+fn default_options() -> EtbBootstrapOptions {
+    EtbBootstrapOptions {
+        struct_size: std::mem::size_of::<EtbBootstrapOptions>() as u32,
+        path_naming_fn: None,
+        user_data: std::ptr::null_mut(),
+        connection_timeout_s: crate::bootstrap::DEFAULT_CONNECTION_TIMEOUT_SECS,
+        cuda_mode: ETB_CUDA_AUTO,
+    }
+}
+
+/// Reads a caller's options, whatever version of the struct it was compiled with: an older
+/// caller's smaller struct (the fields it does not cover keep their defaults), or a newer
+/// caller's larger one, accepted only if every byte past this library's struct is zero (a
+/// request this library would silently ignore otherwise). Padding inside the struct is ignored.
 fn read_options(options: *const EtbBootstrapOptions) -> Result<(EtbPathNamingFn, *mut c_void, f64, CudaMode), FfiError> {
+    const KNOWN: usize = std::mem::size_of::<EtbBootstrapOptions>();
     // SAFETY: non-NULL (checked by the caller); `struct_size` is the first field.
     let size = unsafe { std::ptr::read_unaligned(options.cast::<u32>()) } as usize;
-    if size < KNOWN_OPTIONS_END {
+    if !(MIN_OPTIONS_SIZE..=MAX_OPTIONS_SIZE).contains(&size) {
         return Err(FfiError::new(
             ETB_ERR_INVALID_ARGUMENT,
             format!(
-                "etb_bootstrap_client_ex: options->struct_size is {size}, smaller than the {KNOWN_OPTIONS_END} bytes of its \
-                 first five fields: set it with etb_bootstrap_options_init"
+                "etb_bootstrap_client_ex: options->struct_size is {size}, outside {MIN_OPTIONS_SIZE}..={MAX_OPTIONS_SIZE}: \
+                 fill the options with etb_bootstrap_options_init first"
             ),
         ));
     }
-    // SAFETY: the caller guarantees `struct_size` readable bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(options.cast::<u8>(), size) };
-    if let Some(i) = bytes[KNOWN_OPTIONS_END..].iter().position(|&b| b != 0) {
-        return Err(FfiError::new(
-            ETB_ERR_INVALID_ARGUMENT,
-            format!(
-                "etb_bootstrap_client_ex: options byte {} is set, past the fields this library ({}) knows: \
-                 the caller was built for a newer etha-tensor-bus",
-                KNOWN_OPTIONS_END + i,
-                env!("CARGO_PKG_VERSION")
-            ),
-        ));
+    // Only the caller's `size` bytes are read, into a local that starts with the defaults.
+    let mut local = default_options();
+    // SAFETY: the caller guarantees `struct_size` readable bytes; we copy at most our own size
+    // into a properly aligned local of that size.
+    unsafe {
+        std::ptr::copy_nonoverlapping(options.cast::<u8>(), (&mut local as *mut EtbBootstrapOptions).cast::<u8>(), size.min(KNOWN))
+    };
+    if size > KNOWN {
+        // SAFETY: as above, `size` readable bytes.
+        let tail = unsafe { std::slice::from_raw_parts(options.cast::<u8>().add(KNOWN), size - KNOWN) };
+        if let Some(i) = tail.iter().position(|&b| b != 0) {
+            return Err(FfiError::new(
+                ETB_ERR_INVALID_ARGUMENT,
+                format!(
+                    "etb_bootstrap_client_ex: options byte {} is set, past the fields this library ({}) knows: \
+                     the caller was built for a newer etha-tensor-bus",
+                    KNOWN + i,
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
     }
-    // SAFETY: all five fields lie within the readable `struct_size` bytes.
-    let o = unsafe { &*options };
-    let mode = match o.cuda_mode {
+    let mode = match local.cuda_mode {
         ETB_CUDA_AUTO => CudaMode::Auto,
         ETB_CUDA_REQUIRE => CudaMode::Require,
         ETB_CUDA_SKIP => CudaMode::Skip,
@@ -161,7 +185,7 @@ fn read_options(options: *const EtbBootstrapOptions) -> Result<(EtbPathNamingFn,
             ))
         }
     };
-    Ok((o.path_naming_fn, o.user_data, o.connection_timeout_s, mode))
+    Ok((local.path_naming_fn, local.user_data, local.connection_timeout_s, mode))
 }
 
 /// The body both entry points share.
@@ -283,14 +307,14 @@ pub unsafe extern "C" fn etb_client_heartbeat_age(client: *const EtbClient, age_
 }
 
 /// The `CUcontext` this client holds (the device's primary context), or NULL when the client is
-/// not bound to a GPU (or `client` is NULL). Owned by the client: valid until `etb_client_close`.
+/// not bound to a GPU, `client` is NULL, or this is a forked child (the context is the parent's). Owned by the client: valid until `etb_client_close`.
 /// Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn etb_client_cuda_context(client: *const EtbClient) -> *mut c_void {
     super::boundary::value("etb_client_cuda_context", std::ptr::null_mut(), || {
         // SAFETY: non-NULL pointers come from etb_bootstrap_client and are live.
         let c = unsafe { client.as_ref() }.ok_or_else(|| FfiError::null("etb_client_cuda_context", "client"))?;
-        Ok(c.client.cuda_context().unwrap_or(std::ptr::null_mut()))
+        Ok(c.client.cuda_context()?.unwrap_or(std::ptr::null_mut()))
     })
 }
 

@@ -83,7 +83,22 @@ static int t_options(void) {
     big[sizeof o + 3] = 1; /* a newer caller asking for something this library does not know */
     c = NULL;
     CHECK(etb_bootstrap_client_ex((EtbBootstrapOptions *)(void *)big, &c, &i) == ETB_ERR_INVALID_ARGUMENT, "non-zero tail");
+    CHECK(strstr(etb_last_error_message(), "byte 43") != NULL, "%s", etb_last_error_message());
     CHECK(strstr(etb_last_error_message(), "newer") != NULL && c == NULL, "%s", etb_last_error_message());
+    /* Padding inside the struct (bytes 36..39) is ignored, whatever it holds. */
+    memset(big, 0, sizeof big);
+    etb_bootstrap_options_init(&o);
+    o.cuda_mode = ETB_CUDA_SKIP;
+    memcpy(big, &o, sizeof o);
+    memset(big + offsetof(EtbBootstrapOptions, cuda_mode) + sizeof(EtbCudaMode), 0xab,
+           sizeof o - offsetof(EtbBootstrapOptions, cuda_mode) - sizeof(EtbCudaMode));
+    CHECK(etb_bootstrap_client_ex((EtbBootstrapOptions *)(void *)big, &c, &i) == ETB_OK, "garbage padding: %s",
+          etb_last_error_message());
+    etb_client_close(c);
+    etb_info_free(i);
+    /* A garbage struct_size (an uninitialized struct) is refused without reading past it. */
+    o.struct_size = 1u << 30;
+    CHECK(etb_bootstrap_client_ex(&o, &c, &i) == ETB_ERR_INVALID_ARGUMENT, "huge struct_size");
     o.struct_size = sizeof o;
     o.cuda_mode = 3;
     CHECK(etb_bootstrap_client_ex(&o, &c, &i) == ETB_ERR_INVALID_ARGUMENT, "unknown cuda_mode");
@@ -102,7 +117,7 @@ static int t_auto_binds_local_rank(void) {
     fake_reset();
     CHECK(boot(rank, "1", ETB_CUDA_AUTO, &c, &i) == ETB_OK, "%s", etb_last_error_message());
     calls = fake_calls();
-    CHECK(strcmp(calls, "cuInit(0);cuDriverGetVersion;cuDeviceGetCount;cuDeviceGet(1);cuDeviceGetName(1);"
+    CHECK(strcmp(calls, "cuDriverGetVersion;cuInit(0);cuDeviceGetCount;cuDeviceGet(1);cuDeviceGetName(1);"
                         "cuDeviceGetPCIBusId(1);cuDeviceGetUuid_v2(1);cuDevicePrimaryCtxRetain(1);cuCtxSetCurrent(1);") == 0,
           "call sequence: %s", calls);
     CHECK(etb_info_cuda_bound(i), "bound");
@@ -116,6 +131,7 @@ static int t_auto_binds_local_rank(void) {
     etb_client_close(c);
     etb_info_free(i);
     CHECK(fake_retain_count(1) == 0 && fake_release_errors() == 0, "released once on close");
+    CHECK(current_context() == NULL, "close leaves no dead context current on the closing thread");
     stop_agent(&agent);
     return nothing_left(rank);
 }
@@ -186,6 +202,12 @@ static int t_require_skip_and_failures(void) {
     CHECK(strstr(etb_last_error_message(), "CUDA_ERROR_OUT_OF_MEMORY") != NULL, "%s", etb_last_error_message());
     unsetenv("FAKE_CUDA_FAIL_RETAIN");
     CHECK(fake_release_errors() == 0 && fake_retain_count(0) == 0, "no stray release");
+    /* Retained, then cuCtxSetCurrent fails: the retain is given back. */
+    setenv("FAKE_CUDA_FAIL_SET_CURRENT", "2", 1);
+    CHECK(boot(rank, "0", ETB_CUDA_REQUIRE, &c, &i) == ETB_ERR_CUDA, "REQUIRE, set current fails");
+    unsetenv("FAKE_CUDA_FAIL_SET_CURRENT");
+    CHECK(fake_retain_count(0) == 0 && fake_release_errors() == 0, "retain released after the failure: %d",
+          fake_retain_count(0));
     /* SKIP never touches the driver. */
     fake_reset();
     CHECK(boot(rank, "0", ETB_CUDA_SKIP, &c, &i) == ETB_OK, "%s", etb_last_error_message());
@@ -200,20 +222,64 @@ static int t_require_skip_and_failures(void) {
     return nothing_left(rank);
 }
 
+/* A driver with only the unversioned entry points (an older driver): still bound. */
+static int t_unversioned_driver(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    EtbClient *c = NULL;
+    EtbBootstrapInfo *i = NULL;
+    CHECK(agent.pid > 0, "agent did not start");
+    fake_reset();
+    CHECK(boot(rank, "0", ETB_CUDA_REQUIRE, &c, &i) == ETB_OK, "%s", etb_last_error_message());
+    CHECK(strstr(fake_calls(), "cuDeviceGetUuid(0)") != NULL, "%s", fake_calls());
+    etb_client_close(c);
+    etb_info_free(i);
+    CHECK(strstr(fake_calls(), "cuDevicePrimaryCtxRelease(0)") != NULL && fake_retain_count(0) == 0, "%s", fake_calls());
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
+/* A driver missing an entry point: AUTO goes on unbound, REQUIRE names the symbol. */
+static int t_missing_entry_point(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    EtbClient *c = NULL;
+    EtbBootstrapInfo *i = NULL;
+    CHECK(agent.pid > 0, "agent did not start");
+    CHECK(boot(rank, "0", ETB_CUDA_REQUIRE, &c, &i) == ETB_ERR_CUDA, "REQUIRE with a missing entry point");
+    CHECK(strstr(etb_last_error_message(), "no entry point cuDevicePrimaryCtxRetain") != NULL, "%s",
+          etb_last_error_message());
+    CHECK(boot(rank, "0", ETB_CUDA_AUTO, &c, &i) == ETB_OK, "AUTO: %s", etb_last_error_message());
+    CHECK(!etb_info_cuda_bound(i) && etb_info_cuda_driver_version(i) == 0, "unbound, driver unusable");
+    CHECK(strcmp(fake_calls(), "") == 0, "an unusable driver was called: %s", fake_calls());
+    etb_client_close(c);
+    etb_info_free(i);
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
 int main(void) {
+    const char *variant = getenv("ETB_TEST_CUDA_VARIANT");
     g_next_rank = (long long)getpid() * 1000 + 300;
     signal(SIGPIPE, SIG_IGN);
     unsetenv("FAKE_CUDA_FAIL_INIT");
     unsetenv("FAKE_CUDA_FAIL_RETAIN");
+    unsetenv("FAKE_CUDA_FAIL_SET_CURRENT");
     unsetenv("FAKE_CUDA_DEVICES");
     if (!getenv("ETB_CUDA_DRIVER_PATH") || !load_fake()) {
         printf("not ok - setup: ETB_CUDA_DRIVER_PATH must name the fake driver\n0 passed, 1 failed\n");
         return 1;
     }
-    run_case("options_struct", t_options);
-    run_case("auto_binds_local_rank", t_auto_binds_local_rank);
-    run_case("second_thread_and_two_clients", t_second_thread_and_two_clients);
-    run_case("require_skip_and_failures", t_require_skip_and_failures);
+    if (variant && strcmp(variant, "unversioned") == 0) {
+        run_case("unversioned_driver", t_unversioned_driver);
+    } else if (variant && strcmp(variant, "missing") == 0) {
+        run_case("missing_entry_point", t_missing_entry_point);
+    } else {
+        run_case("options_struct", t_options);
+        run_case("auto_binds_local_rank", t_auto_binds_local_rank);
+        run_case("second_thread_and_two_clients", t_second_thread_and_two_clients);
+        run_case("require_skip_and_failures", t_require_skip_and_failures);
+    }
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

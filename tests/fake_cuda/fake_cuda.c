@@ -4,7 +4,10 @@
  * exactly as the real libcuda.so.1 would be.
  *
  * Knobs (read at each call): FAKE_CUDA_DEVICES (default 2), FAKE_CUDA_FAIL_INIT (a CUresult
- * for cuInit to return), FAKE_CUDA_FAIL_RETAIN (a CUresult for cuDevicePrimaryCtxRetain).
+ * for cuInit to return), FAKE_CUDA_FAIL_RETAIN (for cuDevicePrimaryCtxRetain),
+ * FAKE_CUDA_FAIL_SET_CURRENT (for cuCtxSetCurrent with a non-NULL context).
+ * Build variants: -DFAKE_UNVERSIONED exports only the unversioned names of cuDeviceGetUuid and
+ * cuDevicePrimaryCtxRelease (an older driver); -DFAKE_NO_RETAIN lacks cuDevicePrimaryCtxRetain.
  * Introspection for the tests: fake_cuda_calls(), fake_cuda_retain_count(dev),
  * fake_cuda_release_errors(), fake_cuda_reset().
  */
@@ -87,13 +90,24 @@ CUresult cuDeviceGetPCIBusId(char *bus, int len, CUdevice dev) {
     return 0;
 }
 
+#ifdef FAKE_UNVERSIONED
+#define UUID_NAME "cuDeviceGetUuid(%d)"
+#define RELEASE_NAME "cuDevicePrimaryCtxRelease(%d)"
+#define cuDeviceGetUuid_v2 cuDeviceGetUuid
+#define cuDevicePrimaryCtxRelease_v2 cuDevicePrimaryCtxRelease
+#else
+#define UUID_NAME "cuDeviceGetUuid_v2(%d)"
+#define RELEASE_NAME "cuDevicePrimaryCtxRelease_v2(%d)"
+#endif
+
 CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) {
     int i;
-    record("cuDeviceGetUuid_v2(%d)", dev);
+    record(UUID_NAME, dev);
     for (i = 0; i < 16; i++) uuid->bytes[i] = (char)(0xA0 + i + dev);
     return 0;
 }
 
+#ifndef FAKE_NO_RETAIN
 CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev) {
     int fail = knob("FAKE_CUDA_FAIL_RETAIN", 0);
     record("cuDevicePrimaryCtxRetain(%d)", dev);
@@ -104,9 +118,10 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev) {
     *ctx = &g_contexts[dev];
     return 0;
 }
+#endif
 
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
-    record("cuDevicePrimaryCtxRelease_v2(%d)", dev);
+    record(RELEASE_NAME, dev);
     pthread_mutex_lock(&g_lock);
     if (g_retains[dev] <= 0) g_release_errors++;
     else g_retains[dev]--;
@@ -115,7 +130,9 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
 }
 
 CUresult cuCtxSetCurrent(CUcontext ctx) {
+    int fail = knob("FAKE_CUDA_FAIL_SET_CURRENT", 0);
     record("cuCtxSetCurrent(%d)", ctx ? (int)((char *)ctx - g_contexts) : -1);
+    if (ctx && fail) return fail;
     t_current = ctx;
     return 0;
 }

@@ -121,6 +121,7 @@ if status == 0:
 
 cost = subprocess.run([sys.executable, __file__, LIB, "--cost"], capture_output=True, text=True, timeout=120)
 print(cost.stdout.strip(), cost.stderr.strip()[-500:], flush=True)
+check("AUTO and SKIP bootstraps in a fresh process", cost.returncode == 0 and cost.stdout.count("status 0,") == 3, cost.returncode)
 passed = sum(results)
 print(f"{passed} passed, {len(results) - passed} failed")
 sys.exit(0 if passed == len(results) else 1)

@@ -22,6 +22,11 @@ rank=$(( $$ * 10 ))
 "$agent" --command-queue "$work/gpu_check_command.lmdb" --state "$work/gpu_check_state.lmdb" \
     --die-with-parent --exit-after 300 > "$work/agent.out" &
 pid=$!
-until grep -q ready "$work/agent.out" 2>/dev/null; do sleep 0.05; done
+for _ in $(seq 200); do
+    grep -q ready "$work/agent.out" 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || { echo "etb-dev-agent exited before it was ready" >&2; exit 1; }
+    sleep 0.05
+done
+grep -q ready "$work/agent.out" || { echo "etb-dev-agent not ready after 10 s" >&2; exit 1; }
 export AGENT_RANK=$rank RANK=0 LOCAL_RANK=$device ETB_GPU_CHECK_ROOT=$work
 python3 "$here/check.py" "$lib"

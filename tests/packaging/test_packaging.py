@@ -147,3 +147,22 @@ def test_version_compatibility(installed, tmp_path):
         out = subprocess.run([CMAKE, "-S", proj, "-B", proj / "b", f"-DCMAKE_PREFIX_PATH={installed['prefix']}"],
                              capture_output=True, text=True)
         assert (out.returncode == 0) == ok, (wanted, out.stderr[-500:])
+
+
+def test_absolute_libdir_gives_absolute_pc_paths(tmp_path):
+    build = tmp_path / "abs"
+    run([CMAKE, "-S", ROOT, "-B", build, "-DCMAKE_INSTALL_LIBDIR=/opt/abs/lib64", "-DCMAKE_INSTALL_PREFIX=/opt/abs"])
+    pc = (build / "etha-tensor-bus.pc").read_text()
+    assert "libdir=/opt/abs/lib64" in pc and "prefix=/opt/abs" in pc and "//" not in pc.split("Libs")[0], pc
+
+
+def test_wheel_with_the_library_is_platform_tagged(tmp_path):
+    src = tmp_path / "python"
+    shutil.copytree(ROOT / "python", src, ignore=shutil.ignore_patterns("*.so*", "__pycache__", "*.egg-info", "build"))
+    shutil.copy2(TARGET / "libetha_tensor_bus.so", src / "etha_tensor_bus" / "libetha_tensor_bus.so")
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", tmp_path / "dist", src])
+    wheels = [p.name for p in (tmp_path / "dist").glob("*.whl")]
+    assert len(wheels) == 1 and "none-any" not in wheels[0] and "linux" in wheels[0], wheels
+    import zipfile
+
+    assert "etha_tensor_bus/libetha_tensor_bus.so" in zipfile.ZipFile(tmp_path / "dist" / wheels[0]).namelist()

@@ -201,11 +201,13 @@ def main(argv=None):
     state_db = state.open_db(b"pair_state")
 
     def beat():
+        now = str(time.time())
         with state.begin(write=True, db=state_db) as txn:
-            txn.put(b"agent:heartbeat", str(time.time()).encode())
+            txn.put(b"agent:heartbeat", now.encode())
+        return now
 
-    beat()
-    print(f"ready pid={os.getpid()}", flush=True)
+    first = beat()
+    print(f"ready pid={os.getpid()} beat={first}", flush=True)
     record = open(a.record, "ab") if a.record else None
     signals = {}
 

@@ -14,6 +14,7 @@ import etha_tensor_bus
 from etha_tensor_bus import BootstrapInfo, TensorBusError, bootstrap_client, errors
 
 AGENT = os.environ.get("ETB_DEV_AGENT", "")
+HAVE_CUDA = bool(__import__("ctypes").util.find_library("cuda"))  # a GPU machine: no "no driver" checks
 _count = [0]
 
 
@@ -53,7 +54,10 @@ def test_installed_copy_and_shipped_library():
 
 def test_drop_in_signature():
     sig = inspect.signature(bootstrap_client)
-    assert [(p.name, p.default) for p in sig.parameters.values()] == [("path_naming_fn", None), ("connection_timeout", 30.0)]
+    positional = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.KEYWORD_ONLY]
+    assert [(p.name, p.default) for p in positional] == [("path_naming_fn", None), ("connection_timeout", 30.0)]
+    extra = [p.name for p in sig.parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
+    assert extra == ["cuda_mode"], "anything beyond the reference must be keyword-only"
     fields = {f.name for f in __import__("dataclasses").fields(BootstrapInfo)}
     assert {"agent_rank", "global_rank", "rank_offset", "device", "command_queue_path", "state_path", "method"} <= fields
     client_sig = inspect.signature(etha_tensor_bus.TensorBusClient.transfer)
@@ -67,11 +71,17 @@ def test_bootstrap_and_commands(agent):
     client, info = bootstrap_client()
     assert info.method == "direct" and info.rank_offset is None and info.device == "cuda:0"
     assert info.agent_pid == p.pid
-    assert info.cuda_bound is False and info.device_uuid is None and info.cuda_driver_version == 0
-    assert client.cuda_context() is None
-    with pytest.raises(TensorBusError) as e:
-        client.bind_current_thread()
-    assert e.value.status == errors.STATUS["CUDA"]
+    if not HAVE_CUDA:
+        assert info.cuda_bound is False and info.device_uuid is None and info.cuda_driver_version == 0
+        assert client.cuda_context() is None
+        with pytest.raises(TensorBusError) as e:
+            client.bind_current_thread()
+        assert e.value.status == errors.STATUS["CUDA"]
+    client.close()
+    client, info = bootstrap_client(cuda_mode="skip")
+    assert info.cuda_bound is False and info.cuda_driver_version == 0
+    with pytest.raises(ValueError):
+        bootstrap_client(cuda_mode="sometimes")
     with client:
         client.init_pair("w", "train", "infer", 2, device_mesh=b"\x80\x04", placements=None)
         batch = client.register_tensors("step", [(b"\x01\x02", "w"), (b"", "w")], bucket_size=1 << 20)
@@ -183,6 +193,14 @@ def test_queue_full_is_a_timeout_error(agent):
         with pytest.raises(TimeoutError) as e:
             client.transfer_detached("f", "send", timeout=0.05)
         assert e.value.status == errors.STATUS["QUEUE_FULL"]
+
+
+def test_a_library_of_another_version_is_refused(tmp_path, monkeypatch):
+    fake = tmp_path / "libnotetb.so"
+    fake.write_bytes(pathlib.Path(etha_tensor_bus._native.library_path()).read_bytes())
+    monkeypatch.setattr(etha_tensor_bus._native, "EXPECTED_VERSION", "9.9")
+    with pytest.raises(ImportError, match="needs 9.9.x"):
+        etha_tensor_bus._native.load(str(fake))
 
 
 def test_etb_library_path_overrides(monkeypatch):
