@@ -1,0 +1,171 @@
+/*
+ * Our side of the benchmarks, through the C ABI (the path users call). One mode per run, driven
+ * by bench/run.py, which starts the agents; prints one JSON object.
+ *
+ *   ours bootstrap N          N bootstraps (+ close) against a running agent
+ *   ours connect              prints "waiting", bootstraps (the agent starts after), reads the
+ *                             agent's first heartbeat time on stdin, prints the latency
+ *   ours enqueue N [THREADS]  N detached transfers (split over THREADS) into a queue nobody reads
+ *   ours issue N              N transfer_async + completion_free
+ *   ours roundtrip N          N blocking transfers against a consuming agent
+ *   ours death                prints "waiting", then a blocking transfer the agent never
+ *                             acknowledges; prints the wall time at which it returned
+ *   ours footprint LIB        resident memory before and after dlopen(LIB) and a bootstrap
+ *
+ * The agent is named by AGENT_RANK/RANK and ETB_BENCH_ROOT (files ROOT/bench_rank{N}_*.lmdb).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "etha_tensor_bus.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static double mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double wall(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void summary(double *v, int n, double scale, const char *unit) {
+    qsort(v, (size_t)n, sizeof *v, cmp);
+    printf("{\"n\": %d, \"median\": %.3f, \"p10\": %.3f, \"p90\": %.3f, \"unit\": \"%s\"}\n", n, v[n / 2] * scale,
+           v[n / 10] * scale, v[(n * 9) / 10 < n ? (n * 9) / 10 : n - 1] * scale, unit);
+}
+
+static int naming(int64_t rank, char *cq, size_t cq_cap, char *st, size_t st_cap, void *ud) {
+    const char *root = (const char *)ud;
+    snprintf(cq, cq_cap, "%s/bench_rank%lld_command.lmdb", root, (long long)rank);
+    snprintf(st, st_cap, "%s/bench_rank%lld_state.lmdb", root, (long long)rank);
+    return 0;
+}
+
+static EtbClient *boot(double *took) {
+    EtbClient *c = NULL;
+    EtbBootstrapInfo *info = NULL;
+    double t0 = mono();
+    if (etb_bootstrap_client(naming, getenv("ETB_BENCH_ROOT"), 30.0, &c, &info) != ETB_OK) {
+        fprintf(stderr, "bootstrap: %s\n", etb_last_error_message());
+        exit(1);
+    }
+    if (took) *took = mono() - t0;
+    etb_info_free(info);
+    return c;
+}
+
+typedef struct Producer {
+    EtbClient *client;
+    int n;
+} Producer;
+
+static void *produce(void *arg) {
+    Producer *p = (Producer *)arg;
+    int i;
+    for (i = 0; i < p->n; i++) {
+        if (etb_client_transfer_detached(p->client, "b", ETB_TRANSFER_SEND, 30.0) != ETB_OK) {
+            fprintf(stderr, "enqueue: %s\n", etb_last_error_message());
+            exit(1);
+        }
+    }
+    return NULL;
+}
+
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "";
+    int n = argc > 2 ? atoi(argv[2]) : 100, i;
+    double *t = (double *)calloc((size_t)(n > 0 ? n : 1), sizeof *t);
+    if (strcmp(mode, "bootstrap") == 0) {
+        for (i = 0; i < n; i++) etb_client_close(boot(&t[i]));
+        summary(t, n, 1e6, "us");
+    } else if (strcmp(mode, "connect") == 0) {
+        char line[64];
+        EtbClient *c;
+        double returned;
+        printf("waiting\n");
+        fflush(stdout);
+        c = boot(NULL);
+        returned = wall();
+        if (!fgets(line, sizeof line, stdin)) return 1;
+        printf("{\"latency_s\": %.6f}\n", returned - atof(line));
+        etb_client_close(c);
+    } else if (strcmp(mode, "enqueue") == 0) {
+        int threads = argc > 3 ? atoi(argv[3]) : 1;
+        pthread_t th[64];
+        Producer p[64];
+        EtbClient *c = boot(NULL);
+        double t0;
+        if (threads < 1 || threads > 64) return 2;
+        for (i = 0; i < threads; i++) {
+            p[i].client = c;
+            p[i].n = n / threads;
+        }
+        t0 = mono();
+        for (i = 0; i < threads; i++) pthread_create(&th[i], NULL, produce, &p[i]);
+        for (i = 0; i < threads; i++) pthread_join(th[i], NULL);
+        printf("{\"n\": %d, \"per_s\": %.1f, \"seconds\": %.6f}\n", (n / threads) * threads,
+               (n / threads) * threads / (mono() - t0), mono() - t0);
+        etb_client_close(c);
+    } else if (strcmp(mode, "issue") == 0) {
+        EtbClient *c = boot(NULL);
+        for (i = 0; i < n; i++) {
+            EtbCompletion *done = NULL;
+            double t0 = mono();
+            if (etb_client_transfer_async(c, "b", ETB_TRANSFER_SEND, 30.0, &done) != ETB_OK) return 1;
+            etb_completion_free(done);
+            t[i] = mono() - t0;
+        }
+        summary(t, n, 1e6, "us");
+        etb_client_close(c);
+    } else if (strcmp(mode, "roundtrip") == 0) {
+        EtbClient *c = boot(NULL);
+        double enqueue_only = 0;
+        for (i = 0; i < n; i++) {
+            double t0 = mono();
+            if (etb_client_transfer(c, "rt", ETB_TRANSFER_SEND, 30.0) != ETB_OK) {
+                fprintf(stderr, "transfer: %s\n", etb_last_error_message());
+                return 1;
+            }
+            t[i] = mono() - t0;
+        }
+        /* Our side's share: the same call's work without the agent's (issue + free, no wait). */
+        for (i = 0; i < 200; i++) {
+            EtbCompletion *done = NULL;
+            double t0 = mono();
+            etb_client_transfer_async(c, "share", ETB_TRANSFER_SEND, 30.0, &done);
+            etb_completion_free(done);
+            enqueue_only += mono() - t0;
+        }
+        qsort(t, (size_t)n, sizeof *t, cmp);
+        printf("{\"n\": %d, \"median\": %.3f, \"p10\": %.3f, \"p90\": %.3f, \"unit\": \"us\", \"our_side_us\": %.3f}\n", n,
+               t[n / 2] * 1e6, t[n / 10] * 1e6, t[(n * 9) / 10] * 1e6, enqueue_only / 200 * 1e6);
+        etb_client_close(c);
+    } else if (strcmp(mode, "death") == 0) {
+        EtbClient *c = boot(NULL);
+        EtbStatus s;
+        printf("waiting\n");
+        fflush(stdout);
+        s = etb_client_transfer(c, "dies", ETB_TRANSFER_SEND, 30.0);
+        printf("{\"returned\": %.6f, \"status\": \"%s\"}\n", wall(), etb_status_name(s));
+        etb_client_close(c);
+    } else {
+        fprintf(stderr, "unknown mode %s\n", mode);
+        return 2;
+    }
+    free(t);
+    return 0;
+}
