@@ -186,18 +186,12 @@ fn state_error(path: &Path, last: StateError, secs: f64, origin: &str) -> Error 
 
 fn wait_for_queue(path: &Path, state_id: FileId, deadline: &Deadline, origin: &str) -> Result<CommandQueue> {
     loop {
-        if FileId::of_path(path).ok() == Some(state_id) {
-            return Err(Error::new(
-                ErrorKind::Naming,
-                format!("the command queue path {} is the state LMDB itself (same file)", path.display()),
-            ));
-        }
-        let last = match CommandQueue::attach(path) {
+        let last = match CommandQueue::attach(path, Some(state_id)) {
             Ok(q) => return Ok(q),
             Err(e) => e,
         };
         let permanent = match &last {
-            AttachError::Semaphore(..) => true,
+            AttachError::Semaphore(..) | AttachError::SameFileAsState => true,
             AttachError::Lmdb(e) => e.is_permanent(),
             AttachError::MissingSemaphores(_) | AttachError::MissingFile => false,
         };
@@ -213,6 +207,10 @@ fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &str) -> Error
         "The agent creates its queue before its state, so it may have crashed, or it uses another queue path ({origin})."
     );
     match last {
+        AttachError::SameFileAsState => Error::new(
+            ErrorKind::Naming,
+            format!("the command queue path {p} is the state LMDB itself (same file)"),
+        ),
         AttachError::MissingSemaphores(names) => Error::new(
             ErrorKind::AgentNotFound,
             format!("Agent command queue at {p} is not ready after {secs:.3}s: semaphore {} missing. {tail}", names.join(" and ")),
@@ -246,7 +244,8 @@ fn identify_agent(state: &StateDb, path: &Path) -> Option<i32> {
     // Fast path: the holder F_GETLK names (on the descriptor kept open since before our own
     // open, so our own locks are never dropped), if it has the state file open for writing.
     let candidate = state.lock_holder();
-    if let (Some(pid), Ok(id)) = (candidate, FileId::of_path(path)) {
+    if let Some(pid) = candidate {
+        let id = state.file_id();
         if has_open_for_writing(pid, id.dev, id.ino) {
             return Some(pid);
         }

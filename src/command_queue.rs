@@ -7,6 +7,7 @@
 //! existence of `/cq_{stem}` and `/cq_space_{stem}` means the leader finished initializing.
 
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use once_cell::sync::Lazy;
@@ -79,6 +80,8 @@ pub enum AttachError {
     MissingFile,
     /// LMDB refused to open it, or it has no `command_queue` database.
     Lmdb(LmdbError),
+    /// The queue path names the state LMDB's file.
+    SameFileAsState,
 }
 
 /// Why an enqueue failed. Nothing was written in every case.
@@ -107,7 +110,8 @@ fn display(name: &[u8]) -> String {
 
 impl CommandQueue {
     /// Attaches to an existing queue as a follower. Nothing is created or written.
-    pub fn attach(path: &Path) -> Result<CommandQueue, AttachError> {
+    /// `not_this`: the state LMDB's identity, which the queue must not share (a naming mistake).
+    pub fn attach(path: &Path, not_this: Option<FileId>) -> Result<CommandQueue, AttachError> {
         let names = QueueNames::for_path(path);
         let open = |name: &[u8]| match NamedSemaphore::open_existing(name) {
             Ok(s) => Ok(Some(s)),
@@ -131,9 +135,12 @@ impl CommandQueue {
         // LMDB would create a missing data file (or lock file): look first. An empty file is an
         // agent halfway through creating it: LMDB would write its meta pages, so wait.
         let id = match std::fs::metadata(path) {
-            Ok(m) if m.len() > 0 && lock_path(path).exists() => FileId::of_path(path).map_err(|_| AttachError::MissingFile)?,
+            Ok(m) if m.len() > 0 && lock_path(path).exists() => FileId { dev: m.dev(), ino: m.ino() },
             _ => return Err(AttachError::MissingFile),
         };
+        if Some(id) == not_this {
+            return Err(AttachError::SameFileAsState);
+        }
         let env = QUEUE_ENVS.get_or_open(id, || {
             let options = EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: MAP_SIZE, max_dbs: 2 };
             let env = Environment::open(path, &options).map_err(AttachError::Lmdb)?;

@@ -231,7 +231,13 @@ def main(argv=None):
         elif isinstance(cmd, CleanupBatch):
             signals.pop(cmd.batch_id, None)
         if cmd.semaphore_name and kind != a.never_ack:
-            sem = posix_ipc.Semaphore(cmd.semaphore_name)
+            try:
+                sem = posix_ipc.Semaphore(cmd.semaphore_name)
+            except posix_ipc.ExistentialError:
+                # The worker gave up on it (a timeout, or a completion freed unwaited) and removed
+                # it. Whether the real agent tolerates this is not known: see the closing notes.
+                print(f"completion semaphore {cmd.semaphore_name} is gone", file=sys.stderr, flush=True)
+                return
             sem.release()
             sem.close()
             try:
