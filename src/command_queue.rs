@@ -134,12 +134,13 @@ impl CommandQueue {
         };
         // LMDB would create a missing data file (or lock file): look first. An empty file is an
         // agent halfway through creating it: LMDB would write its meta pages, so wait.
-        let id = match std::fs::metadata(path) {
-            Ok(m) if m.len() > 0 && lock_path(path).exists() => FileId { dev: m.dev(), ino: m.ino() },
-            _ => return Err(AttachError::MissingFile),
-        };
+        let meta = std::fs::metadata(path).map_err(|_| AttachError::MissingFile)?;
+        let id = FileId { dev: meta.dev(), ino: meta.ino() };
         if Some(id) == not_this {
             return Err(AttachError::SameFileAsState);
+        }
+        if meta.len() == 0 || !lock_path(path).exists() {
+            return Err(AttachError::MissingFile);
         }
         let env = QUEUE_ENVS.get_or_open(id, || {
             let options = EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: MAP_SIZE, max_dbs: 2 };
