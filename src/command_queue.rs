@@ -112,6 +112,12 @@ impl CommandQueue {
     /// Attaches to an existing queue as a follower. Nothing is created or written.
     /// `not_this`: the state LMDB's identity, which the queue must not share (a naming mistake).
     pub fn attach(path: &Path, not_this: Option<FileId>) -> Result<CommandQueue, AttachError> {
+        // A naming mistake first: it would never go away.
+        let meta = std::fs::metadata(path).ok();
+        let id = meta.as_ref().map(|m| FileId { dev: m.dev(), ino: m.ino() });
+        if id.is_some() && id == not_this {
+            return Err(AttachError::SameFileAsState);
+        }
         let names = QueueNames::for_path(path);
         let open = |name: &[u8]| match NamedSemaphore::open_existing(name) {
             Ok(s) => Ok(Some(s)),
@@ -134,11 +140,7 @@ impl CommandQueue {
         };
         // LMDB would create a missing data file (or lock file): look first. An empty file is an
         // agent halfway through creating it: LMDB would write its meta pages, so wait.
-        let meta = std::fs::metadata(path).map_err(|_| AttachError::MissingFile)?;
-        let id = FileId { dev: meta.dev(), ino: meta.ino() };
-        if Some(id) == not_this {
-            return Err(AttachError::SameFileAsState);
-        }
+        let (Some(meta), Some(id)) = (meta, id) else { return Err(AttachError::MissingFile) };
         if meta.len() == 0 || !lock_path(path).exists() {
             return Err(AttachError::MissingFile);
         }

@@ -189,6 +189,16 @@ def python_package_tests():
                  "tests/python_package", env)
 
 
+def bench_smoke():
+    """A quick pass of the benchmark code (release build), so that it does not rot; its figures
+    are not judged here."""
+    out = run(["bench/run.sh", "--quick"], timeout=1800)
+    ok = out.returncode == 0 and "command round trip" in out.stdout
+    if not ok:
+        show(out)
+    count("benchmark smoke pass (bench/run.sh --quick)", int(ok), int(not ok))
+
+
 def python_tests(binaries):
     env = dict(os.environ, ETB_LIBRARY_PATH=str(TARGET / "libetha_tensor_bus.so"))
     for flavour in ("c", "cpp"):
@@ -213,6 +223,7 @@ def main():
         python_tests(binaries)
         packaging_tests()
         python_package_tests()
+        bench_smoke()
     left = sorted(ipc_snapshot() - before)
     if left:
         log("left behind by the suite:\n  " + "\n  ".join(left))
