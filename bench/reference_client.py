@@ -34,6 +34,9 @@ class Transfer(msgspec.Struct, tag=True):
 
 
 ENCODER = msgspec.msgpack.Encoder()
+# Names of the completion semaphores made: removed at exit, after the timings (the reference
+# leaves them in /dev/shm, and posix_ipc 1.3.2 cannot unlink a closed one).
+CREATED = []
 
 
 class ReferenceQueue:
@@ -103,6 +106,7 @@ class ReferenceClient:
         context = f"batch_{batch_id}_{transfer_type}".replace("/", "_").replace(":", "_")
         name = f"/command_transfer_{context}_{os.getpid()}_{uuid.uuid4().hex}"
         sem = posix_ipc.Semaphore(name, posix_ipc.O_CREAT, initial_value=0)
+        CREATED.append(name)
         message = ENCODER.encode(Transfer(batch_id, transfer_type, time.time(), name))
         self.queue.enqueue(message)
         if blocking:
@@ -127,13 +131,6 @@ def setup_ptrace():
 def bootstrap(paths, timeout=30.0):
     setup_ptrace()
     return ReferenceClient(paths[0], paths[1], timeout)
-
-
-def unlink_quietly(sem):
-    try:
-        sem.unlink()
-    except Exception:
-        pass
 
 
 def summary(values, scale=1.0):
@@ -182,7 +179,6 @@ def main():
             times.append(time.perf_counter() - t0)
         for s in sems:
             s.close()
-            unlink_quietly(s)
         c.close()
         print(json.dumps(summary(times, 1e6) | {"unit": "us"}))
     elif mode == "roundtrip":
@@ -212,4 +208,11 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        for name in CREATED:
+            try:
+                posix_ipc.unlink_semaphore(name)
+            except posix_ipc.ExistentialError:
+                pass
