@@ -57,8 +57,14 @@ static int naming(int64_t rank, char *cq, size_t cq_cap, char *st, size_t st_cap
 static EtbClient *boot(double *took) {
     EtbClient *c = NULL;
     EtbBootstrapInfo *info = NULL;
+    EtbBootstrapOptions o;
     double t0 = mono();
-    if (etb_bootstrap_client(naming, getenv("ETB_BENCH_ROOT"), 30.0, &c, &info) != ETB_OK) {
+    etb_bootstrap_options_init(&o);
+    o.path_naming_fn = naming;
+    o.user_data = getenv("ETB_BENCH_ROOT");
+    /* The scaling runs put several producer processes on one agent. */
+    o.allow_shared_agent = getenv("ETB_BENCH_SHARE") ? 1 : 0;
+    if (etb_bootstrap_client_ex(&o, &c, &info) != ETB_OK) {
         fprintf(stderr, "bootstrap: %s\n", etb_last_error_message());
         exit(1);
     }

@@ -220,7 +220,8 @@ def main():
             scaling["threads"][k] = with_agent(disk, ["--no-dequeue"], lambda ag: run_json([OURS, "enqueue", str(n_total), str(k)], ag.env(disk)))["per_s"]
 
             def procs(ag, k=k):
-                ps = [subprocess.Popen([OURS, "enqueue", str(n_total // k)], stdout=subprocess.PIPE, text=True, env=ag.env(disk)) for _ in range(k)]
+                env = dict(ag.env(disk), ETB_BENCH_SHARE="1")
+                ps = [subprocess.Popen([OURS, "enqueue", str(n_total // k)], stdout=subprocess.PIPE, text=True, env=env) for _ in range(k)]
                 outs = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in ps]
                 return sum(o["n"] for o in outs) / max(o["seconds"] for o in outs)
             scaling["processes"][k] = with_agent(disk, ["--no-dequeue"], procs)

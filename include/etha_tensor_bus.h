@@ -79,6 +79,11 @@ typedef int32_t (*EtbPathNamingFn)(int64_t agent_rank,
 typedef int32_t EtbCudaMode;
 
 /**
+ * Whom bootstrap lets ptrace this worker: `ETB_PTRACE_AGENT`, `ETB_PTRACE_ANY`, `ETB_PTRACE_NONE`.
+ */
+typedef int32_t EtbPtraceMode;
+
+/**
  * Options of `etb_bootstrap_client_ex`. Fill it with `etb_bootstrap_options_init`, then set
  * what you need. The layout is fixed: later versions only append fields at the end (from offset
  * `sizeof` of this version, 40 on 64-bit Linux), and `struct_size` (the `sizeof` the caller was
@@ -105,6 +110,25 @@ typedef struct EtbBootstrapOptions {
      * `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE` or `ETB_CUDA_SKIP`.
      */
     EtbCudaMode cuda_mode;
+    /**
+     * Ignored. It fills what was the struct's padding in 0.1's first layout (offsets 36..40),
+     * so that fields added later never land where an older caller left garbage.
+     */
+    uint32_t reserved0;
+    /**
+     * `ETB_PTRACE_AGENT` (default), `ETB_PTRACE_ANY` or `ETB_PTRACE_NONE`.
+     */
+    EtbPtraceMode ptrace_mode;
+    /**
+     * Non-zero: the agent's files and semaphores may be writable by their group when that group
+     * is one of this process's groups (a shared service group). Default 0: only by their owner.
+     */
+    uint32_t allow_shared_group;
+    /**
+     * Non-zero: other workers may attach to the same agent (every one of them must allow it).
+     * Default 0: a second worker gets `ETB_ERR_AGENT_BUSY` (a wrong AGENT_RANK_OFFSET, usually).
+     */
+    uint32_t allow_shared_agent;
 } EtbBootstrapOptions;
 
 /**
@@ -152,6 +176,22 @@ typedef int32_t EtbTransferKind;
  * Never touch the CUDA driver (CPU-only control processes).
  */
 #define ETB_CUDA_SKIP 2
+
+/**
+ * Exactly the agent process identified at bootstrap (and its descendants); when it cannot be
+ * identified, every process, with a warning that says why.
+ */
+#define ETB_PTRACE_AGENT 0
+
+/**
+ * Every process of this user (`PR_SET_PTRACER_ANY`), the reference's behaviour.
+ */
+#define ETB_PTRACE_ANY 1
+
+/**
+ * Nothing: the caller authorizes the agent itself (e.g. with `etb_setup_ptrace_pid`).
+ */
+#define ETB_PTRACE_NONE 2
 
 /**
  * This worker sends the batch.
@@ -249,12 +289,13 @@ typedef int32_t EtbTransferKind;
 #define ETB_ERR_CUDA 16
 
 /**
- * Reserved: a file or semaphore has an owner or mode we do not trust.
+ * A file, semaphore or the process of the agent has an owner or mode we do not trust, or a
+ * file is a symbolic link.
  */
 #define ETB_ERR_PERMISSION 17
 
 /**
- * Reserved: another worker is attached to this agent.
+ * Another worker is attached to this agent (one worker per agent, unless sharing is allowed).
  */
 #define ETB_ERR_AGENT_BUSY 18
 
@@ -570,6 +611,16 @@ void etb_info_free(struct EtbBootstrapInfo *info);
  * thread-safe; does not block.
  */
 EtbStatus etb_setup_ptrace(void);
+
+/**
+ * Lets exactly one process (and its descendants) ptrace the calling process
+ * (`PR_SET_PTRACER`, `tracer_pid`), replacing any earlier authorization of this process: the
+ * least-privilege form of `etb_setup_ptrace`. `ETB_ERR_INVALID_ARGUMENT` for a pid <= 0;
+ * `ETB_OK` also where the kernel has no Yama; under Yama `ptrace_scope` 2 or 3,
+ * `ETB_ERR_PTRACE` with what the administrator must change. Affects the whole process;
+ * thread-safe; does not block.
+ */
+EtbStatus etb_setup_ptrace_pid(int32_t tracer_pid);
 
 /**
  * The name of a status code, e.g. `"ETB_ERR_ENV"`; `"ETB_UNKNOWN_STATUS"` for values that are

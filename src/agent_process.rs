@@ -27,7 +27,8 @@ pub fn probe_lock_file(lock_path: &Path) -> LockProbe {
         std::fs::OpenOptions::new()
             .read(true)
             .write(write)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+            // Never follow a symlink, never block on a FIFO or a device.
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(lock_path)
     };
     let (file, writable): (File, bool) = match open(true) {

@@ -23,6 +23,7 @@ use crate::ptrace::{self, Tracer};
 use crate::rank::{self, EnvSource, Method, RankInfo};
 use crate::state_db::{StateDb, StateError, HEARTBEAT_FRESH_SECS};
 use crate::timeout::{Deadline, Timeout};
+use crate::trust::TrustPolicy;
 
 /// How often the waits poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(1);
@@ -41,6 +42,26 @@ pub struct BootstrapOptions<'a> {
     pub env: &'a dyn EnvSource,
     /// Whether to bind the worker to its GPU (`cuda:{LOCAL_RANK}`'s primary context).
     pub cuda_mode: CudaMode,
+    /// Whom to let ptrace this worker.
+    pub ptrace_mode: PtraceMode,
+    /// What is trusted beyond files of our own user, not writable by others.
+    pub trust: TrustPolicy,
+    /// Whether other workers may attach to the same agent (all of them must allow it).
+    pub share_agent: bool,
+}
+
+/// Whom bootstrap lets ptrace this worker (the agent takes CUDA memory out of it with
+/// `pidfd_getfd`, which Yama `ptrace_scope=1` allows only to an authorized tracer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PtraceMode {
+    /// Exactly the agent process identified at bootstrap (it and its descendants); every process
+    /// (ANY), with a warning saying why, when it cannot be identified.
+    #[default]
+    Agent,
+    /// Every process of this user (`PR_SET_PTRACER_ANY`), as the reference does.
+    Any,
+    /// Nothing: the caller takes care of it.
+    None,
 }
 
 /// What bootstrap found out, as the reference's `BootstrapInfo` plus the agent's pid.
@@ -82,12 +103,17 @@ pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, Bootst
     let deadline = options.connection_timeout.start();
     let origin = rank_origin(&ranks);
 
-    let state = wait_for_state(&paths.state, &deadline, &origin)?;
+    let trust = options.trust;
+    let state = wait_for_state(&paths.state, trust, &deadline, &origin)?;
     log::trace!("state ready after {:.3} ms", deadline.elapsed_secs() * 1e3);
-    let queue = wait_for_queue(&paths.command_queue, state.file_id(), &deadline, &origin)?;
+    let queue = wait_for_queue(&paths.command_queue, state.file_id(), trust, &deadline, &origin)?;
     log::trace!("queue attached after {:.3} ms", deadline.elapsed_secs() * 1e3);
     let agent_pid = identify_agent(&state, &paths.state);
-    authorize_agent(agent_pid);
+    if let Some(pid) = agent_pid {
+        crate::trust::check_agent_process(pid)?;
+    }
+    let worker_lock = crate::worker_lock::acquire(&paths.state, options.share_agent, trust)?;
+    authorize_agent(agent_pid, options.ptrace_mode);
     // Only once the agent is validated: a missing agent never costs a CUDA initialization.
     let (cuda_binding, cuda) = cuda::bind(ranks.local_rank, options.cuda_mode)?;
 
@@ -108,15 +134,15 @@ pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, Bootst
         paths.command_queue.display(),
         deadline.elapsed_secs() * 1e3
     );
-    Ok((Client::new(ranks.agent_rank, paths, state, queue, agent_pid, cuda_binding), info))
+    Ok((Client::new(ranks.agent_rank, paths, state, queue, agent_pid, cuda_binding, worker_lock), info))
 }
 
-fn wait_for_state(path: &Path, deadline: &Deadline, origin: &str) -> Result<StateDb> {
+fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: &str) -> Result<StateDb> {
     let mut state: Option<StateDb> = None;
     loop {
         let attempt = match &state {
             Some(s) => s.fresh_heartbeat_age().map(|_| ()),
-            None => StateDb::open(path).and_then(|s| {
+            None => StateDb::open(path, trust).and_then(|s| {
                 let r = s.fresh_heartbeat_age().map(|_| ());
                 state = Some(s);
                 r
@@ -130,6 +156,7 @@ fn wait_for_state(path: &Path, deadline: &Deadline, origin: &str) -> Result<Stat
         let permanent = match &last {
             StateError::Lmdb(e) => e.is_permanent(),
             StateError::Missing(kind) => *kind == std::io::ErrorKind::PermissionDenied,
+            StateError::Permission(_) => true,
             _ => false,
         };
         if permanent {
@@ -163,6 +190,11 @@ fn state_error(path: &Path, last: StateError, secs: f64, origin: &str) -> Error 
             ErrorKind::Lmdb,
             format!("Agent state LMDB at {p} could not be read after {secs:.3}s: {}. {hint}", e.text()),
         ),
+        StateError::NotLmdb(why) => Error::new(
+            ErrorKind::Lmdb,
+            format!("Agent state LMDB at {p} is still not a usable LMDB file after {secs:.3}s: {why}. {hint}"),
+        ),
+        StateError::Permission(why) => Error::new(ErrorKind::Permission, why),
         other => {
             let why = match other {
                 StateError::NoDatabase => "The state LMDB has no 'pair_state' database yet".to_string(),
@@ -174,7 +206,9 @@ fn state_error(path: &Path, last: StateError, secs: f64, origin: &str) -> Error 
                 StateError::Stale(age) => {
                     format!("Heartbeat is too old ({age:.3}s; fresh means under {HEARTBEAT_FRESH_SECS}s)")
                 }
-                StateError::Missing(_) | StateError::Lmdb(_) => unreachable!("handled above"),
+                StateError::Missing(_) | StateError::Lmdb(_) | StateError::NotLmdb(_) | StateError::Permission(_) => {
+                    unreachable!("handled above")
+                }
             };
             Error::new(
                 ErrorKind::AgentNotResponding,
@@ -184,16 +218,16 @@ fn state_error(path: &Path, last: StateError, secs: f64, origin: &str) -> Error 
     }
 }
 
-fn wait_for_queue(path: &Path, state_id: FileId, deadline: &Deadline, origin: &str) -> Result<CommandQueue> {
+fn wait_for_queue(path: &Path, state_id: FileId, trust: TrustPolicy, deadline: &Deadline, origin: &str) -> Result<CommandQueue> {
     loop {
-        let last = match CommandQueue::attach(path, Some(state_id)) {
+        let last = match CommandQueue::attach(path, Some(state_id), trust) {
             Ok(q) => return Ok(q),
             Err(e) => e,
         };
         let permanent = match &last {
-            AttachError::Semaphore(..) | AttachError::SameFileAsState => true,
+            AttachError::Semaphore(..) | AttachError::SameFileAsState | AttachError::Permission(_) => true,
             AttachError::Lmdb(e) => e.is_permanent(),
-            AttachError::MissingSemaphores(_) | AttachError::MissingFile => false,
+            AttachError::MissingSemaphores(_) | AttachError::MissingFile | AttachError::NotLmdb(_) => false,
         };
         if permanent || !deadline.sleep_step(POLL_INTERVAL) {
             return Err(queue_error(path, last, deadline.elapsed_secs(), origin));
@@ -207,6 +241,11 @@ fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &str) -> Error
         "The agent creates its queue before its state, so it may have crashed, or it uses another queue path ({origin})."
     );
     match last {
+        AttachError::Permission(why) => Error::new(ErrorKind::Permission, why),
+        AttachError::NotLmdb(why) => Error::new(
+            ErrorKind::Lmdb,
+            format!("Agent command queue at {p} is still not a usable LMDB file after {secs:.3}s: {why}"),
+        ),
         AttachError::SameFileAsState => Error::new(
             ErrorKind::Naming,
             format!("the command queue path {p} is the state LMDB itself (same file)"),
@@ -264,10 +303,12 @@ fn identify_agent(state: &StateDb, path: &Path) -> Option<i32> {
 }
 
 /// Lets the agent (only it, when known) ptrace this process; failures are logged, not returned.
-fn authorize_agent(agent_pid: Option<i32>) {
-    let tracer = match agent_pid {
-        Some(pid) => Tracer::Pid(pid),
-        None => {
+fn authorize_agent(agent_pid: Option<i32>, mode: PtraceMode) {
+    let tracer = match (mode, agent_pid) {
+        (PtraceMode::None, _) => return,
+        (PtraceMode::Any, _) => Tracer::Any,
+        (PtraceMode::Agent, Some(pid)) => Tracer::Pid(pid),
+        (PtraceMode::Agent, None) => {
             log::warn!(
                 "the agent's process could not be identified (no holder of the state LMDB's lock \
                  visible from this pid namespace): authorizing every process to ptrace this worker \

@@ -16,6 +16,7 @@ use crate::command_queue::{CommandQueue, EnqueueError};
 use crate::commands::{Command, TransferKind, TRANSFER_SIGNAL};
 use crate::completion::CompletionSemaphore;
 use crate::cuda::{CuContext, CudaBinding};
+use crate::worker_lock::WorkerLock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::naming::AgentPaths;
 use crate::semaphore::WaitError;
@@ -74,8 +75,10 @@ impl Shared {
 struct Handles {
     state: StateDb,
     queue: CommandQueue,
-    /// Declared last: released after the queue and state are closed.
+    /// Released after the queue and state are closed.
     cuda: Option<CudaBinding>,
+    /// One worker per agent: held for the client's lifetime.
+    _worker_lock: WorkerLock,
 }
 
 /// A bootstrapped client. Dropping it closes only this worker's own handles: it never removes
@@ -103,6 +106,7 @@ impl Client {
         queue: CommandQueue,
         agent_pid: Option<i32>,
         cuda: Option<CudaBinding>,
+        worker_lock: WorkerLock,
     ) -> Client {
         let shared = Arc::new(Shared {
             watch: AgentWatch::new(agent_pid),
@@ -110,7 +114,7 @@ impl Client {
             closed: AtomicBool::new(false),
             owner_pid: std::process::id(),
         });
-        Client { agent_rank, paths, handles: ManuallyDrop::new(Handles { state, queue, cuda }), shared }
+        Client { agent_rank, paths, handles: ManuallyDrop::new(Handles { state, queue, cuda, _worker_lock: worker_lock }), shared }
     }
 
     pub fn agent_rank(&self) -> i64 {

@@ -16,6 +16,7 @@ use crate::lmdb::{lock_path, Dbi, EnvOptions, Environment, LmdbError};
 use crate::lmdb_registry::{FileId, Lease, Registry};
 use crate::naming::file_stem;
 use crate::semaphore::{NamedSemaphore, SemError, WaitError};
+use crate::trust::{check_file, check_semaphore, Distrust, TrustPolicy};
 use crate::timeout::Deadline;
 
 pub const DB_NAME: &str = "command_queue";
@@ -82,6 +83,10 @@ pub enum AttachError {
     Lmdb(LmdbError),
     /// The queue path names the state LMDB's file.
     SameFileAsState,
+    /// Not a regular file, or not an LMDB file (yet).
+    NotLmdb(String),
+    /// A file or semaphore not trusted (owner, mode, symlink): permanent.
+    Permission(String),
 }
 
 /// Why an enqueue failed. Nothing was written in every case.
@@ -111,7 +116,7 @@ fn display(name: &[u8]) -> String {
 impl CommandQueue {
     /// Attaches to an existing queue as a follower. Nothing is created or written.
     /// `not_this`: the state LMDB's identity, which the queue must not share (a naming mistake).
-    pub fn attach(path: &Path, not_this: Option<FileId>) -> Result<CommandQueue, AttachError> {
+    pub fn attach(path: &Path, not_this: Option<FileId>, policy: TrustPolicy) -> Result<CommandQueue, AttachError> {
         // A naming mistake first: it would never go away.
         let meta = std::fs::metadata(path).ok();
         let id = meta.as_ref().map(|m| FileId { dev: m.dev(), ino: m.ino() });
@@ -119,6 +124,12 @@ impl CommandQueue {
             return Err(AttachError::SameFileAsState);
         }
         let names = QueueNames::for_path(path);
+        for name in [&names.items, &names.space, &names.ready] {
+            match check_semaphore(name, policy) {
+                Ok(()) | Err(Distrust::Missing) => {}
+                Err(Distrust::Permission(m) | Distrust::NotRegular(m)) => return Err(AttachError::Permission(m)),
+            }
+        }
         let open = |name: &[u8]| match NamedSemaphore::open_existing(name) {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.errno == libc::ENOENT => Ok(None),
@@ -140,11 +151,19 @@ impl CommandQueue {
         };
         // LMDB would create a missing data file (or lock file): look first. An empty file is an
         // agent halfway through creating it: LMDB would write its meta pages, so wait.
+        let distrust = |d: Distrust| match d {
+            Distrust::Missing => AttachError::MissingFile,
+            Distrust::NotRegular(m) => AttachError::NotLmdb(m),
+            Distrust::Permission(m) => AttachError::Permission(m),
+        };
+        check_file(path, "agent command queue LMDB", policy).map_err(distrust)?;
         let (Some(meta), Some(id)) = (meta, id) else { return Err(AttachError::MissingFile) };
-        if meta.len() == 0 || !lock_path(path).exists() {
+        if meta.len() == 0 {
             return Err(AttachError::MissingFile);
         }
+        check_file(&lock_path(path), "agent command queue lock file", policy).map_err(distrust)?;
         let env = QUEUE_ENVS.get_or_open(id, || {
+            crate::lmdb_file::check_data_file(path).map_err(AttachError::NotLmdb)?;
             let options = EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: MAP_SIZE, max_dbs: 2 };
             let env = Environment::open(path, &options).map_err(AttachError::Lmdb)?;
             if env.fd().ok().and_then(|fd| FileId::of_fd(fd).ok()) != Some(id) {

@@ -36,6 +36,10 @@ pub enum ErrorKind {
     Closed,
     /// The CUDA driver is missing or failed.
     Cuda,
+    /// A file, semaphore or process of the agent is not trusted (owner, mode, symlink).
+    Permission,
+    /// Another worker is attached to this agent.
+    AgentBusy,
 }
 
 /// An error of the core: its kind and a complete, user-facing message.

@@ -22,6 +22,7 @@ pub mod cuda;
 pub mod error;
 pub mod ffi;
 pub mod lmdb;
+pub mod lmdb_file;
 pub mod lmdb_registry;
 pub mod logging;
 pub mod naming;
@@ -30,6 +31,8 @@ pub mod rank;
 pub mod semaphore;
 pub mod state_db;
 pub mod timeout;
+pub mod worker_lock;
+pub mod trust;
 
 pub use bootstrap::{bootstrap_client, BootstrapInfo, BootstrapOptions};
 pub use client::Client;

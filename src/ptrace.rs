@@ -62,9 +62,41 @@ pub fn grant(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
     Ok(outcome)
 }
 
+/// Sets exactly `tracer`, replacing what this process granted before (an explicit choice).
+pub fn set(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
+    let mut granted = GRANTED.lock().unwrap_or_else(|p| p.into_inner());
+    let outcome = authorize(tracer, yama_dir)?;
+    *granted = Some(tracer);
+    Ok(outcome)
+}
+
+/// Yama's `ptrace_scope` (0..=3), when Yama is present.
+pub fn yama_scope(yama_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(yama_dir.join("ptrace_scope")).ok()?.trim().parse().ok()
+}
+
 /// Authorizes `tracer`, replacing whatever the process set before (prefer `grant`).
-/// `yama_dir` is where Yama's settings would be (a seam for tests).
+/// `yama_dir` is where Yama's settings would be (a seam for tests). Under `ptrace_scope` 2 or 3
+/// no consent of the worker helps: the error says what the administrator must change.
 pub fn authorize(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
+    match yama_scope(yama_dir) {
+        Some(2) => {
+            return Err(Error::new(
+                ErrorKind::Ptrace,
+                "Yama ptrace_scope is 2 (only processes with CAP_SYS_PTRACE may attach): the agent cannot take \
+                 CUDA memory out of this worker unless an administrator grants the agent CAP_SYS_PTRACE \
+                 (or sets kernel.yama.ptrace_scope=1)",
+            ))
+        }
+        Some(3) => {
+            return Err(Error::new(
+                ErrorKind::Ptrace,
+                "Yama ptrace_scope is 3 (no process may attach): the agent cannot take CUDA memory out of this \
+                 worker; an administrator must set kernel.yama.ptrace_scope to 1 (3 cannot be lowered without a reboot)",
+            ))
+        }
+        _ => {}
+    }
     let arg: libc::c_ulong = match tracer {
         Tracer::Any => libc::PR_SET_PTRACER_ANY as libc::c_ulong,
         Tracer::Pid(pid) if pid > 0 => pid as libc::c_ulong,
@@ -122,6 +154,21 @@ mod tests {
         grant(Tracer::Pid(me), dir).unwrap();
         assert_eq!(*GRANTED.lock().unwrap(), Some(Tracer::Pid(me)), "a dead earlier agent is replaced");
         *GRANTED.lock().unwrap() = None;
+    }
+
+    #[test]
+    fn yama_scopes_two_and_three_say_what_to_change() {
+        let dir = std::env::temp_dir().join(format!("etb-lmdb-unit-yama-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (scope, words) in [("2", "CAP_SYS_PTRACE"), ("3", "reboot")] {
+            std::fs::write(dir.join("ptrace_scope"), format!("{scope}\n")).unwrap();
+            let e = authorize(Tracer::Any, &dir).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Ptrace);
+            assert!(e.message().contains(words), "{e}");
+        }
+        std::fs::write(dir.join("ptrace_scope"), "1\n").unwrap();
+        assert_eq!(yama_scope(&dir), Some(1));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

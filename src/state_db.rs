@@ -13,6 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use once_cell::sync::Lazy;
 
 use crate::agent_process::{lock_holder, probe_lock_file, LockProbe};
+use crate::lmdb_file;
+use crate::trust::{check_file, Distrust, TrustPolicy};
 pub use crate::lmdb::lock_path;
 use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
 use crate::lmdb_registry::{FileId, Lease, Registry};
@@ -53,6 +55,10 @@ pub enum StateError {
     BadHeartbeat(String),
     /// The heartbeat is too old (or too far in the future): its age in seconds.
     Stale(f64),
+    /// The file or its lock file is not a regular file, or not an LMDB file (yet).
+    NotLmdb(String),
+    /// Owner, mode or symlink: not trusted (permanent).
+    Permission(String),
 }
 
 /// A worker's read-only handle on the state LMDB.
@@ -87,9 +93,20 @@ pub fn fresh_age(beat: f64, now: f64) -> Result<f64, f64> {
 
 impl StateDb {
     /// Opens the state LMDB read-only, sharing one environment per file in this process.
-    pub fn open(path: &Path) -> Result<StateDb, StateError> {
-        let id = FileId::of_path(path).map_err(|e| StateError::Missing(e.kind()))?;
+    pub fn open(path: &Path, policy: TrustPolicy) -> Result<StateDb, StateError> {
+        let st = check_file(path, "agent state LMDB", policy).map_err(|d| match d {
+            Distrust::Missing => StateError::Missing(std::io::ErrorKind::NotFound),
+            Distrust::NotRegular(m) => StateError::NotLmdb(m),
+            Distrust::Permission(m) => StateError::Permission(m),
+        })?;
+        let id = FileId { dev: st.st_dev, ino: st.st_ino };
         let env = STATE_ENVS.get_or_open(id, || {
+            lmdb_file::check_data_file(path).map_err(StateError::NotLmdb)?;
+            match check_file(&lock_path(path), "agent state LMDB lock file", policy) {
+                Ok(_) | Err(Distrust::Missing) => {}
+                Err(Distrust::NotRegular(m)) => return Err(StateError::NotLmdb(m)),
+                Err(Distrust::Permission(m)) => return Err(StateError::Permission(m)),
+            }
             // Open the lock file before LMDB does: see agent_process.
             let LockProbe { writable, file: lock_file } = probe_lock_file(&lock_path(path));
             if !writable {

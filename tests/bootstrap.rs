@@ -5,7 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{env_of, leftovers, unique_rank, DevAgent, TempDir};
+use etha_tensor_bus::bootstrap::PtraceMode;
 use etha_tensor_bus::cuda::CudaMode;
+use etha_tensor_bus::trust::TrustPolicy;
 use etha_tensor_bus::naming::AgentPaths;
 use etha_tensor_bus::rank::Method;
 use etha_tensor_bus::timeout::Timeout;
@@ -18,7 +20,7 @@ fn secs(s: f64) -> Timeout {
 fn boot_paths(paths: &AgentPaths, timeout: f64) -> etha_tensor_bus::Result<(Client, BootstrapInfo)> {
     let env = env_of(&[("AGENT_RANK", "0".into()), ("RANK", "0".into())]);
     let mut naming = |_rank: i64| Ok(paths.clone());
-    bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(timeout), env: &env, cuda_mode: CudaMode::Skip })
+    bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(timeout), env: &env, cuda_mode: CudaMode::Skip, ptrace_mode: PtraceMode::Agent, trust: TrustPolicy::default(), share_agent: true })
 }
 
 #[test]
@@ -27,7 +29,7 @@ fn default_names_offset_method() {
     let agent = DevAgent::with_rank(rank, &[]);
     let env = env_of(&[("RANK", (rank - 4).to_string()), ("AGENT_RANK_OFFSET", "4".into()), ("LOCAL_RANK", "3".into())]);
     let (client, info) =
-        bootstrap_client(BootstrapOptions { path_naming: None, connection_timeout: secs(5.0), env: &env, cuda_mode: CudaMode::Skip }).unwrap();
+        bootstrap_client(BootstrapOptions { path_naming: None, connection_timeout: secs(5.0), env: &env, cuda_mode: CudaMode::Skip, ptrace_mode: PtraceMode::Agent, trust: TrustPolicy::default(), share_agent: true }).unwrap();
     assert_eq!(info.agent_rank, rank);
     assert_eq!(info.global_rank, rank - 4);
     assert_eq!(info.rank_offset, Some(4));
@@ -59,7 +61,7 @@ fn naming_function_gets_the_rank() {
         Ok(paths.clone())
     };
     let (_client, info) =
-        bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(5.0), env: &env, cuda_mode: CudaMode::Skip })
+        bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(5.0), env: &env, cuda_mode: CudaMode::Skip, ptrace_mode: PtraceMode::Agent, trust: TrustPolicy::default(), share_agent: true })
             .unwrap();
     assert_eq!(seen, vec![17]);
     assert_eq!((info.agent_rank, info.global_rank, info.rank_offset, info.method), (17, 2, None, Method::Direct));
@@ -226,4 +228,47 @@ fn overlong_queue_stem_is_a_naming_error_at_once() {
     let e = boot_paths(&long, 5.0).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Naming, "{e}");
     assert!(t.elapsed() < Duration::from_secs(2), "a permanent error must not wait out the deadline");
+}
+
+/// One worker per agent: a second client (in this process or another) gets AgentBusy naming the
+/// first, unless every one of them allows sharing; the lock goes with the client.
+#[test]
+fn one_worker_per_agent() {
+    let dir = TempDir::new("busy");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &[], true);
+    let env = env_of(&[("AGENT_RANK", "0".into()), ("RANK", "0".into())]);
+    let boot_as = |share: bool| {
+        let mut naming = |_rank: i64| Ok(paths.clone());
+        bootstrap_client(BootstrapOptions {
+            path_naming: Some(&mut naming),
+            connection_timeout: secs(2.0),
+            env: &env,
+            cuda_mode: CudaMode::Skip,
+            ptrace_mode: PtraceMode::Agent,
+            trust: TrustPolicy::default(),
+            share_agent: share,
+        })
+    };
+    let (first, _) = boot_as(false).unwrap();
+    let e = boot_as(false).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::AgentBusy, "{e}");
+    assert!(e.message().contains(&std::process::id().to_string()) && e.message().contains("AGENT_RANK_OFFSET"), "{e}");
+    assert_eq!(boot_as(true).err().unwrap().kind(), ErrorKind::AgentBusy, "sharing needs everyone's consent");
+    // Another process is refused too, and is told our pid.
+    let lock = etha_tensor_bus::worker_lock::lock_file_path(&paths.state);
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import fcntl,sys,struct; f=open(sys.argv[1],'r+b'); \
+            fl=fcntl.fcntl(f, fcntl.F_GETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0)); \
+            print(struct.unpack('hhqqi', fl)[4])"])
+        .arg(&lock)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), std::process::id().to_string(), "{out:?}");
+    drop(first);
+    let (a, _) = boot_as(true).unwrap();
+    let (b, _) = boot_as(true).unwrap();
+    assert_eq!(boot_as(false).err().unwrap().kind(), ErrorKind::AgentBusy);
+    drop((a, b));
+    drop(boot_as(false).unwrap());
 }

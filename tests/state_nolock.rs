@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::{DevAgent, TempDir};
 use etha_tensor_bus::state_db::{lock_path, StateDb};
+use etha_tensor_bus::trust::TrustPolicy;
 
 #[test]
 fn unwritable_lock_file_falls_back_to_nolock() {
@@ -32,7 +33,7 @@ fn unwritable_lock_file_falls_back_to_nolock() {
             if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
                 10
             } else {
-                match StateDb::open(&paths.state) {
+                match StateDb::open(&paths.state, TrustPolicy::default()) {
                     Ok(s) if !s.locking() && s.fresh_heartbeat_age().is_ok() => 0,
                     Ok(s) if s.locking() => 11,
                     Ok(_) => 12,
@@ -51,6 +52,6 @@ fn unwritable_lock_file_falls_back_to_nolock() {
         "10: setuid failed, 11: used the lock file it cannot write, 12: heartbeat unreadable, 13: open failed"
     );
     // And as ourselves (the lock file is writable): a reader slot.
-    let s = StateDb::open(&paths.state).unwrap();
+    let s = StateDb::open(&paths.state, TrustPolicy::default()).unwrap();
     assert!(s.locking());
 }

@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchHandler", "BootstrapInfo", "Completion", "TensorBusClient", "TensorBusError", "bootstrap_client",
-    "setup_ptrace", "version",
+    "setup_ptrace", "setup_ptrace_pid", "version",
 ]
 
 _TRANSFER = {"send": 0, "recv": 1}
@@ -52,6 +52,11 @@ def _kind(transfer_type):
 
 def version():
     return _native.lib().etb_version().decode()
+
+
+def setup_ptrace_pid(pid):
+    """Lets exactly process `pid` (and its descendants) ptrace this one: least privilege."""
+    _check(_native.lib().etb_setup_ptrace_pid(int(pid)))
 
 
 def setup_ptrace():
@@ -225,12 +230,14 @@ _CUDA_MODES = {"auto": 0, "require": 1, "skip": 2}
 
 
 def bootstrap_client(path_naming_fn: Optional[Callable[[int], Tuple[str, str]]] = None, connection_timeout: float = 30.0,
-                     *, cuda_mode: str = "auto"):
+                     *, cuda_mode: str = "auto", share_agent: bool = False):
     """Bootstrap TensorBusClient with automatic agent rank resolution; returns
     (TensorBusClient, BootstrapInfo). `path_naming_fn(rank) -> (cmd_queue_path, state_path)`;
     an exception it raises reaches the caller as itself. `cuda_mode` (keyword only, beyond the
     reference): "auto" binds to cuda:{LOCAL_RANK} when a driver and the device exist, "require"
-    fails without them, "skip" never touches CUDA (CPU-only control processes)."""
+    fails without them, "skip" never touches CUDA (CPU-only control processes). `share_agent`
+    (keyword only): allow other workers on the same agent (every one of them must allow it);
+    by default a second worker gets a ConnectionError (ETB_ERR_AGENT_BUSY)."""
     if cuda_mode not in _CUDA_MODES:
         raise ValueError(f"cuda_mode must be one of {sorted(_CUDA_MODES)}, not {cuda_mode!r}")
     lib = _native.lib()
@@ -255,6 +262,7 @@ def bootstrap_client(path_naming_fn: Optional[Callable[[int], Tuple[str, str]]] 
     options.path_naming_fn = callback  # kept alive by `callback` for the call
     options.connection_timeout_s = float(connection_timeout)
     options.cuda_mode = _CUDA_MODES[cuda_mode]
+    options.allow_shared_agent = 1 if share_agent else 0
     client, info = ctypes.c_void_p(), ctypes.c_void_p()
     status = lib.etb_bootstrap_client_ex(ctypes.byref(options), ctypes.byref(client), ctypes.byref(info))
     if raised:

@@ -17,7 +17,8 @@ NAMING_FN = ctypes.CFUNCTYPE(I32, I64, P, SIZE, P, SIZE, P)
 
 class BootstrapOptions(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("path_naming_fn", NAMING_FN), ("user_data", P),
-                ("connection_timeout_s", D), ("cuda_mode", I32)]
+                ("connection_timeout_s", D), ("cuda_mode", I32), ("reserved0", ctypes.c_uint32), ("ptrace_mode", I32),
+                ("allow_shared_group", ctypes.c_uint32), ("allow_shared_agent", ctypes.c_uint32)]
 
 
 class TensorPayload(ctypes.Structure):
@@ -49,6 +50,7 @@ _SIGNATURES = {
     "etb_client_bind_current_thread": (I32, [P]),
     "etb_info_free": (None, [P]),
     "etb_setup_ptrace": (I32, []),
+    "etb_setup_ptrace_pid": (I32, [I32]),
     "etb_status_name": (S, [I32]),
     "etb_last_error_message": (S, []),
     "etb_version": (S, []),

@@ -8,7 +8,9 @@ use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT, ETB_ERR_NAMING};
 use crate::bootstrap::{bootstrap_client, BootstrapOptions};
 use crate::client::Client;
 use crate::naming::{path_from_buffer, AgentPaths, PATH_BUFFER_CAPACITY};
+use crate::bootstrap::PtraceMode;
 use crate::cuda::CudaMode;
+use crate::trust::TrustPolicy;
 use crate::rank::ProcessEnv;
 use crate::timeout::Timeout;
 
@@ -97,6 +99,38 @@ pub struct EtbBootstrapOptions {
     pub connection_timeout_s: f64,
     /// `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE` or `ETB_CUDA_SKIP`.
     pub cuda_mode: EtbCudaMode,
+    /// Ignored. It fills what was the struct's padding in 0.1's first layout (offsets 36..40),
+    /// so that fields added later never land where an older caller left garbage.
+    pub reserved0: u32,
+    /// `ETB_PTRACE_AGENT` (default), `ETB_PTRACE_ANY` or `ETB_PTRACE_NONE`.
+    pub ptrace_mode: EtbPtraceMode,
+    /// Non-zero: the agent's files and semaphores may be writable by their group when that group
+    /// is one of this process's groups (a shared service group). Default 0: only by their owner.
+    pub allow_shared_group: u32,
+    /// Non-zero: other workers may attach to the same agent (every one of them must allow it).
+    /// Default 0: a second worker gets `ETB_ERR_AGENT_BUSY` (a wrong AGENT_RANK_OFFSET, usually).
+    pub allow_shared_agent: u32,
+}
+
+/// Whom bootstrap lets ptrace this worker: `ETB_PTRACE_AGENT`, `ETB_PTRACE_ANY`, `ETB_PTRACE_NONE`.
+pub type EtbPtraceMode = i32;
+/// Exactly the agent process identified at bootstrap (and its descendants); when it cannot be
+/// identified, every process, with a warning that says why.
+pub const ETB_PTRACE_AGENT: EtbPtraceMode = 0;
+/// Every process of this user (`PR_SET_PTRACER_ANY`), the reference's behaviour.
+pub const ETB_PTRACE_ANY: EtbPtraceMode = 1;
+/// Nothing: the caller authorizes the agent itself (e.g. with `etb_setup_ptrace_pid`).
+pub const ETB_PTRACE_NONE: EtbPtraceMode = 2;
+
+/// What a caller's options say, in the core's terms.
+struct Parsed {
+    path_naming_fn: EtbPathNamingFn,
+    user_data: *mut c_void,
+    connection_timeout_s: f64,
+    cuda_mode: CudaMode,
+    ptrace_mode: PtraceMode,
+    trust: TrustPolicy,
+    share_agent: bool,
 }
 
 /// The smallest `struct_size` accepted: the end of the five fields every version has.
@@ -132,6 +166,10 @@ fn default_options() -> EtbBootstrapOptions {
         user_data: std::ptr::null_mut(),
         connection_timeout_s: crate::bootstrap::DEFAULT_CONNECTION_TIMEOUT_SECS,
         cuda_mode: ETB_CUDA_AUTO,
+        reserved0: 0,
+        ptrace_mode: ETB_PTRACE_AGENT,
+        allow_shared_group: 0,
+        allow_shared_agent: 0,
     }
 }
 
@@ -139,7 +177,7 @@ fn default_options() -> EtbBootstrapOptions {
 /// caller's smaller struct (the fields it does not cover keep their defaults), or a newer
 /// caller's larger one, accepted only if every byte past this library's struct is zero (a
 /// request this library would silently ignore otherwise). Padding inside the struct is ignored.
-fn read_options(options: *const EtbBootstrapOptions) -> Result<(EtbPathNamingFn, *mut c_void, f64, CudaMode), FfiError> {
+fn read_options(options: *const EtbBootstrapOptions) -> Result<Parsed, FfiError> {
     const KNOWN: usize = std::mem::size_of::<EtbBootstrapOptions>();
     // SAFETY: non-NULL (checked by the caller); `struct_size` is the first field.
     let size = unsafe { std::ptr::read_unaligned(options.cast::<u32>()) } as usize;
@@ -185,22 +223,41 @@ fn read_options(options: *const EtbBootstrapOptions) -> Result<(EtbPathNamingFn,
             ))
         }
     };
-    Ok((local.path_naming_fn, local.user_data, local.connection_timeout_s, mode))
+    let ptrace_mode = match local.ptrace_mode {
+        ETB_PTRACE_AGENT => PtraceMode::Agent,
+        ETB_PTRACE_ANY => PtraceMode::Any,
+        ETB_PTRACE_NONE => PtraceMode::None,
+        other => {
+            return Err(FfiError::new(
+                ETB_ERR_INVALID_ARGUMENT,
+                format!("etb_bootstrap_client_ex: ptrace_mode is {other}; use ETB_PTRACE_AGENT (0), ETB_PTRACE_ANY (1) or ETB_PTRACE_NONE (2)"),
+            ))
+        }
+    };
+    Ok(Parsed {
+        path_naming_fn: local.path_naming_fn,
+        user_data: local.user_data,
+        connection_timeout_s: local.connection_timeout_s,
+        cuda_mode: mode,
+        ptrace_mode,
+        trust: TrustPolicy { allow_shared_group: local.allow_shared_group != 0 },
+        share_agent: local.allow_shared_agent != 0,
+    })
 }
 
 /// The body both entry points share.
-fn bootstrap_into(
-    (path_naming_fn, user_data, connection_timeout_s, cuda_mode): (EtbPathNamingFn, *mut c_void, f64, CudaMode),
-    client_out: *mut *mut EtbClient,
-    info_out: *mut *mut EtbBootstrapInfo,
-) -> Result<(), FfiError> {
-    let connection_timeout = Timeout::from_secs_f64(connection_timeout_s, "connection_timeout_s")?;
-    let mut naming = path_naming_fn.map(|f| move |rank| call_naming_fn(f, user_data, rank));
+fn bootstrap_into(p: Parsed, client_out: *mut *mut EtbClient, info_out: *mut *mut EtbBootstrapInfo) -> Result<(), FfiError> {
+    let connection_timeout = Timeout::from_secs_f64(p.connection_timeout_s, "connection_timeout_s")?;
+    let user_data = p.user_data;
+    let mut naming = p.path_naming_fn.map(|f| move |rank| call_naming_fn(f, user_data, rank));
     let options = BootstrapOptions {
         path_naming: naming.as_mut().map(|n| n as _),
         connection_timeout,
         env: &ProcessEnv,
-        cuda_mode,
+        cuda_mode: p.cuda_mode,
+        ptrace_mode: p.ptrace_mode,
+        trust: p.trust,
+        share_agent: p.share_agent,
     };
     let (client, info) = bootstrap_client(options)?;
     let info = EtbBootstrapInfo::new(info).map_err(|e| FfiError::new(ETB_ERR_NAMING, e))?;
@@ -246,7 +303,8 @@ pub unsafe extern "C" fn etb_bootstrap_client(
 ) -> EtbStatus {
     call("etb_bootstrap_client", || {
         require_non_null!("etb_bootstrap_client", client_out, info_out);
-        bootstrap_into((path_naming_fn, user_data, connection_timeout_s, CudaMode::Auto), client_out, info_out)
+        let defaults = read_options(&default_options())?;
+        bootstrap_into(Parsed { path_naming_fn, user_data, connection_timeout_s, ..defaults }, client_out, info_out)
     })
 }
 

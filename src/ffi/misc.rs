@@ -31,6 +31,20 @@ pub extern "C" fn etb_setup_ptrace() -> EtbStatus {
     })
 }
 
+/// Lets exactly one process (and its descendants) ptrace the calling process
+/// (`PR_SET_PTRACER`, `tracer_pid`), replacing any earlier authorization of this process: the
+/// least-privilege form of `etb_setup_ptrace`. `ETB_ERR_INVALID_ARGUMENT` for a pid <= 0;
+/// `ETB_OK` also where the kernel has no Yama; under Yama `ptrace_scope` 2 or 3,
+/// `ETB_ERR_PTRACE` with what the administrator must change. Affects the whole process;
+/// thread-safe; does not block.
+#[no_mangle]
+pub extern "C" fn etb_setup_ptrace_pid(tracer_pid: i32) -> EtbStatus {
+    call("etb_setup_ptrace_pid", || {
+        crate::ptrace::set(Tracer::Pid(tracer_pid), Path::new(YAMA_DIR))?;
+        Ok(())
+    })
+}
+
 /// The name of a status code, e.g. `"ETB_ERR_ENV"`; `"ETB_UNKNOWN_STATUS"` for values that are
 /// not published codes. A static string, valid forever. Thread-safe.
 #[no_mangle]

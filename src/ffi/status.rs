@@ -42,9 +42,10 @@ pub const ETB_ERR_PAIR_NOT_MATCHED: EtbStatus = 14;
 pub const ETB_ERR_FORKED: EtbStatus = 15;
 /// The CUDA driver is missing or failed where CUDA was required, or the client is not bound.
 pub const ETB_ERR_CUDA: EtbStatus = 16;
-/// Reserved: a file or semaphore has an owner or mode we do not trust.
+/// A file, semaphore or the process of the agent has an owner or mode we do not trust, or a
+/// file is a symbolic link.
 pub const ETB_ERR_PERMISSION: EtbStatus = 17;
-/// Reserved: another worker is attached to this agent.
+/// Another worker is attached to this agent (one worker per agent, unless sharing is allowed).
 pub const ETB_ERR_AGENT_BUSY: EtbStatus = 18;
 /// The client a completion belongs to was closed.
 pub const ETB_ERR_CLOSED: EtbStatus = 19;
@@ -100,6 +101,8 @@ pub(crate) fn status_of(kind: ErrorKind) -> EtbStatus {
         ErrorKind::Forked => ETB_ERR_FORKED,
         ErrorKind::Closed => ETB_ERR_CLOSED,
         ErrorKind::Cuda => ETB_ERR_CUDA,
+        ErrorKind::Permission => ETB_ERR_PERMISSION,
+        ErrorKind::AgentBusy => ETB_ERR_AGENT_BUSY,
     }
 }
 

@@ -310,10 +310,21 @@ static int t_two_clients_one_agent(void) {
     EtbClient *a = NULL, *b = NULL;
     EtbBootstrapInfo *ia = NULL, *ib = NULL;
     double age = -1;
+    EtbBootstrapOptions o;
     CHECK(agent.pid > 0, "agent did not start");
     set_direct(rank);
+    /* One worker per agent by default: the second is refused, naming the first. */
     CHECK(etb_bootstrap_client(NULL, NULL, 5.0, &a, &ia) == ETB_OK, "first: %s", etb_last_error_message());
-    CHECK(etb_bootstrap_client(NULL, NULL, 5.0, &b, &ib) == ETB_OK, "second: %s", etb_last_error_message());
+    CHECK(etb_bootstrap_client(NULL, NULL, 5.0, &b, &ib) == ETB_ERR_AGENT_BUSY, "second without sharing");
+    CHECK(strstr(etb_last_error_message(), "AGENT_RANK_OFFSET") != NULL, "%s", etb_last_error_message());
+    etb_client_close(a);
+    etb_info_free(ia);
+    /* With sharing allowed by both. */
+    etb_bootstrap_options_init(&o);
+    o.allow_shared_agent = 1;
+    o.connection_timeout_s = 5.0;
+    CHECK(etb_bootstrap_client_ex(&o, &a, &ia) == ETB_OK, "first: %s", etb_last_error_message());
+    CHECK(etb_bootstrap_client_ex(&o, &b, &ib) == ETB_OK, "second: %s", etb_last_error_message());
     CHECK(etb_info_agent_pid(ib) == agent.pid, "second client's agent pid");
     etb_client_close(a);
     etb_info_free(ia);

@@ -65,13 +65,23 @@ static int t_options(void) {
     etb_bootstrap_options_init(&o);
     CHECK(o.struct_size == sizeof o && o.path_naming_fn == NULL && o.user_data == NULL, "init defaults");
     CHECK(o.connection_timeout_s == 30.0 && o.cuda_mode == ETB_CUDA_AUTO, "init defaults");
-    CHECK(sizeof o == 40 && offsetof(EtbBootstrapOptions, cuda_mode) == 32, "layout pinned");
+    CHECK(offsetof(EtbBootstrapOptions, cuda_mode) == 32 && offsetof(EtbBootstrapOptions, ptrace_mode) == 40, "layout pinned");
+    CHECK(offsetof(EtbBootstrapOptions, allow_shared_agent) == 48 && sizeof o == 56, "layout pinned");
+    CHECK(o.ptrace_mode == ETB_PTRACE_AGENT && o.allow_shared_group == 0 && o.allow_shared_agent == 0, "init defaults");
     CHECK(etb_bootstrap_client_ex(NULL, &c, &i) == ETB_ERR_NULL_ARGUMENT, "NULL options");
     o.cuda_mode = ETB_CUDA_SKIP;
     o.struct_size = 35;
     CHECK(etb_bootstrap_client_ex(&o, &c, &i) == ETB_ERR_INVALID_ARGUMENT, "struct_size 35: %s", etb_last_error_message());
     o.struct_size = 36; /* an older caller that knows exactly the five fields */
     CHECK(etb_bootstrap_client_ex(&o, &c, &i) == ETB_OK, "struct_size 36: %s", etb_last_error_message());
+    etb_client_close(c);
+    etb_info_free(i);
+    o.struct_size = 40; /* the first layout's sizeof, with garbage in its padding */
+    o.reserved0 = 0xdeadbeef;
+    o.ptrace_mode = 99; /* past its struct_size: never read */
+    CHECK(etb_bootstrap_client_ex(&o, &c, &i) == ETB_OK, "struct_size 40: %s", etb_last_error_message());
+    o.reserved0 = 0;
+    o.ptrace_mode = ETB_PTRACE_AGENT;
     etb_client_close(c);
     etb_info_free(i);
     memset(big, 0, sizeof big);
@@ -83,15 +93,17 @@ static int t_options(void) {
     big[sizeof o + 3] = 1; /* a newer caller asking for something this library does not know */
     c = NULL;
     CHECK(etb_bootstrap_client_ex((EtbBootstrapOptions *)(void *)big, &c, &i) == ETB_ERR_INVALID_ARGUMENT, "non-zero tail");
-    CHECK(strstr(etb_last_error_message(), "byte 43") != NULL, "%s", etb_last_error_message());
+    CHECK(strstr(etb_last_error_message(), "byte 59") != NULL, "%s", etb_last_error_message());
+    CHECK(sizeof o == 56, "the byte above is past sizeof");
     CHECK(strstr(etb_last_error_message(), "newer") != NULL && c == NULL, "%s", etb_last_error_message());
-    /* Padding inside the struct (bytes 36..39) is ignored, whatever it holds. */
+    /* What was padding in the first layout (reserved0, bytes 36..39) is ignored, whatever it holds. */
     memset(big, 0, sizeof big);
     etb_bootstrap_options_init(&o);
     o.cuda_mode = ETB_CUDA_SKIP;
     memcpy(big, &o, sizeof o);
-    memset(big + offsetof(EtbBootstrapOptions, cuda_mode) + sizeof(EtbCudaMode), 0xab,
-           sizeof o - offsetof(EtbBootstrapOptions, cuda_mode) - sizeof(EtbCudaMode));
+    memset(big + offsetof(EtbBootstrapOptions, reserved0), 0xab, sizeof(uint32_t));
+    memset(big + offsetof(EtbBootstrapOptions, allow_shared_agent) + sizeof(uint32_t), 0xab,
+           sizeof o - offsetof(EtbBootstrapOptions, allow_shared_agent) - sizeof(uint32_t));
     CHECK(etb_bootstrap_client_ex((EtbBootstrapOptions *)(void *)big, &c, &i) == ETB_OK, "garbage padding: %s",
           etb_last_error_message());
     etb_client_close(c);
@@ -102,6 +114,9 @@ static int t_options(void) {
     o.struct_size = sizeof o;
     o.cuda_mode = 3;
     CHECK(etb_bootstrap_client_ex(&o, &c, &i) == ETB_ERR_INVALID_ARGUMENT, "unknown cuda_mode");
+    o.cuda_mode = ETB_CUDA_SKIP;
+    o.ptrace_mode = 7;
+    CHECK(etb_bootstrap_client_ex(&o, &c, &i) == ETB_ERR_INVALID_ARGUMENT, "unknown ptrace_mode");
     etb_bootstrap_options_init(NULL);
     stop_agent(&agent);
     return nothing_left(rank);

@@ -163,6 +163,10 @@ pub fn boot(paths: &AgentPaths, timeout: f64) -> etha_tensor_bus::Result<(etha_t
         connection_timeout: etha_tensor_bus::timeout::Timeout::from_secs_f64(timeout, "t").unwrap(),
         env: &env,
         cuda_mode: etha_tensor_bus::cuda::CudaMode::Skip,
+        ptrace_mode: etha_tensor_bus::bootstrap::PtraceMode::Agent,
+        trust: etha_tensor_bus::trust::TrustPolicy::default(),
+        // Several of these tests run clients of one agent in several processes or threads.
+        share_agent: true,
     })
 }
 

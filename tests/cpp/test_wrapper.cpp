@@ -52,9 +52,14 @@ static int t_bootstrap_and_ownership() {
         etb::BootstrapInfo info2 = std::move(info);
         CHECK(info2.agent_rank() == rank && info.get() == nullptr, "info moves");
         CHECK(moved.heartbeat_age() < 5.0, "heartbeat");
+        long long rank2 = fresh_rank();
+        Agent agent2 = start_agent(rank2, 1, nullptr, nullptr);
+        set_direct(rank2);
         etb::Client other = etb::bootstrap_client(nullptr, 5.0).first;
         other = std::move(moved);  // closes `other`'s own client, takes `moved`'s
         CHECK(other.heartbeat_age() < 5.0, "the moved-in client works");
+        stop_agent(&agent2);
+        CHECK(nothing_left(rank2), "second agent's files");
     }
     stop_agent(&agent);
     return nothing_left(rank);

@@ -32,6 +32,12 @@ NAMING_FN = ctypes.CFUNCTYPE(
 )
 
 
+class BootstrapOptions(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("path_naming_fn", NAMING_FN), ("user_data", ctypes.c_void_p),
+                ("connection_timeout_s", ctypes.c_double), ("cuda_mode", ctypes.c_int32), ("reserved0", ctypes.c_uint32), ("ptrace_mode", ctypes.c_int32),
+                ("allow_shared_group", ctypes.c_uint32), ("allow_shared_agent", ctypes.c_uint32)]
+
+
 class TensorPayload(ctypes.Structure):
     _fields_ = [("pair_name", ctypes.c_char_p), ("data", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
@@ -45,6 +51,9 @@ def load_library():
     sigs = {
         "etb_bootstrap_client": (ctypes.c_int32, [NAMING_FN, P, ctypes.c_double, ctypes.POINTER(P), ctypes.POINTER(P)]),
         "etb_client_close": (None, [P]),
+        "etb_bootstrap_options_init": (None, [ctypes.POINTER(BootstrapOptions)]),
+        "etb_bootstrap_client_ex": (I32, [ctypes.POINTER(BootstrapOptions), ctypes.POINTER(P), ctypes.POINTER(P)]),
+        "etb_setup_ptrace_pid": (I32, [I32]),
         "etb_client_heartbeat_age": (ctypes.c_int32, [P, ctypes.POINTER(ctypes.c_double)]),
         "etb_info_agent_rank": (ctypes.c_int64, [P]),
         "etb_info_global_rank": (ctypes.c_int64, [P]),

@@ -155,6 +155,12 @@ def test_only_etb_symbols_are_exported(lib):
         assert wanted in names
 
 
+def test_setup_ptrace_pid(lib):
+    assert lib.etb_setup_ptrace_pid(os.getppid()) == OK, last_error(lib)
+    assert lib.etb_status_name(lib.etb_setup_ptrace_pid(0)) == b"ETB_ERR_INVALID_ARGUMENT"
+    assert lib.etb_status_name(lib.etb_setup_ptrace_pid(-4)) == b"ETB_ERR_INVALID_ARGUMENT"
+
+
 def test_library_basics_through_ctypes(lib):
     assert lib.etb_version().decode() == _cargo_version()
     assert lib.etb_status_name(0) == b"ETB_OK"
@@ -198,12 +204,27 @@ def test_etb_log_enables_logging():
 
 WORKER = """
 import ctypes, sys
+sys.path.insert(0, sys.argv[2])
+from conftest import BootstrapOptions
 lib = ctypes.CDLL(sys.argv[1]); P = ctypes.c_void_p; c = P(); i = P()
-f = lib.etb_bootstrap_client; f.argtypes = [P, P, ctypes.c_double, ctypes.POINTER(P), ctypes.POINTER(P)]
-rc = f(None, None, 10.0, ctypes.byref(c), ctypes.byref(i))
+o = BootstrapOptions()
+lib.etb_bootstrap_options_init(ctypes.byref(o))
+o.allow_shared_agent, o.connection_timeout_s = 1, 10.0
+f = lib.etb_bootstrap_client_ex; f.argtypes = [ctypes.POINTER(BootstrapOptions), ctypes.POINTER(P), ctypes.POINTER(P)]
+rc = f(ctypes.byref(o), ctypes.byref(c), ctypes.byref(i))
 print(rc, flush=True)
 sys.stdin.readline()
 """
+
+
+def bootstrap_shared(lib):
+    from conftest import BootstrapOptions
+
+    o = BootstrapOptions()
+    lib.etb_bootstrap_options_init(ctypes.byref(o))
+    o.allow_shared_agent, o.connection_timeout_s = 1, 10.0
+    client, info = ctypes.c_void_p(), ctypes.c_void_p()
+    return lib.etb_bootstrap_client_ex(ctypes.byref(o), ctypes.byref(client), ctypes.byref(info)), client, info
 
 
 def test_agent_pid_with_another_worker_attached(lib, env, python_agent):
@@ -215,12 +236,15 @@ def test_agent_pid_with_another_worker_attached(lib, env, python_agent):
     agent = python_agent(rank)
     env.setenv("AGENT_RANK", str(rank))
     env.setenv("RANK", "0")
-    other = subprocess.Popen([__import__("sys").executable, "-c", WORKER, library_path()],
+    other = subprocess.Popen([__import__("sys").executable, "-c", WORKER, library_path(), os.path.dirname(__file__)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "0"
         assert {agent.pid, other.pid} <= posix_locks_on(agent.paths[1] + "-lock")
         status, client, info = bootstrap(lib)
+        assert lib.etb_status_name(status) == b"ETB_ERR_AGENT_BUSY", "one worker per agent by default"
+        assert f"pid {other.pid}" in last_error(lib), last_error(lib)
+        status, client, info = bootstrap_shared(lib)
         assert status == OK, last_error(lib)
         assert lib.etb_info_agent_pid(info) == agent.pid
         lib.etb_client_close(client)

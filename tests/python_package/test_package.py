@@ -57,7 +57,7 @@ def test_drop_in_signature():
     positional = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.KEYWORD_ONLY]
     assert [(p.name, p.default) for p in positional] == [("path_naming_fn", None), ("connection_timeout", 30.0)]
     extra = [p.name for p in sig.parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
-    assert extra == ["cuda_mode"], "anything beyond the reference must be keyword-only"
+    assert extra == ["cuda_mode", "share_agent"], "anything beyond the reference must be keyword-only"
     fields = {f.name for f in __import__("dataclasses").fields(BootstrapInfo)}
     assert {"agent_rank", "global_rank", "rank_offset", "device", "command_queue_path", "state_path", "method"} <= fields
     client_sig = inspect.signature(etha_tensor_bus.TensorBusClient.transfer)
@@ -77,6 +77,9 @@ def test_bootstrap_and_commands(agent):
         with pytest.raises(TensorBusError) as e:
             client.bind_current_thread()
         assert e.value.status == errors.STATUS["CUDA"]
+    with pytest.raises(ConnectionError) as e:
+        bootstrap_client()
+    assert e.value.status == errors.STATUS["AGENT_BUSY"]
     client.close()
     client, info = bootstrap_client(cuda_mode="skip")
     assert info.cuda_bound is False and info.cuda_driver_version == 0
