@@ -123,6 +123,52 @@ def c_tests():
     return {flavour: path for (stem, flavour), path in binaries.items() if stem == "test_bootstrap"}
 
 
+def sanitizer_and_valgrind_tests():
+    """The C tests built with AddressSanitizer + UBSan (LeakSanitizer included), and run under
+    valgrind memcheck, as are the library's unit tests: no error, nothing definitely lost."""
+    import json
+    import shutil
+
+    flags = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+             "-fno-omit-frame-pointer", "-g", f"-I{ROOT / 'include'}"]
+    link = [f"-L{TARGET}", "-letha_tensor_bus", f"-Wl,-rpath,{TARGET}", "-lm", "-ldl", "-lpthread"]
+    env = dict(os.environ, ETB_DEV_AGENT=str(TARGET / "etb-dev-agent"), ASAN_OPTIONS="detect_leaks=1")
+    env.pop("ETB_CUDA_DRIVER_PATH", None)
+
+    def judge(name, out):
+        m = re.search(r"^(\d+) passed, (\d+) failed$", out.stdout, re.M) or re.search(r"test result: \w+\. (\d+) passed; (\d+) failed", out.stdout)
+        passed, failed = (int(m.group(1)), int(m.group(2))) if m else (0, 1)
+        if out.returncode != 0 and failed == 0:
+            failed = 1  # a sanitizer or valgrind report
+        if failed:
+            show(out)
+        count(name, passed, failed)
+
+    for stem in ("test_bootstrap", "test_commands", "test_cuda"):
+        exe = BUILD / f"{stem}_asan"
+        out = run(["cc", *flags, str(ROOT / "tests" / "c" / f"{stem}.c"), *link, "-o", str(exe)])
+        if out.returncode != 0:
+            show(out)
+            count(f"compile {stem} with ASan/UBSan", 0, 1)
+            continue
+        case_env = dict(env, ETB_CUDA_DRIVER_PATH=str(BUILD / "libfakecuda.so")) if stem == "test_cuda" else env
+        judge(f"{stem} under ASan/LSan/UBSan", run([str(exe)], env=case_env, timeout=900))
+    valgrind = shutil.which("valgrind")
+    if not valgrind:
+        count("valgrind is installed (.ci/run installs it)", 0, 1)
+        return
+    vg = [valgrind, "-q", f"--suppressions={ROOT / 'tests' / 'valgrind.supp'}", "--error-exitcode=9", "--leak-check=full",
+          "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite"]
+    for stem in ("test_bootstrap", "test_commands"):
+        judge(f"{stem} under valgrind memcheck", run([*vg, str(BUILD / f"{stem}_c")], env=env, timeout=1800))
+    out = run(["cargo", "test", "--lib", "--no-run", "--message-format=json"])
+    exes = [m["executable"] for m in map(json.loads, out.stdout.splitlines()) if m.get("executable")]
+    if exes:
+        judge("the library's unit tests under valgrind memcheck", run([*vg, exes[0], "--test-threads", "2"], env=env, timeout=1800))
+    else:
+        count("find the unit-test binary", 0, 1)
+
+
 def cpp_wrapper_tests():
     """The C++ wrapper: -Wpedantic clean, run under AddressSanitizer, LeakSanitizer and UBSan."""
     BUILD.mkdir(parents=True, exist_ok=True)
@@ -219,6 +265,7 @@ def main():
     before = ipc_snapshot()
     if cargo_tests():
         binaries = c_tests()
+        sanitizer_and_valgrind_tests()
         cpp_wrapper_tests()
         python_tests(binaries)
         packaging_tests()
