@@ -401,6 +401,18 @@ void *etb_client_cuda_context(const struct EtbClient *client);
 EtbStatus etb_client_bind_current_thread(const struct EtbClient *client);
 
 /**
+ * After the agent died and a new one started on the same files (as a restarted agent does),
+ * makes this client use the new agent, keeping the same handle: validates it (fresh heartbeat,
+ * trusted files), re-attaches its command queue, and authorizes it to ptrace this worker (as
+ * the bootstrap's ptrace mode says); the GPU binding and the worker lock are kept. Waits up to
+ * `timeout_s` (rules of `etb_bootstrap_client`) for the new agent. The new agent knows none of
+ * the old one's pairs or batches: init them again. Until a reconnect succeeds, calls on the
+ * client keep returning `ETB_ERR_AGENT_DIED`; completions issued before it report the old agent
+ * dead. Thread-safe: other calls on the client wait while the new agent is swapped in.
+ */
+EtbStatus etb_client_reconnect(struct EtbClient *client, double timeout_s);
+
+/**
  * Sends `InitPair` and waits for it: the agent rendezvouses with every local and remote rank
  * (this can take minutes: size `timeout_s` for it). Succeeds only if the agent then records the
  * pair as matched (`pair:{pair_name}/state:match`), else `ETB_ERR_PAIR_NOT_MATCHED`.

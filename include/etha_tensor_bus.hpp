@@ -198,6 +198,8 @@ public:
     void *cuda_context() const noexcept { return etb_client_cuda_context(client_); }
     /// Makes the client's context current on the calling thread.
     void bind_current_thread() const { detail::check(etb_client_bind_current_thread(client_)); }
+    /// After the agent died and a new one started: use the new agent, keeping this handle.
+    void reconnect(double timeout_s = 30.0) { detail::check(etb_client_reconnect(client_, timeout_s)); }
     double heartbeat_age() const {
         double age = 0.0;
         detail::check(etb_client_heartbeat_age(client_, &age));

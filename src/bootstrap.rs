@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::agent_process::{has_open_for_writing, lock_holders, pick_agent, Holders};
-use crate::client::Client;
+use crate::client::{Client, Settings};
 use crate::command_queue::{AttachError, CommandQueue};
 use crate::cuda::{self, CudaMode, CudaReport};
 use crate::error::{Error, ErrorKind, Result};
@@ -104,14 +104,7 @@ pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, Bootst
     let origin = rank_origin(&ranks);
 
     let trust = options.trust;
-    let state = wait_for_state(&paths.state, trust, &deadline, &origin)?;
-    log::trace!("state ready after {:.3} ms", deadline.elapsed_secs() * 1e3);
-    let queue = wait_for_queue(&paths.command_queue, state.file_id(), trust, &deadline, &origin)?;
-    log::trace!("queue attached after {:.3} ms", deadline.elapsed_secs() * 1e3);
-    let agent_pid = identify_agent(&state, &paths.state);
-    if let Some(pid) = agent_pid {
-        crate::trust::check_agent_process(pid)?;
-    }
+    let (state, queue, agent_pid) = connect(&paths, trust, &deadline, &origin)?;
     let worker_lock = crate::worker_lock::acquire(&paths.state, options.share_agent, trust)?;
     authorize_agent(agent_pid, options.ptrace_mode);
     // Only once the agent is validated: a missing agent never costs a CUDA initialization.
@@ -134,7 +127,27 @@ pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, Bootst
         paths.command_queue.display(),
         deadline.elapsed_secs() * 1e3
     );
-    Ok((Client::new(ranks.agent_rank, paths, state, queue, agent_pid, cuda_binding, worker_lock), info))
+    let settings = Settings { trust, ptrace_mode: options.ptrace_mode };
+    Ok((Client::new(ranks.agent_rank, paths, state, queue, agent_pid, cuda_binding, worker_lock, settings), info))
+}
+
+/// Validates the agent (state, fresh heartbeat, queue, process) within `deadline`: the part of
+/// bootstrap that `Client::reconnect` repeats for a new agent.
+pub(crate) fn connect(
+    paths: &AgentPaths,
+    trust: TrustPolicy,
+    deadline: &Deadline,
+    origin: &str,
+) -> Result<(StateDb, CommandQueue, Option<i32>)> {
+    let state = wait_for_state(&paths.state, trust, deadline, origin)?;
+    log::trace!("state ready after {:.3} ms", deadline.elapsed_secs() * 1e3);
+    let queue = wait_for_queue(&paths.command_queue, state.file_id(), trust, deadline, origin)?;
+    log::trace!("queue attached after {:.3} ms", deadline.elapsed_secs() * 1e3);
+    let agent_pid = identify_agent(&state, &paths.state);
+    if let Some(pid) = agent_pid {
+        crate::trust::check_agent_process(pid)?;
+    }
+    Ok((state, queue, agent_pid))
 }
 
 fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: &str) -> Result<StateDb> {
@@ -303,7 +316,7 @@ fn identify_agent(state: &StateDb, path: &Path) -> Option<i32> {
 }
 
 /// Lets the agent (only it, when known) ptrace this process; failures are logged, not returned.
-fn authorize_agent(agent_pid: Option<i32>, mode: PtraceMode) {
+pub(crate) fn authorize_agent(agent_pid: Option<i32>, mode: PtraceMode) {
     let tracer = match (mode, agent_pid) {
         (PtraceMode::None, _) => return,
         (PtraceMode::Any, _) => Tracer::Any,

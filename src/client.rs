@@ -9,7 +9,7 @@
 
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::agent_watch::AgentWatch;
 use crate::command_queue::{CommandQueue, EnqueueError};
@@ -72,13 +72,26 @@ impl Shared {
     }
 }
 
-struct Handles {
+/// What ties a client to one agent process; replaced whole by `reconnect`.
+struct Link {
     state: StateDb,
     queue: CommandQueue,
-    /// Released after the queue and state are closed.
+    shared: Arc<Shared>,
+}
+
+/// What a client keeps across reconnects.
+struct Stable {
+    /// Released after the agent's environments are closed.
     cuda: Option<CudaBinding>,
-    /// One worker per agent: held for the client's lifetime.
+    /// One worker per agent: held for the client's lifetime (the lock file outlives agents).
     _worker_lock: WorkerLock,
+}
+
+/// How a client authorizes and trusts a new agent when it reconnects.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub trust: crate::trust::TrustPolicy,
+    pub ptrace_mode: crate::bootstrap::PtraceMode,
 }
 
 /// A bootstrapped client. Dropping it closes only this worker's own handles: it never removes
@@ -86,8 +99,10 @@ struct Handles {
 pub struct Client {
     agent_rank: i64,
     paths: AgentPaths,
-    handles: ManuallyDrop<Handles>,
-    shared: Arc<Shared>,
+    link: RwLock<ManuallyDrop<Link>>,
+    stable: ManuallyDrop<Stable>,
+    owner_pid: u32,
+    settings: Settings,
 }
 
 /// A command issued without waiting (`transfer_async`): wait on it or poll it later. Owns its
@@ -99,6 +114,7 @@ pub struct Completion {
 }
 
 impl Client {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         agent_rank: i64,
         paths: AgentPaths,
@@ -107,14 +123,94 @@ impl Client {
         agent_pid: Option<i32>,
         cuda: Option<CudaBinding>,
         worker_lock: WorkerLock,
+        settings: Settings,
     ) -> Client {
-        let shared = Arc::new(Shared {
-            watch: AgentWatch::new(agent_pid),
-            died: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
+        Client {
+            agent_rank,
+            paths,
+            link: RwLock::new(ManuallyDrop::new(Link { state, queue, shared: new_shared(agent_pid) })),
+            stable: ManuallyDrop::new(Stable { cuda, _worker_lock: worker_lock }),
             owner_pid: std::process::id(),
-        });
-        Client { agent_rank, paths, handles: ManuallyDrop::new(Handles { state, queue, cuda, _worker_lock: worker_lock }), shared }
+            settings,
+        }
+    }
+
+    fn link(&self) -> RwLockReadGuard<'_, ManuallyDrop<Link>> {
+        self.link.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After the agent died and a new one started (new files, new heartbeat): validates the new
+    /// agent, attaches its queue, authorizes it to ptrace this worker, and makes this client use
+    /// it, keeping the same handle (and its GPU binding and worker lock). The new agent knows no
+    /// pair or batch of the old one: init them again. Until it succeeds, calls keep returning
+    /// `AgentDied`. Returns the new agent's pid, when identified.
+    pub fn reconnect(&self, timeout: Timeout) -> Result<Option<i32>> {
+        self.link().shared.check_process()?;
+        let deadline = timeout.start();
+        let origin = format!("reconnect to agent rank {}", self.agent_rank);
+        let (old_pid, old_state) = {
+            let link = self.link();
+            (link.shared.watch.pid(), link.state.file_id())
+        };
+        // A dead agent's files stay behind with a heartbeat younger than 5 s for a while: a new
+        // agent is a live process other than the old one, or (when it cannot be identified) new files.
+        let (state, queue, agent_pid) = loop {
+            let (state, queue, pid) = crate::bootstrap::connect(&self.paths, self.settings.trust, &deadline, &origin)?;
+            let new_process = pid.is_some_and(|p| Some(p) != old_pid && crate::agent_process::process_exists(p));
+            if new_process || (pid.is_none() && state.file_id() != old_state) {
+                break (state, queue, pid);
+            }
+            drop((state, queue));
+            if !deadline.sleep_step(crate::bootstrap::POLL_INTERVAL) {
+                return Err(Error::new(
+                    ErrorKind::AgentNotResponding,
+                    format!(
+                        "no new agent at {} after {:.3}s: the files there are still the dead agent's ({origin})",
+                        self.paths.state.display(),
+                        deadline.elapsed_secs()
+                    ),
+                ));
+            }
+        };
+        crate::bootstrap::authorize_agent(agent_pid, self.settings.ptrace_mode);
+        let fresh = ManuallyDrop::new(Link { state, queue, shared: new_shared(agent_pid) });
+        let old = {
+            let mut guard = self.link.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *guard, fresh)
+        };
+        // The old agent's completions see it dead; its environments close here.
+        old.shared.died.store(true, Ordering::Release);
+        drop(ManuallyDrop::into_inner(old));
+        log::info!("reconnected to agent rank {} (pid {agent_pid:?})", self.agent_rank);
+        Ok(agent_pid)
+    }
+
+    /// Head and tail of the agent's command queue.
+    pub fn queue_positions(&self) -> Result<(u64, u64)> {
+        self.link().queue.positions().map_err(|e| e.at(&self.paths.command_queue))
+    }
+
+    /// The queue's semaphore counts (items, free slots).
+    pub fn queue_semaphore_values(&self) -> Result<(i32, i32)> {
+        self.link()
+            .queue
+            .semaphore_values()
+            .map_err(|e| Error::new(ErrorKind::Ipc, e.text()))
+    }
+
+    /// The message at logical position `position` of the queue, if any.
+    pub fn queue_peek(&self, position: u64) -> Result<Option<Vec<u8>>> {
+        self.link().queue.peek(position).map_err(|e| e.at(&self.paths.command_queue))
+    }
+
+    /// Whether the state LMDB is read with a reader slot (false: MDB_NOLOCK fallback).
+    pub fn state_locking(&self) -> bool {
+        self.link().state.locking()
+    }
+
+    /// The state LMDB's file identity.
+    pub fn state_file_id(&self) -> crate::lmdb_registry::FileId {
+        self.link().state.file_id()
     }
 
     pub fn agent_rank(&self) -> i64 {
@@ -125,29 +221,21 @@ impl Client {
         &self.paths
     }
 
-    /// The agent's pid, when bootstrap could identify it.
+    /// The agent's pid, when bootstrap (or the last reconnect) could identify it.
     pub fn agent_pid(&self) -> Option<i32> {
-        self.shared.watch.pid()
-    }
-
-    pub fn state(&self) -> &StateDb {
-        &self.handles.state
-    }
-
-    pub fn queue(&self) -> &CommandQueue {
-        &self.handles.queue
+        self.link().shared.watch.pid()
     }
 
     /// The primary context this client holds (`CUcontext`), when bound; `Forked` in a child.
     pub fn cuda_context(&self) -> Result<Option<CuContext>> {
-        self.shared.check_process()?;
-        Ok(self.handles.cuda.as_ref().map(CudaBinding::context))
+        self.check_process()?;
+        Ok(self.stable.cuda.as_ref().map(CudaBinding::context))
     }
 
     /// Makes the client's context current on the calling thread.
     pub fn bind_current_thread(&self) -> Result<()> {
-        self.shared.check_process()?;
-        match &self.handles.cuda {
+        self.check_process()?;
+        match &self.stable.cuda {
             Some(b) => b.make_current(),
             None => Err(Error::new(
                 ErrorKind::Cuda,
@@ -158,8 +246,8 @@ impl Client {
 
     /// Seconds since the agent's last heartbeat (however old).
     pub fn heartbeat_age(&self) -> Result<f64> {
-        self.shared.check_process()?;
-        match self.handles.state.heartbeat() {
+        self.check_process()?;
+        match self.link().state.heartbeat() {
             Ok(beat) => Ok(unix_now() - beat),
             Err(StateError::Lmdb(e)) => Err(e.at(&self.paths.state)),
             Err(e) => Err(Error::new(
@@ -171,18 +259,20 @@ impl Client {
 
     /// A client of a dead agent is unusable: checked before every command (one `poll` with a
     /// zero timeout), so nothing is enqueued into a queue nobody will read.
-    fn usable(&self, what: &str) -> Result<()> {
-        self.shared.check_process()?;
-        if self.shared.agent_dead() {
-            return Err(self.shared.died_error(what));
-        }
-        Ok(())
+    fn check_process(&self) -> Result<()> {
+        self.link().shared.check_process()
     }
 
     /// Enqueues `command`, with a fresh completion semaphore unless `detached`.
-    fn issue(&self, command: &Command<'_>, deadline: &Deadline, detached: bool) -> Result<Option<CompletionSemaphore>> {
+    fn issue(&self, command: &Command<'_>, deadline: &Deadline, detached: bool) -> Result<(Option<CompletionSemaphore>, Arc<Shared>)> {
         let what = command.type_name();
-        self.usable(what)?;
+        let link = self.link();
+        link.shared.check_process()?;
+        // A client of a dead agent is unusable: checked before every command (one `poll` with a
+        // zero timeout), so nothing is enqueued into a queue nobody will read.
+        if link.shared.agent_dead() {
+            return Err(link.shared.died_error(what));
+        }
         let sem = if detached {
             None
         } else {
@@ -190,11 +280,11 @@ impl Client {
             Some(CompletionSemaphore::create(kind, &context)?)
         };
         let message = command.encode(Some(unix_now()), sem.as_ref().map(CompletionSemaphore::name));
-        let shared = &self.shared;
-        match self.handles.queue.enqueue(&message, deadline, &|| shared.agent_dead()) {
-            Ok(()) => Ok(sem),
+        let shared = &link.shared;
+        match link.queue.enqueue(&message, deadline, &|| shared.agent_dead()) {
+            Ok(()) => Ok((sem, shared.clone())),
             Err(EnqueueError::Full) => {
-                let (head, tail) = self.handles.queue.positions().unwrap_or((0, 0));
+                let (head, tail) = link.queue.positions().unwrap_or((0, 0));
                 Err(Error::new(
                     ErrorKind::QueueFull,
                     format!(
@@ -216,8 +306,9 @@ impl Client {
     /// Issues `command` and waits for its completion, all within `timeout`.
     fn call(&self, command: &Command<'_>, timeout: Timeout) -> Result<()> {
         let deadline = timeout.start();
-        let sem = self.issue(command, &deadline, false)?.expect("a completion was asked for");
-        wait_completion(&sem, &self.shared, &deadline, command.type_name(), &|| false)
+        let (sem, shared) = self.issue(command, &deadline, false)?;
+        let sem = sem.expect("a completion was asked for");
+        wait_completion(&sem, &shared, &deadline, command.type_name(), &|| false)
     }
 
     /// `InitPair`: succeeds only if the agent then records the pair as matched.
@@ -248,7 +339,7 @@ impl Client {
         };
         self.call(&command, timeout)?;
         let key = format!("pair:{pair_name}/state:match");
-        let value = self.handles.state.get(key.as_bytes()).map_err(|e| e.at(&self.paths.state))?;
+        let value = self.link().state.get(key.as_bytes()).map_err(|e| e.at(&self.paths.state))?;
         // msgspec's encoding of the string "matched".
         if value.as_deref() == Some(b"\xa7matched") {
             Ok(())
@@ -277,8 +368,8 @@ impl Client {
     /// `Transfer` without waiting: `timeout` bounds only the wait for queue space.
     pub fn transfer_async(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<Completion> {
         let deadline = timeout.start();
-        let sem = self.issue(&Command::Transfer { batch_id, transfer_type: kind }, &deadline, false)?.expect("asked for");
-        Ok(Completion { sem, shared: self.shared.clone(), done: AtomicBool::new(false) })
+        let (sem, shared) = self.issue(&Command::Transfer { batch_id, transfer_type: kind }, &deadline, false)?;
+        Ok(Completion { sem: sem.expect("asked for"), shared, done: AtomicBool::new(false) })
     }
 
     /// `Transfer` with no completion semaphore (`semaphore_name` nil): nothing to wait on.
@@ -291,7 +382,7 @@ impl Client {
     pub fn query_transfer_signal(&self, batch_id: &str, timeout: Timeout) -> Result<bool> {
         self.call(&Command::QueryStatus { batch_id, state_name: TRANSFER_SIGNAL }, timeout)?;
         let key = format!("batch:{batch_id}/state:transfer_signal");
-        let value = self.handles.state.get(key.as_bytes()).map_err(|e| e.at(&self.paths.state))?;
+        let value = self.link().state.get(key.as_bytes()).map_err(|e| e.at(&self.paths.state))?;
         Ok(match value.as_deref() {
             None => false,
             Some(b"\xc3") => true,
@@ -390,11 +481,24 @@ impl Completion {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
-        if std::process::id() == self.shared.owner_pid {
-            // SAFETY: dropped exactly once, here.
-            unsafe { ManuallyDrop::drop(&mut self.handles) };
+        let link = self.link.get_mut().unwrap_or_else(|p| p.into_inner());
+        link.shared.closed.store(true, Ordering::Release);
+        if std::process::id() == self.owner_pid {
+            // SAFETY: dropped exactly once, here; nothing uses them afterwards.
+            unsafe {
+                ManuallyDrop::drop(link);
+                ManuallyDrop::drop(&mut self.stable);
+            }
         }
         // In a forked child the handles are the parent's: forget them (leak the copies).
     }
+}
+
+fn new_shared(agent_pid: Option<i32>) -> Arc<Shared> {
+    Arc::new(Shared {
+        watch: AgentWatch::new(agent_pid),
+        died: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        owner_pid: std::process::id(),
+    })
 }

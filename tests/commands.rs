@@ -99,19 +99,19 @@ fn full_queue_changes_nothing() {
     for i in 0..50_000 {
         c.transfer_detached(&format!("b{i}"), Send, t(0.0)).unwrap();
     }
-    let before = c.queue().positions().unwrap();
+    let before = c.queue_positions().unwrap();
     assert_eq!(before, (0, 50_000));
-    let slots: Vec<_> = [0u64, 1, 25_000, 49_999].iter().map(|&p| c.queue().peek(p).unwrap().unwrap()).collect();
+    let slots: Vec<_> = [0u64, 1, 25_000, 49_999].iter().map(|&p| c.queue_peek(p).unwrap().unwrap()).collect();
     let start = Instant::now();
     let e = c.transfer_detached("one-too-many", Send, t(0.1)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
     assert!(start.elapsed() >= Duration::from_millis(100));
     let e = c.transfer("fullblocking", Send, t(0.0)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
-    assert_eq!(c.queue().positions().unwrap(), before, "head and tail unchanged");
-    let after: Vec<_> = [0u64, 1, 25_000, 49_999].iter().map(|&p| c.queue().peek(p).unwrap().unwrap()).collect();
+    assert_eq!(c.queue_positions().unwrap(), before, "head and tail unchanged");
+    let after: Vec<_> = [0u64, 1, 25_000, 49_999].iter().map(|&p| c.queue_peek(p).unwrap().unwrap()).collect();
     assert_eq!(slots, after, "contents unchanged");
-    assert_eq!(c.queue().semaphore_values().unwrap(), (50_000, 0));
+    assert_eq!(c.queue_semaphore_values().unwrap(), (50_000, 0));
     assert_eq!(our_completion_semaphores("fullblocking"), Vec::<String>::new(), "the blocking call's semaphore is removed");
 }
 
@@ -220,7 +220,7 @@ fn nothing_lost_and_order_kept_across_threads() {
         next[th] += 1;
     }
     assert_eq!(next, [N; 3]);
-    let (head, tail) = c.queue().positions().unwrap();
+    let (head, tail) = c.queue_positions().unwrap();
     assert_eq!((head, tail), (3 * N as u64 + 1, 3 * N as u64 + 1), "the ring wrapped past 50,000");
 }
 
@@ -312,7 +312,7 @@ fn dead_agent_seen_while_waiting_for_space_and_before_enqueue() {
     let _ = agent.child.wait();
     assert_eq!(c.transfer_detached("deadspace-first", Send, t(5.0)).unwrap_err().kind(), ErrorKind::AgentDied);
     assert_eq!(c.transfer_async("deadspace-first", Send, t(5.0)).err().unwrap().kind(), ErrorKind::AgentDied);
-    assert_eq!(c.queue().positions().unwrap(), (0, 0), "nothing enqueued into a dead agent's queue");
+    assert_eq!(c.queue_positions().unwrap(), (0, 0), "nothing enqueued into a dead agent's queue");
     drop(c);
     remove_agent_leftovers(&paths);
     assert_eq!(our_completion_semaphores("deadspace"), Vec::<String>::new());
@@ -359,4 +359,30 @@ fn one_deadline_covers_space_and_completion() {
         eprintln!("one_deadline_covers_space_and_completion: the fill took {fill:?}, too slow to tell");
     }
     assert_eq!(our_completion_semaphores("onedeadline"), Vec::<String>::new());
+}
+
+/// A restarted agent: calls keep failing with AgentDied until reconnect, which keeps the handle.
+#[test]
+fn reconnect_to_a_restarted_agent() {
+    let dir = TempDir::new("reconnect");
+    let paths = dir.paths();
+    let mut old = DevAgent::start(&paths, &[], true);
+    let (c, info) = boot(&paths, 5.0).unwrap();
+    assert_eq!(info.agent_pid, Some(old.pid()));
+    c.transfer("reconnect-before", Send, t(5.0)).unwrap();
+    // SAFETY: signalling the agent child.
+    unsafe { libc::kill(old.pid(), libc::SIGKILL) };
+    let _ = old.child.wait();
+    assert_eq!(c.transfer("reconnect-dead", Send, t(5.0)).unwrap_err().kind(), ErrorKind::AgentDied);
+    // No agent yet: reconnect times out, and calls still say AgentDied.
+    assert_eq!(c.reconnect(t(0.1)).unwrap_err().kind(), ErrorKind::AgentNotResponding);
+    assert_eq!(c.cleanup_batch("reconnect-dead", t(5.0)).unwrap_err().kind(), ErrorKind::AgentDied);
+    // A new agent on the same paths (its start-up cleans the old files and semaphores).
+    let new = DevAgent::start(&paths, &[], true);
+    assert_eq!(c.reconnect(t(5.0)).unwrap(), Some(new.pid()));
+    assert_eq!(c.agent_pid(), Some(new.pid()));
+    c.transfer("reconnect-after", Send, t(5.0)).unwrap();
+    assert!(c.query_transfer_signal("reconnect-after", t(5.0)).unwrap());
+    assert!(c.heartbeat_age().unwrap() < 5.0);
+    assert_eq!(our_completion_semaphores("reconnect"), Vec::<String>::new());
 }

@@ -178,6 +178,11 @@ class TensorBusClient:
     def cleanup_batch(self, batch_id, timeout=30.0):
         _check(_native.lib().etb_client_cleanup_batch(self._h, _text(batch_id, "batch_id"), float(timeout)))
 
+    def reconnect(self, timeout=30.0):
+        """After the agent died and a new one started: use the new agent, keeping this client.
+        Its pairs and batches are gone: init them again."""
+        _check(_native.lib().etb_client_reconnect(self._h, float(timeout)))
+
     def cuda_context(self):
         """The CUcontext (an int address) the client holds, or None when unbound."""
         return _native.lib().etb_client_cuda_context(self._h)

@@ -30,6 +30,7 @@ _SIGNATURES = {
     "etb_bootstrap_options_init": (None, [ctypes.POINTER(BootstrapOptions)]),
     "etb_bootstrap_client_ex": (I32, [ctypes.POINTER(BootstrapOptions), ctypes.POINTER(P), ctypes.POINTER(P)]),
     "etb_client_close": (None, [P]),
+    "etb_client_reconnect": (I32, [P, D]),
     "etb_client_heartbeat_age": (I32, [P, ctypes.POINTER(D)]),
     "etb_info_agent_rank": (I64, [P]),
     "etb_info_global_rank": (I64, [P]),

@@ -387,3 +387,22 @@ pub unsafe extern "C" fn etb_client_bind_current_thread(client: *const EtbClient
         Ok(unsafe { &*client }.client.bind_current_thread()?)
     })
 }
+
+/// After the agent died and a new one started on the same files (as a restarted agent does),
+/// makes this client use the new agent, keeping the same handle: validates it (fresh heartbeat,
+/// trusted files), re-attaches its command queue, and authorizes it to ptrace this worker (as
+/// the bootstrap's ptrace mode says); the GPU binding and the worker lock are kept. Waits up to
+/// `timeout_s` (rules of `etb_bootstrap_client`) for the new agent. The new agent knows none of
+/// the old one's pairs or batches: init them again. Until a reconnect succeeds, calls on the
+/// client keep returning `ETB_ERR_AGENT_DIED`; completions issued before it report the old agent
+/// dead. Thread-safe: other calls on the client wait while the new agent is swapped in.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_reconnect(client: *mut EtbClient, timeout_s: f64) -> EtbStatus {
+    call("etb_client_reconnect", || {
+        require_non_null!("etb_client_reconnect", client);
+        let timeout = Timeout::from_secs_f64(timeout_s, "timeout_s")?;
+        // SAFETY: non-NULL, and live by the caller's contract.
+        unsafe { &*client }.client.reconnect(timeout)?;
+        Ok(())
+    })
+}

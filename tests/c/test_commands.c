@@ -116,11 +116,16 @@ static int t_agent_death(void) {
     took = now_s() - t0;
     CHECK(took < 2.0, "death seen after %.3f s", took);
     EXPECT(etb_client_cleanup_batch(c, "after", 30.0), ETB_ERR_AGENT_DIED);
+    waitpid(agent.pid, NULL, 0);
+    /* A new agent on the same files: reconnect keeps the handle. */
+    agent = start_agent(rank, 1, NULL, NULL);
+    CHECK(agent.pid > 0, "second agent did not start");
+    EXPECT(etb_client_reconnect(c, 5.0), ETB_OK);
+    EXPECT(etb_client_cleanup_batch(c, "after", 5.0), ETB_OK);
+    EXPECT(etb_client_reconnect(c, NAN), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_reconnect(NULL, 1.0), ETB_ERR_NULL_ARGUMENT);
     etb_client_close(c);
-    waitpid(agent.pid, NULL, 0);
-    /* The crashed agent kept its files: a fresh agent's start-up removes them, its exit too. */
-    agent = start_agent(rank, 1, "--exit-after", "0");
-    waitpid(agent.pid, NULL, 0);
+    stop_agent(&agent);
     return nothing_left(rank) && our_semaphores() == 0;
 }
 
