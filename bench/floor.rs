@@ -1,6 +1,7 @@
 //! The floor of a bootstrap: the system work any worker client must do, measured part by part
 //! with raw calls (no library code): the file checks, the two `mdb_env_open` calls with locking
-//! (and the heartbeat read), the two `sem_open` calls, and the agent lookup. Prints JSON.
+//! (and the heartbeat read), the two `sem_open` calls, the agent lookup, and the worker lock.
+//! Prints JSON.
 //!
 //!   cargo run --release --example bench-floor -- QUEUE_PATH STATE_PATH N
 
@@ -51,9 +52,10 @@ fn main() {
     let stem = queue.file_stem().unwrap().to_string_lossy().into_owned();
     let (q, s) = (c(queue), c(state));
     let lock = c(&Path::new(&format!("{}-lock", state.display())).to_path_buf());
+    let worker = c(&state.with_file_name(format!(".{}.floor", state.file_name().unwrap().to_string_lossy())));
     let sems = [CString::new(format!("/cq_{stem}")).unwrap(), CString::new(format!("/cq_space_{stem}")).unwrap()];
     let mut parts: Vec<(&str, Vec<f64>)> =
-        ["file checks", "state mdb_env_open + heartbeat read", "queue mdb_env_open", "sem_open x2", "agent lookup"]
+        ["file checks", "state mdb_env_open + heartbeat read", "queue mdb_env_open", "sem_open x2", "agent lookup", "worker lock"]
             .into_iter()
             .map(|name| (name, Vec::with_capacity(n)))
             .collect();
@@ -85,6 +87,14 @@ fn main() {
             let t = Instant::now();
             let handles: Vec<_> = sems.iter().map(|n| libc::sem_open(n.as_ptr(), 0)).collect();
             parts[3].1.push(t.elapsed().as_secs_f64());
+            // One worker per agent: a record lock on a file next to the state.
+            let t = Instant::now();
+            let wfd = libc::open(worker.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC, 0o600);
+            let mut wl: libc::flock = std::mem::zeroed();
+            wl.l_type = libc::F_WRLCK as _;
+            libc::fcntl(wfd, libc::F_SETLK, &wl);
+            parts[5].1.push(t.elapsed().as_secs_f64());
+            libc::close(wfd);
             for h in handles {
                 assert_ne!(h, libc::SEM_FAILED);
                 libc::sem_close(h);
@@ -94,6 +104,7 @@ fn main() {
             libc::close(fd);
         }
     }
+    unsafe { libc::unlink(worker.as_ptr()) };
     let mut total = 0.0;
     let mut items = Vec::new();
     for (name, v) in parts {
