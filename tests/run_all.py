@@ -235,6 +235,23 @@ def python_package_tests():
                  "tests/python_package", env)
 
 
+def fuzz_smoke():
+    """A short libFuzzer run of every target (scripts/fuzz.sh, stable toolchain, pinned
+    cargo-fuzz): each target passes if it ran and found no crash."""
+    seconds = os.environ.get("ETB_FUZZ_SECONDS", "3")
+    out = run(["scripts/fuzz.sh", seconds], timeout=3600)
+    lines = re.findall(r"^(\w+): (\S+) executions, (.*)$", out.stdout, re.M)
+    if not lines:
+        show(out)
+        count("fuzz smoke pass (scripts/fuzz.sh)", 0, 1)
+        return
+    for target, execs, verdict in lines:
+        ok = verdict == "0 crashes" and execs.isdigit() and int(execs) > 0
+        if not ok:
+            show(out)
+        count(f"fuzz {target} for {seconds} s: {execs} executions, {verdict}", int(ok), int(not ok))
+
+
 def bench_smoke():
     """A quick pass of the benchmark code (release build), so that it does not rot; its figures
     are not judged here."""
@@ -270,6 +287,7 @@ def main():
         python_tests(binaries)
         packaging_tests()
         python_package_tests()
+        fuzz_smoke()
         bench_smoke()
     left = sorted(ipc_snapshot() - before)
     if left:

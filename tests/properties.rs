@@ -1,0 +1,563 @@
+//! Property tests of the parsers and encoders that take outside input: environment parsing
+//! (`rank`), naming results (`naming`), the heartbeat (`state_db`), command encoding
+//! (`commands`: decode what we encode and compare) and completion semaphore names.
+//!
+//! Deterministic and quick: a fixed seed and 2000 cases per property, unless PROPTEST_CASES
+//! or PROPTEST_RNG_SEED say otherwise (for longer runs: `PROPTEST_CASES=100000 cargo test
+//! --release --test properties`). Nothing is written to disk (no failure persistence).
+//! The same properties are fuzzed with libFuzzer by `scripts/fuzz.sh` (fuzz/).
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use etha_tensor_bus::commands::{Command, TransferKind};
+use etha_tensor_bus::completion::completion_name;
+use etha_tensor_bus::naming::{path_from_buffer, AgentPaths, PATH_BUFFER_CAPACITY};
+use etha_tensor_bus::rank::{self, parse_integer, Method};
+use etha_tensor_bus::state_db::parse_heartbeat;
+use etha_tensor_bus::ErrorKind;
+use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
+use rmpv::Value;
+
+fn config() -> ProptestConfig {
+    let d = ProptestConfig::default();
+    let set = |name: &str| std::env::var_os(name).is_some();
+    ProptestConfig {
+        cases: if set("PROPTEST_CASES") { d.cases } else { 2000 },
+        rng_seed: if set("PROPTEST_RNG_SEED") { d.rng_seed } else { RngSeed::Fixed(0x4554_4221) },
+        failure_persistence: None,
+        ..d
+    }
+}
+
+const WS: &[u8] = b" \t\n\x0b\x0c\r";
+
+// ---------------------------------------------------------------------------------------------
+// Strategies
+
+/// Bytes drawn mostly from the characters that matter to the integer parser.
+fn integerish_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let alphabet = b" \t\n\x0b\x0c\r+-0123456789_.xe\0\xa0\xff".to_vec();
+    prop_oneof![
+        prop::collection::vec(prop::sample::select(alphabet), 0..32),
+        prop::collection::vec(any::<u8>(), 0..32),
+    ]
+}
+
+fn whitespace(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(prop::sample::select(WS.to_vec()), 0..=max)
+}
+
+/// An i64 biased to the edges (0, +-1, the extremes, 32-bit limits) half the time.
+fn edgy_i64() -> impl Strategy<Value = i64> {
+    let edges = vec![
+        0,
+        1,
+        -1,
+        i64::MAX,
+        i64::MIN,
+        i64::MAX - 1,
+        i64::MIN + 1,
+        i64::from(i32::MAX),
+        i64::from(i32::MAX) + 1,
+        i64::from(i32::MIN),
+        -2147483649,
+    ];
+    prop_oneof![any::<i64>(), -50i64..50, prop::sample::select(edges)]
+}
+
+/// `v` as text with optional whitespace, an optional `+`, and leading zeros.
+fn integer_text() -> impl Strategy<Value = (i64, Vec<u8>)> {
+    (edgy_i64(), whitespace(3), whitespace(3), any::<bool>(), 0usize..4).prop_map(|(v, pre, post, plus, zeros)| {
+        let mut text = pre;
+        if v < 0 {
+            text.push(b'-');
+        } else if plus {
+            text.push(b'+');
+        }
+        text.extend(std::iter::repeat(b'0').take(zeros));
+        text.extend_from_slice(i128::from(v).unsigned_abs().to_string().as_bytes());
+        text.extend_from_slice(&post);
+        (v, text)
+    })
+}
+
+/// An environment value: unset, a well-formed integer, or anything at all.
+fn env_value() -> impl Strategy<Value = Option<Vec<u8>>> {
+    prop_oneof![
+        2 => Just(None),
+        4 => integer_text().prop_map(|(_, t)| Some(t)),
+        2 => integerish_bytes().prop_map(Some),
+        1 => prop::collection::vec(any::<u8>(), 0..16).prop_map(Some),
+    ]
+}
+
+/// A string, sometimes long enough for the str16 / str32 encodings.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => prop::collection::vec(any::<char>(), 0..40).prop_map(String::from_iter),
+        2 => "[a-z_/:.]{0,300}",
+        1 => (prop::sample::select(vec![31usize, 32, 255, 256, 65535, 65536]), any::<char>())
+            .prop_map(|(n, c)| c.to_string().repeat(n / c.len_utf8() + 1)),
+    ]
+}
+
+/// Payload bytes, sometimes long enough for the bin16 / bin32 encodings.
+fn payload() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        8 => prop::collection::vec(any::<u8>(), 0..64),
+        1 => (prop::sample::select(vec![255usize, 256, 65535, 65536]), any::<u8>()).prop_map(|(n, b)| vec![b; n]),
+    ]
+}
+
+/// A float of any class, NaNs with any payload included.
+fn any_f64() -> impl Strategy<Value = f64> {
+    prop_oneof![any::<f64>(), any::<u64>().prop_map(f64::from_bits)]
+}
+
+fn finite_f64() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        any::<u64>().prop_map(f64::from_bits),
+        prop::num::f64::NORMAL | prop::num::f64::SUBNORMAL | prop::num::f64::ZERO,
+        prop::sample::select(vec![f64::MAX, f64::MIN, f64::MIN_POSITIVE, f64::EPSILON, 5e-324, -5e-324, 1795856314.2741683]),
+        (0.0f64..4e9),
+    ]
+    .prop_filter("finite", |v| v.is_finite())
+}
+
+/// An owned command, borrowed as a `Command` for encoding.
+#[derive(Debug, Clone)]
+enum OwnedCommand {
+    Transfer { batch_id: String, send: bool },
+    RegisterTensors { batch_id: String, tensors: Vec<(String, Vec<u8>)>, bucket_size: Option<i64> },
+    InitPair {
+        pair_name: String,
+        local_name: String,
+        expected_world_size: i64,
+        remote_name: String,
+        mesh_shape_payload: Option<Vec<u8>>,
+        placements_payload: Option<Vec<u8>>,
+    },
+    QueryStatus { batch_id: String, state_name: String },
+    CleanupBatch { batch_id: String },
+}
+
+impl OwnedCommand {
+    fn borrow(&self) -> Command<'_> {
+        match self {
+            OwnedCommand::Transfer { batch_id, send } => Command::Transfer {
+                batch_id,
+                transfer_type: if *send { TransferKind::Send } else { TransferKind::Recv },
+            },
+            OwnedCommand::RegisterTensors { batch_id, tensors, bucket_size } => Command::RegisterTensors {
+                batch_id,
+                tensors: tensors.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect(),
+                bucket_size: *bucket_size,
+            },
+            OwnedCommand::InitPair {
+                pair_name,
+                local_name,
+                expected_world_size,
+                remote_name,
+                mesh_shape_payload,
+                placements_payload,
+            } => Command::InitPair {
+                pair_name,
+                local_name,
+                expected_world_size: *expected_world_size,
+                remote_name,
+                mesh_shape_payload: mesh_shape_payload.as_deref(),
+                placements_payload: placements_payload.as_deref(),
+            },
+            OwnedCommand::QueryStatus { batch_id, state_name } => Command::QueryStatus { batch_id, state_name },
+            OwnedCommand::CleanupBatch { batch_id } => Command::CleanupBatch { batch_id },
+        }
+    }
+
+    /// The map msgspec would write: "type", the command's own fields in declaration order.
+    fn expected_fields(&self) -> Vec<(&'static str, Expected)> {
+        use Expected::*;
+        let s = |v: &str| Str(v.to_string());
+        let bin = |v: &Option<Vec<u8>>| v.clone().map_or(Nil, Bin);
+        match self {
+            OwnedCommand::Transfer { batch_id, send } => vec![
+                ("type", s("Transfer")),
+                ("batch_id", s(batch_id)),
+                ("transfer_type", s(if *send { "send" } else { "recv" })),
+            ],
+            OwnedCommand::RegisterTensors { batch_id, tensors, bucket_size } => vec![
+                ("type", s("RegisterTensors")),
+                ("batch_id", s(batch_id)),
+                ("tensors", Tensors(tensors.clone())),
+                ("bucket_size", bucket_size.map_or(Nil, Int)),
+            ],
+            OwnedCommand::InitPair {
+                pair_name,
+                local_name,
+                expected_world_size,
+                remote_name,
+                mesh_shape_payload,
+                placements_payload,
+            } => vec![
+                ("type", s("InitPair")),
+                ("pair_name", s(pair_name)),
+                ("local_name", s(local_name)),
+                ("expected_world_size", Int(*expected_world_size)),
+                ("remote_name", s(remote_name)),
+                ("mesh_shape_payload", bin(mesh_shape_payload)),
+                ("placements_payload", bin(placements_payload)),
+            ],
+            OwnedCommand::QueryStatus { batch_id, state_name } => {
+                vec![("type", s("QueryStatus")), ("batch_id", s(batch_id)), ("state_name", s(state_name))]
+            }
+            OwnedCommand::CleanupBatch { batch_id } => vec![("type", s("CleanupBatch")), ("batch_id", s(batch_id))],
+        }
+    }
+}
+
+fn owned_command() -> impl Strategy<Value = OwnedCommand> {
+    prop_oneof![
+        (text(), any::<bool>()).prop_map(|(batch_id, send)| OwnedCommand::Transfer { batch_id, send }),
+        (text(), prop::collection::vec((text(), payload()), 0..6), prop::option::of(edgy_i64())).prop_map(
+            |(batch_id, tensors, bucket_size)| OwnedCommand::RegisterTensors { batch_id, tensors, bucket_size }
+        ),
+        (text(), text(), edgy_i64(), text(), prop::option::of(payload()), prop::option::of(payload())).prop_map(
+            |(pair_name, local_name, expected_world_size, remote_name, mesh_shape_payload, placements_payload)| {
+                OwnedCommand::InitPair {
+                    pair_name,
+                    local_name,
+                    expected_world_size,
+                    remote_name,
+                    mesh_shape_payload,
+                    placements_payload,
+                }
+            }
+        ),
+        (text(), text()).prop_map(|(batch_id, state_name)| OwnedCommand::QueryStatus { batch_id, state_name }),
+        text().prop_map(|batch_id| OwnedCommand::CleanupBatch { batch_id }),
+    ]
+}
+
+/// What one map value must decode to.
+#[derive(Debug, Clone)]
+enum Expected {
+    Str(String),
+    Bin(Vec<u8>),
+    Nil,
+    Int(i64),
+    F64(f64),
+    Tensors(Vec<(String, Vec<u8>)>),
+}
+
+/// Whether `value` is exactly `want` (floats bit for bit, so NaNs and -0.0 count).
+fn value_is(value: &Value, want: &Expected) -> bool {
+    match (want, value) {
+        (Expected::Str(s), Value::String(v)) => v.as_str() == Some(s.as_str()),
+        (Expected::Bin(b), Value::Binary(v)) => v == b,
+        (Expected::Nil, Value::Nil) => true,
+        (Expected::Int(i), Value::Integer(v)) => v.as_i64() == Some(*i),
+        (Expected::F64(f), Value::F64(v)) => v.to_bits() == f.to_bits(),
+        (Expected::Tensors(ts), Value::Array(items)) => {
+            items.len() == ts.len()
+                && items.iter().zip(ts).all(|(item, (name, payload))| match item {
+                    Value::Array(pair) => {
+                        pair.len() == 2
+                            && value_is(&pair[0], &Expected::Str(name.clone()))
+                            && value_is(&pair[1], &Expected::Bin(payload.clone()))
+                    }
+                    _ => false,
+                })
+        }
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reference models
+
+/// The strict integer grammar, written independently of `rank::parse_integer`.
+fn parse_integer_model(text: &[u8]) -> Option<i64> {
+    let is_ws = |b: &u8| WS.contains(b);
+    let start = text.iter().position(|b| !is_ws(b)).unwrap_or(text.len());
+    let end = text.iter().rposition(|b| !is_ws(b)).map_or(start, |i| i + 1);
+    let body = &text[start..end];
+    let (sign, digits) = match body.split_first() {
+        Some((b'-', rest)) => (-1i128, rest),
+        Some((b'+', rest)) => (1, rest),
+        _ => (1, body),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let significant = &digits[digits.iter().position(|&d| d != b'0').unwrap_or(digits.len())..];
+    if significant.len() > 19 {
+        return None;
+    }
+    let magnitude: i128 = significant.iter().fold(0, |acc, &d| acc * 10 + i128::from(d - b'0'));
+    i64::try_from(sign * magnitude).ok()
+}
+
+/// agent_rank, global_rank, rank_offset, local_rank, method.
+type Resolved = (i64, i64, Option<i64>, i32, Method);
+
+/// The outcome `rank::resolve` must have: `Ok` with its fields, or `Err` with the variables
+/// at fault (any one of which the message may name, depending on the order of the checks).
+fn resolve_model(vars: &[Option<Vec<u8>>; 4]) -> Result<Resolved, Vec<&'static str>> {
+    let [agent, rank, offset, local] = vars;
+    let parsed = |v: &Option<Vec<u8>>| v.as_ref().map(|b| parse_integer_model(b));
+    let mut culprits = Vec::new();
+    let agent = match parsed(agent) {
+        Some(None) => {
+            culprits.push(rank::AGENT_RANK);
+            None
+        }
+        Some(Some(a)) if a < 0 => {
+            culprits.push(rank::AGENT_RANK);
+            None
+        }
+        v => v.flatten(),
+    };
+    let global = match parsed(rank) {
+        Some(Some(r)) => Some(r),
+        _ => {
+            culprits.push(rank::RANK);
+            None
+        }
+    };
+    let local = match parsed(local) {
+        None => Some(0),
+        Some(Some(l)) if (0..=i64::from(i32::MAX)).contains(&l) => Some(l as i32),
+        Some(_) => {
+            culprits.push(rank::LOCAL_RANK);
+            None
+        }
+    };
+    let by_offset = if agent.is_none() && vars[0].is_none() {
+        match parsed(offset) {
+            Some(None) => {
+                culprits.push(rank::AGENT_RANK_OFFSET);
+                None
+            }
+            off => {
+                let off = off.flatten().unwrap_or(0);
+                match global.map(|g| g.checked_add(off)) {
+                    Some(Some(sum)) if sum >= 0 => Some((sum, off)),
+                    Some(_) => {
+                        culprits.extend([rank::RANK, rank::AGENT_RANK_OFFSET]);
+                        None
+                    }
+                    None => None,
+                }
+            }
+        }
+    } else {
+        None
+    };
+    if !culprits.is_empty() {
+        return Err(culprits);
+    }
+    let (global, local) = (global.unwrap(), local.unwrap());
+    Ok(match agent {
+        Some(a) => (a, global, None, local, Method::Direct),
+        None => {
+            let (sum, off) = by_offset.unwrap();
+            (sum, global, Some(off), local, Method::Offset)
+        }
+    })
+}
+
+/// Whether `message` names `var` as a variable (not as part of a longer name: RANK in
+/// AGENT_RANK does not count).
+fn names_variable(message: &str, var: &str) -> bool {
+    message.match_indices(var).any(|(i, _)| {
+        let before = message[..i].chars().next_back();
+        let after = message[i + var.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn parse_integer_agrees_with_the_model(text in integerish_bytes()) {
+        prop_assert_eq!(parse_integer(&text), parse_integer_model(&text), "{:?}", String::from_utf8_lossy(&text));
+    }
+
+    #[test]
+    fn parse_integer_takes_any_bytes(text in prop::collection::vec(any::<u8>(), 0..64)) {
+        prop_assert_eq!(parse_integer(&text), parse_integer_model(&text));
+    }
+
+    #[test]
+    fn parse_integer_round_trips((value, text) in integer_text()) {
+        prop_assert_eq!(parse_integer(&text), Some(value), "{:?}", String::from_utf8_lossy(&text));
+    }
+
+    #[test]
+    fn resolve_agrees_with_the_model(vars in [env_value(), env_value(), env_value(), env_value()]) {
+        let names = [rank::AGENT_RANK, rank::RANK, rank::AGENT_RANK_OFFSET, rank::LOCAL_RANK];
+        let env = |name: &str| {
+            names.iter().position(|n| *n == name).and_then(|i| vars[i].clone()).map(OsString::from_vec)
+        };
+        let got = rank::resolve(&env);
+        match (got, resolve_model(&vars)) {
+            (Ok(info), Ok((agent_rank, global_rank, rank_offset, local_rank, method))) => {
+                prop_assert!(info.agent_rank >= 0);
+                prop_assert!(info.local_rank >= 0);
+                prop_assert_eq!(info.device(), format!("cuda:{local_rank}"));
+                prop_assert_eq!(info.method, if vars[0].is_some() { Method::Direct } else { Method::Offset });
+                prop_assert_eq!(
+                    (info.agent_rank, info.global_rank, info.rank_offset, info.local_rank, info.method),
+                    (agent_rank, global_rank, rank_offset, local_rank, method)
+                );
+            }
+            (Err(e), Err(culprits)) => {
+                prop_assert_eq!(e.kind(), ErrorKind::Env);
+                prop_assert!(
+                    culprits.iter().any(|v| names_variable(e.message(), v)),
+                    "message names none of {:?}: {}", culprits, e
+                );
+            }
+            (got, want) => prop_assert!(false, "resolve gave {:?}, the model {:?}", got, want),
+        }
+    }
+
+    #[test]
+    fn path_from_buffer_takes_the_bytes_before_the_first_nul(
+        buffer in prop_oneof![
+            prop::collection::vec(prop::sample::select(b"\0\0/a\xff".to_vec()), 0..24),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ],
+        what in prop::sample::select(vec!["command queue path", "state path"]),
+    ) {
+        match (path_from_buffer(&buffer, what), buffer.iter().position(|&b| b == 0)) {
+            (Ok(path), Some(len)) if len > 0 => prop_assert_eq!(path.as_os_str().as_bytes(), &buffer[..len]),
+            (Err(e), first_nul) => {
+                prop_assert!(!matches!(first_nul, Some(i) if i > 0), "rejected {:?}: {}", buffer, e);
+                prop_assert_eq!(e.kind(), ErrorKind::Naming);
+                prop_assert!(e.message().contains(what), "{}", e);
+            }
+            (Ok(path), _) => prop_assert!(false, "accepted {:?} as {:?}", buffer, path),
+        }
+    }
+
+    #[test]
+    fn validate_accepts_exactly_the_usable_pairs(
+        [command_queue, state] in prop::array::uniform2(prop_oneof![
+            8 => prop::collection::vec(prop::sample::select(b"/a.\0".to_vec()), 0..6),
+            1 => (PATH_BUFFER_CAPACITY - 2..PATH_BUFFER_CAPACITY + 2).prop_map(|n| vec![b'a'; n]),
+            1 => prop::collection::vec(any::<u8>(), 0..32),
+        ])
+    ) {
+        let usable = |p: &[u8]| !p.is_empty() && !p.contains(&0) && p.len() < PATH_BUFFER_CAPACITY;
+        let want_ok = usable(&command_queue)
+            && usable(&state)
+            && Path::new(std::ffi::OsStr::from_bytes(&command_queue)) != Path::new(std::ffi::OsStr::from_bytes(&state));
+        let paths = AgentPaths {
+            command_queue: PathBuf::from(OsString::from_vec(command_queue.clone())),
+            state: PathBuf::from(OsString::from_vec(state.clone())),
+        };
+        match paths.clone().validate() {
+            Ok(same) => {
+                prop_assert!(want_ok, "accepted {:?}", paths);
+                prop_assert_eq!(same, paths);
+            }
+            Err(e) => {
+                prop_assert!(!want_ok, "rejected {:?}: {}", paths, e);
+                prop_assert_eq!(e.kind(), ErrorKind::Naming);
+            }
+        }
+    }
+
+    #[test]
+    fn parse_heartbeat_gives_only_finite_values(
+        raw in prop_oneof![
+            prop::collection::vec(prop::sample::select(b"0123456789.-+eE \t\ninfNaIy_,\xff".to_vec()), 0..32),
+            prop::collection::vec(any::<u8>(), 0..32),
+        ]
+    ) {
+        if let Some(v) = parse_heartbeat(&raw) {
+            prop_assert!(v.is_finite(), "{:?} -> {}", String::from_utf8_lossy(&raw), v);
+        }
+    }
+
+    #[test]
+    fn parse_heartbeat_round_trips_every_finite_float(v in finite_f64(), pre in whitespace(2), post in whitespace(2)) {
+        for text in [format!("{v}"), format!("{v:e}"), format!("{v:E}"), format!("{v:?}")] {
+            let mut raw = pre.clone();
+            raw.extend_from_slice(text.as_bytes());
+            raw.extend_from_slice(&post);
+            let got = parse_heartbeat(&raw);
+            prop_assert_eq!(got.map(f64::to_bits), Some(v.to_bits()), "{:?} -> {:?}", text, got);
+        }
+    }
+
+    #[test]
+    fn commands_decode_to_what_was_encoded(
+        command in owned_command(),
+        timestamp in prop::option::of(any_f64()),
+        semaphore_name in prop::option::of(text()),
+    ) {
+        let bytes = command.borrow().encode(timestamp, semaphore_name.as_deref());
+        let mut rest = bytes.as_slice();
+        let value = rmpv::decode::read_value(&mut rest);
+        prop_assert!(value.is_ok(), "{:?}", value);
+        prop_assert!(rest.is_empty(), "{} bytes after the map", rest.len());
+        let entries = match value {
+            Ok(Value::Map(entries)) => entries,
+            other => return Err(TestCaseError::fail(format!("not a map: {other:?}"))),
+        };
+        let mut want = command.expected_fields();
+        want.push(("timestamp", timestamp.map_or(Expected::Nil, Expected::F64)));
+        want.push(("semaphore_name", semaphore_name.map_or(Expected::Nil, Expected::Str)));
+        let keys: Vec<Option<&str>> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        let want_keys: Vec<Option<&str>> = want.iter().map(|(k, _)| Some(*k)).collect();
+        prop_assert_eq!(keys, want_keys);
+        for ((key, value), (_, expected)) in entries.iter().zip(&want) {
+            prop_assert!(value_is(value, expected), "{}: decoded {:?}, encoded {:?}", key, value, expected);
+        }
+    }
+
+    #[test]
+    fn completion_names_fit_and_keep_contexts_apart(
+        kind in prop::sample::select(vec!["register", "register_tensors", "transfer", "query", "cleanup_batch"]),
+        context in prop_oneof![
+            text(),
+            (200usize..400, any::<char>()).prop_map(|(n, c)| c.to_string().repeat(n)),
+        ],
+        extra in any::<char>(),
+        pid in any::<u32>(),
+        unique in any::<u128>(),
+    ) {
+        let name = completion_name(kind, &context, pid, unique);
+        let head = format!("/command_{kind}_");
+        let tail = format!("_{pid}_{unique:032x}");
+        prop_assert!(name.len() <= 251, "{} bytes: {}", name.len(), name);
+        prop_assert!(name.starts_with(&head), "{}", name);
+        prop_assert!(name.ends_with(&tail), "{}", name);
+        prop_assert_eq!(name.matches('/').count(), 1, "{}", name);
+        prop_assert!(std::str::from_utf8(name.as_bytes()).is_ok());
+        let sanitized: String = context.chars().map(|c| if c == '/' || c == ':' { '_' } else { c }).collect();
+        if head.len() + sanitized.len() + tail.len() <= 251 {
+            prop_assert_eq!(&name, &format!("{head}{sanitized}{tail}"));
+        }
+        // Two contexts that differ (after '/' and ':' become '_') give two names, even when
+        // both are cut to the same prefix: one more char at the end, or the last one changed.
+        let sanitize = |c: char| if c == '/' || c == ':' { '_' } else { c };
+        let longer = format!("{context}{extra}");
+        prop_assert_ne!(&name, &completion_name(kind, &longer, pid, unique), "{:?}", longer);
+        if let Some(last) = context.chars().next_back() {
+            if sanitize(last) != sanitize(extra) {
+                let changed = format!("{}{extra}", &context[..context.len() - last.len_utf8()]);
+                prop_assert_ne!(&name, &completion_name(kind, &changed, pid, unique), "{:?}", changed);
+            }
+        }
+    }
+}
