@@ -164,3 +164,41 @@ fn queue_file_and_semaphores_not_trusted() {
     // Everything trusted again: it works.
     assert!(boot(&paths, 5.0).is_ok());
 }
+
+/// An agent process of another user, whose files were handed to us (chown): refused by the
+/// process check (needs root to switch the agent's uid: the seam CI's root makes possible).
+#[test]
+fn agent_process_of_another_user() {
+    if !root() || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let dir = TempDir::new("otheruid");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let paths = dir.paths();
+    let mut agent = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_etb-dev-agent")])
+        .args(common::agent_args(&paths))
+        .args(["--exit-after", "60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(agent.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("ready"), "{line:?}");
+    // Its files and semaphores, handed to us: only the process remains another user's.
+    let stem = String::from_utf8_lossy(etha_tensor_bus::naming::file_stem(&paths.command_queue)).into_owned();
+    let mut owned: Vec<std::path::PathBuf> = vec![paths.state.clone(), lock_path(&paths.state), paths.command_queue.clone(), lock_path(&paths.command_queue)];
+    for prefix in ["cq_", "cq_space_", "cq_ready_"] {
+        owned.push(Path::new("/dev/shm").join(format!("sem.{prefix}{stem}")));
+    }
+    for p in &owned {
+        chown(p, 0);
+    }
+    let e = boot(&paths, 2.0).err().expect("an agent of another user must be refused");
+    assert_eq!(e.kind(), ErrorKind::Permission, "{e}");
+    assert!(e.message().contains("uid 65534") && e.message().contains(&agent.id().to_string()), "{e}");
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    common::remove_agent_leftovers(&paths);
+}

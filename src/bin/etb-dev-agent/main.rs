@@ -50,15 +50,16 @@ fn run(opts: &Options) -> Result<(), String> {
     queue_leader::clean_stale(&opts.paths.command_queue, &opts.paths.state);
     let queue = if opts.create_queue { Some(queue_leader::QueueLeader::create(&opts.paths.command_queue)?) } else { None };
     let state = state_writer::StateWriter::create(&opts.paths.state)?;
+    // Everything the agent opens is open before it says ready.
+    let mut consumer = match &queue {
+        Some(q) if !opts.faults.no_dequeue => Some(consumer::Consumer::new(q, &opts.faults)?),
+        _ => None,
+    };
     let first_beat = state.beat(opts.heartbeat_offset)?;
     // Nobody may be reading: a closed pipe must not stop the agent.
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready pid={} beat={first_beat}", std::process::id()).and_then(|_| out.flush());
 
-    let mut consumer = match &queue {
-        Some(q) if !opts.faults.no_dequeue => Some(consumer::Consumer::new(q, &opts.faults)?),
-        _ => None,
-    };
     let started = Instant::now();
     while !STOP.load(Ordering::SeqCst) {
         if opts.exit_after.is_some_and(|d| started.elapsed() >= d) {
