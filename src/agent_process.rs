@@ -121,23 +121,24 @@ pub fn has_open_for_writing(pid: i32, dev: u64, ino: u64) -> bool {
     })
 }
 
-/// The agent among the holders of the state LMDB's lock: the only holder, or else the only one
-/// with the state's data file open for writing (workers open it read-only). `Err(n)` when `n`
-/// candidates remain (0: none visible, >1: ambiguous).
+/// The agent among the holders of the state LMDB's lock: the one holder with the state's data
+/// file open for writing (workers open it read-only, and a sharing peer worker holds the same
+/// lock). `Err(n)`: `n` holders, none or several of them verified writers (unidentified).
 pub fn pick_agent(holders: &[i32], data_path: &Path) -> Result<i32, usize> {
     use std::os::unix::fs::MetadataExt;
-    match holders {
+    let Ok(meta) = std::fs::metadata(data_path) else { return Err(holders.len()) };
+    let writers: Vec<i32> = holders.iter().copied().filter(|&p| has_open_for_writing(p, meta.dev(), meta.ino())).collect();
+    match writers.as_slice() {
         [one] => Ok(*one),
-        [] => Err(0),
-        many => {
-            let Ok(meta) = std::fs::metadata(data_path) else { return Err(many.len()) };
-            let writers: Vec<i32> =
-                many.iter().copied().filter(|&p| has_open_for_writing(p, meta.dev(), meta.ino())).collect();
-            match writers.as_slice() {
-                [one] => Ok(*one),
-                _ => Err(many.len()),
-            }
-        }
+        _ => Err(holders.len()),
+    }
+}
+
+/// Whether process `pid` is alive: it exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|c| matches!(c, 'Z' | 'X')),
+        Err(_) => process_exists(pid),
     }
 }
 
@@ -166,7 +167,7 @@ mod tests {
 
     #[test]
     fn picking() {
-        assert_eq!(pick_agent(&[7], Path::new("/nonexistent")), Ok(7));
+        assert_eq!(pick_agent(&[7], Path::new("/nonexistent")), Err(1), "an unverified lone holder is not the agent");
         assert_eq!(pick_agent(&[], Path::new("/nonexistent")), Err(0));
         assert_eq!(pick_agent(&[7, 8], Path::new("/nonexistent")), Err(2));
     }

@@ -25,6 +25,11 @@ use crate::state_db::{StateDb, StateError, HEARTBEAT_FRESH_SECS};
 use crate::timeout::{Deadline, Timeout};
 use crate::trust::TrustPolicy;
 
+thread_local! {
+    /// Why the last `connect` on this thread could not identify the agent (for the ANY warning).
+    static UNIDENTIFIED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// How often the waits poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(1);
 
@@ -143,10 +148,17 @@ pub(crate) fn connect(
     log::trace!("state ready after {:.3} ms", deadline.elapsed_secs() * 1e3);
     let queue = wait_for_queue(&paths.command_queue, state.file_id(), trust, deadline, origin)?;
     log::trace!("queue attached after {:.3} ms", deadline.elapsed_secs() * 1e3);
-    let agent_pid = identify_agent(&state, &paths.state);
-    if let Some(pid) = agent_pid {
-        crate::trust::check_agent_process(pid)?;
-    }
+    let agent_pid = match identify_agent(&state, &paths.state) {
+        Ok(pid) => {
+            crate::trust::check_agent_process(pid)?;
+            Some(pid)
+        }
+        Err(why) => {
+            log::debug!("agent process not identified: {why}");
+            UNIDENTIFIED.with(|u| *u.borrow_mut() = why);
+            None
+        }
+    };
     Ok((state, queue, agent_pid))
 }
 
@@ -291,27 +303,28 @@ fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &str) -> Error
 }
 
 /// The agent's pid: the other process holding LMDB's lock on the state LMDB's lock file that has
-/// the state file open for writing (workers open it read-only); failing that, the only holder.
-fn identify_agent(state: &StateDb, path: &Path) -> Option<i32> {
+/// the state file open for writing (workers, sharing peers among them, open it read-only). A
+/// holder that cannot be verified so (another pid namespace, /proc hidden) leaves the agent
+/// unidentified: `Err` says why.
+fn identify_agent(state: &StateDb, path: &Path) -> std::result::Result<i32, String> {
     // Fast path: the holder F_GETLK names (on the descriptor kept open since before our own
     // open, so our own locks are never dropped), if it has the state file open for writing.
     let candidate = state.lock_holder();
     if let Some(pid) = candidate {
         let id = state.file_id();
         if has_open_for_writing(pid, id.dev, id.ino) {
-            return Some(pid);
+            return Ok(pid);
         }
     }
     // Slow path (reading /proc/locks costs the kernel an RCU grace period: milliseconds).
     match lock_holders(&lock_path(path)) {
-        Holders::Unavailable => candidate,
-        Holders::Pids(pids) => match pick_agent(&pids, path) {
-            Ok(pid) => Some(pid),
-            Err(n) => {
-                log::debug!("agent process not identified: {n} candidate holders of {}'s lock ({pids:?})", path.display());
-                None
-            }
-        },
+        Holders::Unavailable => Err(format!("/proc/locks is unreadable and lock holder {candidate:?} could not be verified")),
+        Holders::Pids(pids) => pick_agent(&pids, path).map_err(|n| match n {
+            0 => "no other process holds the state LMDB's lock in this pid namespace (an agent in another \
+                  container, or one that does not use the lock file)"
+                .to_string(),
+            n => format!("none, or more than one, of the {n} holders of the state LMDB's lock has the state file open for writing ({pids:?})"),
+        }),
     }
 }
 
@@ -322,10 +335,10 @@ pub(crate) fn authorize_agent(agent_pid: Option<i32>, mode: PtraceMode) {
         (PtraceMode::Any, _) => Tracer::Any,
         (PtraceMode::Agent, Some(pid)) => Tracer::Pid(pid),
         (PtraceMode::Agent, None) => {
+            let why = UNIDENTIFIED.with(|u| u.borrow().clone());
             log::warn!(
-                "the agent's process could not be identified (no holder of the state LMDB's lock \
-                 visible from this pid namespace): authorizing every process to ptrace this worker \
-                 (PR_SET_PTRACER_ANY)"
+                "the agent's process could not be identified ({why}): authorizing every process to \
+                 ptrace this worker (PR_SET_PTRACER_ANY); use ETB_PTRACE_NONE and etb_setup_ptrace_pid to choose"
             );
             Tracer::Any
         }

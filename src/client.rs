@@ -9,7 +9,7 @@
 
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::agent_watch::AgentWatch;
 use crate::command_queue::{CommandQueue, EnqueueError};
@@ -99,7 +99,11 @@ pub(crate) struct Settings {
 pub struct Client {
     agent_rank: i64,
     paths: AgentPaths,
-    link: RwLock<ManuallyDrop<Link>>,
+    /// Swapped whole by `reconnect`; each call works on a clone of the Arc, so a reconnect never
+    /// waits for calls in flight (nor they for it).
+    link: RwLock<Arc<Link>>,
+    /// Serializes reconnects.
+    reconnecting: Mutex<()>,
     stable: ManuallyDrop<Stable>,
     owner_pid: u32,
     settings: Settings,
@@ -128,15 +132,16 @@ impl Client {
         Client {
             agent_rank,
             paths,
-            link: RwLock::new(ManuallyDrop::new(Link { state, queue, shared: new_shared(agent_pid) })),
+            link: RwLock::new(Arc::new(Link { state, queue, shared: new_shared(agent_pid) })),
+            reconnecting: Mutex::new(()),
             stable: ManuallyDrop::new(Stable { cuda, _worker_lock: worker_lock }),
             owner_pid: std::process::id(),
             settings,
         }
     }
 
-    fn link(&self) -> RwLockReadGuard<'_, ManuallyDrop<Link>> {
-        self.link.read().unwrap_or_else(|p| p.into_inner())
+    fn link(&self) -> Arc<Link> {
+        self.link.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// After the agent died and a new one started (new files, new heartbeat): validates the new
@@ -145,18 +150,23 @@ impl Client {
     /// pair or batch of the old one: init them again. Until it succeeds, calls keep returning
     /// `AgentDied`. Returns the new agent's pid, when identified.
     pub fn reconnect(&self, timeout: Timeout) -> Result<Option<i32>> {
-        self.link().shared.check_process()?;
+        let start = self.link();
+        start.shared.check_process()?;
+        let _serial = self.reconnecting.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.link();
+        if !Arc::ptr_eq(&current, &start) {
+            // Another thread reconnected while this one waited for its turn.
+            return Ok(current.shared.watch.pid());
+        }
         let deadline = timeout.start();
         let origin = format!("reconnect to agent rank {}", self.agent_rank);
-        let (old_pid, old_state) = {
-            let link = self.link();
-            (link.shared.watch.pid(), link.state.file_id())
-        };
+        let (old_pid, old_state) = (start.shared.watch.pid(), start.state.file_id());
         // A dead agent's files stay behind with a heartbeat younger than 5 s for a while: a new
-        // agent is a live process other than the old one, or (when it cannot be identified) new files.
+        // agent is a live process other than the old one (verified as the state's writer), or,
+        // when it cannot be identified, new files.
         let (state, queue, agent_pid) = loop {
             let (state, queue, pid) = crate::bootstrap::connect(&self.paths, self.settings.trust, &deadline, &origin)?;
-            let new_process = pid.is_some_and(|p| Some(p) != old_pid && crate::agent_process::process_exists(p));
+            let new_process = pid.is_some_and(|p| Some(p) != old_pid && crate::agent_process::process_alive(p));
             if new_process || (pid.is_none() && state.file_id() != old_state) {
                 break (state, queue, pid);
             }
@@ -173,14 +183,12 @@ impl Client {
             }
         };
         crate::bootstrap::authorize_agent(agent_pid, self.settings.ptrace_mode);
-        let fresh = ManuallyDrop::new(Link { state, queue, shared: new_shared(agent_pid) });
-        let old = {
-            let mut guard = self.link.write().unwrap_or_else(|p| p.into_inner());
-            std::mem::replace(&mut *guard, fresh)
-        };
-        // The old agent's completions see it dead; its environments close here.
+        let fresh = Arc::new(Link { state, queue, shared: new_shared(agent_pid) });
+        let old = std::mem::replace(&mut *self.link.write().unwrap_or_else(|p| p.into_inner()), fresh);
+        // The old agent's completions and calls in flight see it dead; its environments close
+        // when the last call using them ends.
         old.shared.died.store(true, Ordering::Release);
-        drop(ManuallyDrop::into_inner(old));
+        drop(old);
         log::info!("reconnected to agent rank {} (pid {agent_pid:?})", self.agent_rank);
         Ok(agent_pid)
     }
@@ -484,13 +492,12 @@ impl Drop for Client {
         let link = self.link.get_mut().unwrap_or_else(|p| p.into_inner());
         link.shared.closed.store(true, Ordering::Release);
         if std::process::id() == self.owner_pid {
-            // SAFETY: dropped exactly once, here; nothing uses them afterwards.
-            unsafe {
-                ManuallyDrop::drop(link);
-                ManuallyDrop::drop(&mut self.stable);
-            }
+            // SAFETY: dropped exactly once, here; nothing uses it afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.stable) };
+        } else {
+            // In a forked child the handles are the parent's: forget them (leak the copies).
+            std::mem::forget(link.clone());
         }
-        // In a forked child the handles are the parent's: forget them (leak the copies).
     }
 }
 

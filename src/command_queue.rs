@@ -136,6 +136,12 @@ impl CommandQueue {
             Err(e) => Err(AttachError::Semaphore(display(name), e)),
         };
         let (items, space) = (open(&names.items)?, open(&names.space)?);
+        // A semaphore missing at the check could have been made by someone else before the open.
+        for name in [&names.items, &names.space] {
+            if let Err(Distrust::Permission(m) | Distrust::NotRegular(m)) = check_semaphore(name, policy) {
+                return Err(AttachError::Permission(m));
+            }
+        }
         let (items, space) = match (items, space) {
             (Some(i), Some(s)) => (i, s),
             (i, s) => {
@@ -156,14 +162,23 @@ impl CommandQueue {
             Distrust::NotRegular(m) => AttachError::NotLmdb(m),
             Distrust::Permission(m) => AttachError::Permission(m),
         };
-        check_file(path, "agent command queue LMDB", policy).map_err(distrust)?;
+        let st = check_file(path, "agent command queue LMDB", policy).map_err(distrust)?;
+        if st.st_mode & 0o044 != 0 {
+            log::warn!(
+                "the command queue {} is readable by {} (mode {:04o}): every command, CUDA IPC handles \
+                 included, can be read there; the agent should create it with mode 0600",
+                path.display(),
+                if st.st_mode & 0o004 != 0 { "every user" } else { "its group" },
+                st.st_mode & 0o7777
+            );
+        }
         let (Some(meta), Some(id)) = (meta, id) else { return Err(AttachError::MissingFile) };
         if meta.len() == 0 {
             return Err(AttachError::MissingFile);
         }
         check_file(&lock_path(path), "agent command queue lock file", policy).map_err(distrust)?;
         let env = QUEUE_ENVS.get_or_open(id, || {
-            crate::lmdb_file::check_data_file(path).map_err(AttachError::NotLmdb)?;
+            crate::lmdb_file::check_data_file(path, Some((id.dev, id.ino))).map_err(AttachError::NotLmdb)?;
             let options = EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: MAP_SIZE, max_dbs: 2 };
             let env = Environment::open(path, &options).map_err(AttachError::Lmdb)?;
             if env.fd().ok().and_then(|fd| FileId::of_fd(fd).ok()) != Some(id) {

@@ -39,7 +39,7 @@ pub fn check_meta(page: &[u8], which: usize) -> Result<u32, String> {
 
 /// Checks `path` is a plausible LMDB data file: a regular file of at least two pages whose two
 /// meta pages carry LMDB's magic and version and agree on a sane page size.
-pub fn check_data_file(path: &Path) -> Result<(), String> {
+pub fn check_data_file(path: &Path, expected: Option<(u64, u64)>) -> Result<(), String> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
@@ -48,6 +48,12 @@ pub fn check_data_file(path: &Path) -> Result<(), String> {
     let meta = file.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
     if !meta.file_type().is_file() {
         return Err(format!("{} is not a regular file", path.display()));
+    }
+    {
+        use std::os::unix::fs::MetadataExt;
+        if expected.is_some_and(|(dev, ino)| (meta.dev(), meta.ino()) != (dev, ino)) {
+            return Err(format!("{} was replaced while it was being checked", path.display()));
+        }
     }
     let mut first = [0u8; 64];
     let n = file.read_at(&mut first, 0).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -76,12 +82,12 @@ mod tests {
         let path = dir.join("x.lmdb");
         let opts = EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: 1 << 20, max_dbs: 2 };
         drop(Environment::open(&path, &opts).unwrap());
-        check_data_file(&path).unwrap();
+        check_data_file(&path, None).unwrap();
         let good = std::fs::read(&path).unwrap();
         let damaged = |name: &str, bytes: &[u8]| {
             let p = dir.join(name);
             std::fs::write(&p, bytes).unwrap();
-            check_data_file(&p).unwrap_err()
+            check_data_file(&p, None).unwrap_err()
         };
         assert!(damaged("empty", b"").contains("truncated"));
         assert!(damaged("short", &good[..100]).contains("two"));
@@ -95,9 +101,13 @@ mod tests {
         bad[40..44].copy_from_slice(&3000u32.to_ne_bytes());
         assert!(damaged("psize", &bad).contains("page size"));
         let random: Vec<u8> = (0..20000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        assert!(check_data_file(&{ std::fs::write(dir.join("random"), &random).unwrap(); dir.join("random") }).is_err());
-        assert!(check_data_file(Path::new("/dev/zero")).is_err());
-        assert!(check_data_file(&dir).is_err());
+        assert!(check_data_file(&{ std::fs::write(dir.join("random"), &random).unwrap(); dir.join("random") }, None).is_err());
+        assert!(check_data_file(Path::new("/dev/zero"), None).is_err());
+        assert!(check_data_file(&dir, None).is_err());
+        let other = dir.join("other");
+        std::fs::copy(&path, &other).unwrap();
+        let id = std::fs::metadata(&path).map(|m| { use std::os::unix::fs::MetadataExt; (m.dev(), m.ino()) }).unwrap();
+        assert!(check_data_file(&other, Some(id)).unwrap_err().contains("replaced"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::agent_process::process_exists;
+use crate::agent_process::process_alive;
 
 use crate::error::{errno_text, last_errno, Error, ErrorKind, Result};
 
@@ -33,18 +33,33 @@ pub enum Outcome {
     NoYama,
 }
 
-/// What this process has authorized so far: the kernel keeps one tracer per process.
-static GRANTED: Mutex<Option<Tracer>> = Mutex::new(None);
+/// What this process has authorized so far (the kernel keeps one tracer per process), and which
+/// process that is: a forked child inherits this static but not the kernel's setting.
+static GRANTED: Mutex<(u32, Option<Tracer>)> = Mutex::new((0, None));
+
+fn granted() -> std::sync::MutexGuard<'static, (u32, Option<Tracer>)> {
+    let mut g = GRANTED.lock().unwrap_or_else(|p| p.into_inner());
+    let me = std::process::id();
+    if g.0 != me {
+        *g = (me, None);
+    }
+    g
+}
+
+/// What this process has authorized (for tests and diagnostics).
+pub fn current_grant() -> Option<Tracer> {
+    granted().1
+}
 
 /// Authorizes `tracer` without taking back what this process granted before: `PR_SET_PTRACER`
 /// holds one value per process, so authorizing a second agent's pid would silently revoke the
 /// first (while it lives, both get ANY, with a warning), and authorizing one pid would narrow an
 /// earlier ANY (which is then kept).
 pub fn grant(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
-    let mut granted = GRANTED.lock().unwrap_or_else(|p| p.into_inner());
-    let effective = match (*granted, tracer) {
+    let mut granted = granted();
+    let effective = match (granted.1, tracer) {
         (Some(Tracer::Any), _) => Tracer::Any,
-        (Some(Tracer::Pid(old)), Tracer::Pid(new)) if old != new && process_exists(old) => {
+        (Some(Tracer::Pid(old)), Tracer::Pid(new)) if old != new && process_alive(old) => {
             log::warn!(
                 "this process already lets agent pid {old} ptrace it and now needs pid {new} too; the \
                  kernel keeps one tracer per process, so every process is authorized (PR_SET_PTRACER_ANY)"
@@ -53,20 +68,20 @@ pub fn grant(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
         }
         (_, wanted) => wanted,
     };
-    if *granted == Some(effective) {
-        // Already in force: the kernel keeps it until changed.
+    if granted.1 == Some(effective) {
+        // Already in force in this process: the kernel keeps it until changed.
         return Ok(Outcome::Authorized);
     }
     let outcome = authorize(effective, yama_dir)?;
-    *granted = Some(effective);
+    granted.1 = Some(effective);
     Ok(outcome)
 }
 
 /// Sets exactly `tracer`, replacing what this process granted before (an explicit choice).
 pub fn set(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
-    let mut granted = GRANTED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut granted = granted();
     let outcome = authorize(tracer, yama_dir)?;
-    *granted = Some(tracer);
+    granted.1 = Some(tracer);
     Ok(outcome)
 }
 
@@ -140,20 +155,23 @@ mod tests {
     #[test]
     fn grants_never_narrow_or_revoke() {
         let dir = Path::new(YAMA_DIR);
-        *GRANTED.lock().unwrap() = None;
+        *GRANTED.lock().unwrap() = (std::process::id(), None);
         let me = std::process::id() as i32;
         grant(Tracer::Pid(me), dir).unwrap();
-        assert_eq!(*GRANTED.lock().unwrap(), Some(Tracer::Pid(me)));
+        assert_eq!(current_grant(), Some(Tracer::Pid(me)));
         grant(Tracer::Pid(me), dir).unwrap();
-        assert_eq!(*GRANTED.lock().unwrap(), Some(Tracer::Pid(me)), "same pid again: unchanged");
+        assert_eq!(current_grant(), Some(Tracer::Pid(me)), "same pid again: unchanged");
         grant(Tracer::Pid(1), dir).unwrap();
-        assert_eq!(*GRANTED.lock().unwrap(), Some(Tracer::Any), "a second live agent widens to ANY");
+        assert_eq!(current_grant(), Some(Tracer::Any), "a second live agent widens to ANY");
         grant(Tracer::Pid(me), dir).unwrap();
-        assert_eq!(*GRANTED.lock().unwrap(), Some(Tracer::Any), "ANY is never narrowed");
-        *GRANTED.lock().unwrap() = Some(Tracer::Pid(i32::MAX));
+        assert_eq!(current_grant(), Some(Tracer::Any), "ANY is never narrowed");
+        *GRANTED.lock().unwrap() = (std::process::id(), Some(Tracer::Pid(i32::MAX)));
         grant(Tracer::Pid(me), dir).unwrap();
-        assert_eq!(*GRANTED.lock().unwrap(), Some(Tracer::Pid(me)), "a dead earlier agent is replaced");
-        *GRANTED.lock().unwrap() = None;
+        assert_eq!(current_grant(), Some(Tracer::Pid(me)), "a dead earlier agent is replaced");
+        // A forked child starts with nothing granted, whatever the parent did.
+        *GRANTED.lock().unwrap() = (1, Some(Tracer::Any));
+        assert_eq!(current_grant(), None);
+        *GRANTED.lock().unwrap() = (std::process::id(), None);
     }
 
     #[test]

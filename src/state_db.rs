@@ -101,7 +101,7 @@ impl StateDb {
         })?;
         let id = FileId { dev: st.st_dev, ino: st.st_ino };
         let env = STATE_ENVS.get_or_open(id, || {
-            lmdb_file::check_data_file(path).map_err(StateError::NotLmdb)?;
+            lmdb_file::check_data_file(path, Some((id.dev, id.ino))).map_err(StateError::NotLmdb)?;
             match check_file(&lock_path(path), "agent state LMDB lock file", policy) {
                 Ok(_) | Err(Distrust::Missing) => {}
                 Err(Distrust::NotRegular(m)) => return Err(StateError::NotLmdb(m)),

@@ -86,8 +86,41 @@ pub fn check_owner_and_mode(st: &libc::stat, what: &str, policy: TrustPolicy) ->
     Ok(())
 }
 
-/// Checks a file the library is about to open: a regular file (not a symlink) that we trust.
+/// Checks the folder holding `path`: owned by us or root, and not writable by others (nor by the
+/// group, unless allowed) unless it is sticky (like /tmp): otherwise another user could swap the
+/// files between our checks and LMDB's own opens.
+pub fn check_folder(path: &Path, what: &str, policy: TrustPolicy) -> Result<(), Distrust> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let c = CString::new(folder.as_os_str().as_bytes()).map_err(|_| Distrust::Missing)?;
+    // SAFETY: plain data out-parameter; stat follows symlinks: the folder actually used is checked.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::stat(c.as_ptr(), &mut st) } != 0 {
+        return Err(Distrust::Missing);
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let mode = st.st_mode & 0o7777;
+    let sticky = mode & libc::S_ISVTX != 0;
+    let detail = || format!("the folder {} of {what} is owned by uid {} with mode {:04o}", folder.display(), st.st_uid, mode);
+    if st.st_uid != euid && st.st_uid != 0 {
+        return Err(Distrust::Permission(format!("{}: it must belong to this user (uid {euid}) or to root", detail())));
+    }
+    if !sticky && mode & 0o002 != 0 {
+        return Err(Distrust::Permission(format!("{}: writable by every user and not sticky; refusing it", detail())));
+    }
+    if !sticky && mode & 0o020 != 0 && !(policy.allow_shared_group && our_groups().contains(&st.st_gid)) {
+        return Err(Distrust::Permission(format!("{}: writable by its group and not sticky", detail())));
+    }
+    Ok(())
+}
+
+/// Checks a file the library is about to open: in a trusted folder, a regular file (not a
+/// symlink) that we trust.
 pub fn check_file(path: &Path, what: &str, policy: TrustPolicy) -> Result<libc::stat, Distrust> {
+    check_folder(path, what, policy)?;
     let st = match lstat(path) {
         Ok(st) => st,
         // A name too long to exist is as missing as an absent one (the open reports the length).
@@ -114,7 +147,8 @@ pub fn check_file(path: &Path, what: &str, policy: TrustPolicy) -> Result<libc::
     Ok(st)
 }
 
-/// Checks a POSIX named semaphore through its file in /dev/shm (glibc: `sem.{name}`).
+/// Checks a POSIX named semaphore through its file in /dev/shm (glibc: `sem.{name}`; /dev/shm
+/// itself is root's and sticky).
 pub fn check_semaphore(name: &[u8], policy: TrustPolicy) -> Result<(), Distrust> {
     let file = [b"/dev/shm/sem.", name.strip_prefix(b"/").unwrap_or(name)].concat();
     let path = Path::new(std::ffi::OsStr::from_bytes(&file));

@@ -92,7 +92,12 @@ pub fn acquire(state: &Path, shared: bool, policy: TrustPolicy) -> Result<Worker
             }
             check_file(&path, "worker lock file", policy).map_err(|d| permission(d.into_error().message().to_owned()))?
         }
-        Err(d) => return Err(permission(d.into_error().message().to_owned())),
+        Err(d) => {
+            return Err(permission(format!(
+                "{}; it may have been left by another user's job: that user or root must remove it",
+                d.into_error().message()
+            )))
+        }
     };
     let id = FileId { dev: st.st_dev, ino: st.st_ino };
     let mut created = false;

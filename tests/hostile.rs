@@ -174,7 +174,8 @@ fn agent_process_of_another_user() {
         return;
     }
     let dir = TempDir::new("otheruid");
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Sticky, like /tmp: the other user may create files there but not replace ours.
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let paths = dir.paths();
     let mut agent = std::process::Command::new("/usr/bin/setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_etb-dev-agent")])
@@ -201,4 +202,70 @@ fn agent_process_of_another_user() {
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let _ = agent.wait();
     common::remove_agent_leftovers(&paths);
+}
+
+/// The folder of the files: another user's, or writable by everyone without the sticky bit.
+#[test]
+fn untrusted_folders() {
+    let dir = TempDir::new("folder");
+    let paths = dir.paths();
+    state_file(&paths.state, Some(format!("{}", now()).as_bytes()), true);
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    expect(&paths, ErrorKind::Permission, "not sticky", false);
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // Sticky: trusted; the bootstrap goes on to wait for the queue that is not there.
+    expect(&paths, ErrorKind::AgentNotFound, "queue", true);
+    if root() {
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown(&dir.0, 65534);
+        expect(&paths, ErrorKind::Permission, "folder", false);
+        chown(&dir.0, 0);
+    }
+}
+
+/// Hostile things at the queue's paths (with a valid state, fresh heartbeat, and the queue's
+/// semaphores present): refused without a crash or a hang.
+#[test]
+fn hostile_queue_files() {
+    use etha_tensor_bus::command_queue::QueueNames;
+    use etha_tensor_bus::semaphore::NamedSemaphore;
+    let dir = TempDir::new("hostq2");
+    let paths = dir.paths();
+    let names = QueueNames::for_path(&paths.command_queue);
+    let _sems: Vec<NamedSemaphore> = [&names.items, &names.space]
+        .iter()
+        .map(|n| NamedSemaphore::create(n, 0o600, 1, true).unwrap())
+        .collect();
+    let reset = |what: &str| {
+        let _ = std::fs::remove_file(&paths.command_queue);
+        let _ = std::fs::remove_file(lock_path(&paths.command_queue));
+        let _ = std::fs::remove_dir(&paths.command_queue);
+        state_file(&paths.state, Some(format!("{}", now()).as_bytes()), true);
+        what.to_string()
+    };
+    reset("fifo");
+    mkfifo(&paths.command_queue);
+    std::fs::write(lock_path(&paths.command_queue), b"").unwrap();
+    std::fs::set_permissions(lock_path(&paths.command_queue), std::fs::Permissions::from_mode(0o600)).unwrap();
+    expect(&paths, ErrorKind::Lmdb, "not a regular file", true);
+    reset("random");
+    let random: Vec<u8> = (0..32768u32).map(|i| (i.wrapping_mul(2246822519) >> 9) as u8).collect();
+    std::fs::write(&paths.command_queue, random).unwrap();
+    std::fs::set_permissions(&paths.command_queue, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(lock_path(&paths.command_queue), b"").unwrap();
+    std::fs::set_permissions(lock_path(&paths.command_queue), std::fs::Permissions::from_mode(0o600)).unwrap();
+    expect(&paths, ErrorKind::Lmdb, "not an LMDB file", true);
+    reset("lock fifo");
+    state_file(&paths.command_queue, None, false);
+    std::fs::remove_file(lock_path(&paths.command_queue)).unwrap();
+    mkfifo(&lock_path(&paths.command_queue));
+    expect(&paths, ErrorKind::Lmdb, "not a regular file", true);
+    reset("lock symlink");
+    state_file(&paths.command_queue, None, false);
+    std::fs::remove_file(lock_path(&paths.command_queue)).unwrap();
+    std::os::unix::fs::symlink("/dev/null", lock_path(&paths.command_queue)).unwrap();
+    expect(&paths, ErrorKind::Permission, "symbolic link", false);
+    for n in [&names.items, &names.space] {
+        NamedSemaphore::unlink(n).unwrap();
+    }
 }

@@ -161,12 +161,19 @@ def sanitizer_and_valgrind_tests():
           "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite"]
     for stem in ("test_bootstrap", "test_commands"):
         judge(f"{stem} under valgrind memcheck", run([*vg, str(BUILD / f"{stem}_c")], env=env, timeout=1800))
-    out = run(["cargo", "test", "--lib", "--no-run", "--message-format=json"])
-    exes = [m["executable"] for m in map(json.loads, out.stdout.splitlines()) if m.get("executable")]
-    if exes:
-        judge("the library's unit tests under valgrind memcheck", run([*vg, exes[0], "--test-threads", "2"], env=env, timeout=1800))
-    else:
-        count("find the unit-test binary", 0, 1)
+    out = run(["cargo", "test", "--no-run", "--message-format=json"])
+    found = {}
+    for m in map(json.loads, out.stdout.splitlines()):
+        if m.get("executable") and m.get("profile", {}).get("test"):
+            kinds, name = m["target"]["kind"], m["target"]["name"]
+            found["lib" if {"lib", "rlib", "cdylib", "staticlib"} & set(kinds) else name] = m["executable"]
+    # The unit tests and the integration tests of bootstrap and of hostile inputs.
+    for name in ("lib", "bootstrap", "hostile"):
+        if name not in found:
+            count(f"find the {name} test binary", 0, 1)
+            continue
+        judge(f"cargo test binary {name} under valgrind memcheck",
+              run([*vg, found[name], "--test-threads", "2"], env=env, timeout=1800))
 
 
 def cpp_wrapper_tests():

@@ -4,6 +4,7 @@ LMDB environments open with locking."""
 import ctypes
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -252,3 +253,49 @@ def test_agent_pid_with_another_worker_attached(lib, env, python_agent):
     finally:
         other.stdin.close()
         other.wait(timeout=10)
+
+
+HOLDER = """
+import ctypes, os, sys, time
+sys.path.insert(0, sys.argv[2])
+from conftest import BootstrapOptions
+lib = ctypes.CDLL(sys.argv[1]); P = ctypes.c_void_p; c = P(); i = P()
+o = BootstrapOptions()
+lib.etb_bootstrap_options_init(ctypes.byref(o))
+o.connection_timeout_s = 10.0
+f = lib.etb_bootstrap_client_ex; f.argtypes = [ctypes.POINTER(BootstrapOptions), ctypes.POINTER(P), ctypes.POINTER(P)]
+assert f(ctypes.byref(o), ctypes.byref(c), ctypes.byref(i)) == 0
+child = os.fork()
+if child == 0:
+    time.sleep(3)       # a data-loader child, forked without exec, outliving its parent
+    os._exit(0)
+print(child, flush=True)
+os._exit(0)             # the worker dies without closing its client
+"""
+
+
+def test_worker_lock_is_not_inherited_by_a_forked_child(lib, env, python_agent):
+    """The one-worker lock is a POSIX record lock: a child forked without exec does not keep it
+    when its parent (the worker) dies, so the next worker gets in (flock would keep it)."""
+    from conftest import library_path
+
+    rank = unique_rank()
+    python_agent(rank)
+    env.setenv("AGENT_RANK", str(rank))
+    env.setenv("RANK", "0")
+    out = subprocess.run([__import__("sys").executable, "-c", HOLDER, library_path(), os.path.dirname(__file__)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    child = int(out.stdout.split()[0])
+    os.kill(child, 0)  # the forked child is still alive, holding copies of the parent's descriptors
+    status, client, info = bootstrap(lib)
+    assert status == OK, last_error(lib)
+    lib.etb_client_close(client)
+    lib.etb_info_free(info)
+    deadline = time.monotonic() + 10  # let the child finish before the agent goes
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+            time.sleep(0.1)
+        except ProcessLookupError:
+            break
