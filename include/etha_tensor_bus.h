@@ -15,6 +15,18 @@
  *    each function says how long they stay valid.
  *  - No function aborts the process or lets a panic escape: an internal bug is ETB_ERR_PANIC.
  *  - Logging goes to stderr through ETB_LOG (error, warn (default), info, debug, trace).
+ *
+ * Commands (etb_client_init_pair ... etb_client_transfer_detached, etb_completion_*):
+ *  - `client` must come from etb_bootstrap_client(_ex) and not be closed; any thread may call,
+ *    also several at once on one client. In a process forked after bootstrap: ETB_ERR_FORKED.
+ *  - Strings are NUL-terminated UTF-8 (else ETB_ERR_INVALID_ARGUMENT), never NULL
+ *    (ETB_ERR_NULL_ARGUMENT), borrowed for the call. Payloads: NULL with length 0 is absent
+ *    (nil), non-NULL with length 0 is empty, NULL with a length is ETB_ERR_NULL_ARGUMENT.
+ *  - timeout_s: finite >= 0 or INFINITY; one deadline covers the wait for queue space and the
+ *    wait for the completion; 0 makes one non-blocking attempt at each. Past it:
+ *    ETB_ERR_QUEUE_FULL (nothing enqueued) or ETB_ERR_TIMEOUT (enqueued, not acknowledged).
+ *  - An agent that exits during a wait gives ETB_ERR_AGENT_DIED at once (within ~10 ms), and so
+ *    does every later call until etb_client_reconnect succeeds.
  */
 
 #ifndef ETHA_TENSOR_BUS_H
@@ -396,7 +408,8 @@ void *etb_client_cuda_context(const struct EtbClient *client);
 /**
  * Makes the client's CUDA context current on the calling thread (current contexts are per
  * thread: call it on each thread that launches work). `ETB_ERR_CUDA` when the client is not
- * bound to a GPU or the driver fails; `ETB_ERR_FORKED` in a forked child. Thread-safe.
+ * bound to a GPU or the driver fails; `ETB_ERR_FORKED` in a forked child; `client` NULL:
+ * `ETB_ERR_NULL_ARGUMENT`. Thread-safe.
  */
 EtbStatus etb_client_bind_current_thread(const struct EtbClient *client);
 
@@ -408,7 +421,8 @@ EtbStatus etb_client_bind_current_thread(const struct EtbClient *client);
  * `timeout_s` (rules of `etb_bootstrap_client`) for the new agent. The new agent knows none of
  * the old one's pairs or batches: init them again. Until a reconnect succeeds, calls on the
  * client keep returning `ETB_ERR_AGENT_DIED`; completions issued before it report the old agent
- * dead. Thread-safe: other calls on the client wait while the new agent is swapped in.
+ * dead. `client` NULL: `ETB_ERR_NULL_ARGUMENT`. Thread-safe: calls in flight finish on the old
+ * agent, later ones use the new one; concurrent reconnects are serialized.
  */
 EtbStatus etb_client_reconnect(struct EtbClient *client, double timeout_s);
 
@@ -418,6 +432,7 @@ EtbStatus etb_client_reconnect(struct EtbClient *client, double timeout_s);
  * pair as matched (`pair:{pair_name}/state:match`), else `ETB_ERR_PAIR_NOT_MATCHED`.
  * `expected_world_size` must be >= 1. The payloads are the pickled mesh shape and placements,
  * or NULL/0 for none.
+ * Blocks as the command conventions at the top of the header say; thread-safe.
  */
 EtbStatus etb_client_init_pair(struct EtbClient *client,
                                const char *pair_name,
@@ -433,6 +448,7 @@ EtbStatus etb_client_init_pair(struct EtbClient *client,
 /**
  * Sends `RegisterTensors` and waits for it. `tensors` points to `tensor_count` entries (NULL
  * only when the count is 0); `bucket_size` <= 0 sends nil (the agent's default).
+ * Blocks as the command conventions at the top of the header say; thread-safe.
  */
 EtbStatus etb_client_register_tensors(struct EtbClient *client,
                                       const char *batch_id,
@@ -444,6 +460,7 @@ EtbStatus etb_client_register_tensors(struct EtbClient *client,
 /**
  * Sends `Transfer` (`ETB_TRANSFER_SEND` or `ETB_TRANSFER_RECV`) and waits until the agent
  * acknowledges it (after its NCCL send or recv of the whole batch).
+ * Blocks as the command conventions at the top of the header say; thread-safe.
  */
 EtbStatus etb_client_transfer(struct EtbClient *client,
                               const char *batch_id,
@@ -453,6 +470,7 @@ EtbStatus etb_client_transfer(struct EtbClient *client,
 /**
  * Sends `QueryStatus` for the batch's transfer signal, waits for it, and writes the signal the
  * agent recorded to `*signal_out` (false when absent, as the reference). `signal_out` required.
+ * Blocks as the command conventions at the top of the header say; thread-safe.
  */
 EtbStatus etb_client_query_transfer_signal(struct EtbClient *client,
                                            const char *batch_id,
@@ -461,6 +479,7 @@ EtbStatus etb_client_query_transfer_signal(struct EtbClient *client,
 
 /**
  * Sends `CleanupBatch` and waits for it: the agent forgets the batch.
+ * Blocks as the command conventions at the top of the header say; thread-safe.
  */
 EtbStatus etb_client_cleanup_batch(struct EtbClient *client,
                                    const char *batch_id,
@@ -485,6 +504,7 @@ EtbStatus etb_client_transfer_async(struct EtbClient *client,
 /**
  * Sends `Transfer` with no completion semaphore (`semaphore_name` nil): fire and forget,
  * nothing to wait on. `timeout_s` bounds the wait for queue space.
+ * Blocks as the command conventions at the top of the header say; thread-safe.
  */
 EtbStatus etb_client_transfer_detached(struct EtbClient *client,
                                        const char *batch_id,

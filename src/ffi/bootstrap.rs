@@ -378,7 +378,8 @@ pub unsafe extern "C" fn etb_client_cuda_context(client: *const EtbClient) -> *m
 
 /// Makes the client's CUDA context current on the calling thread (current contexts are per
 /// thread: call it on each thread that launches work). `ETB_ERR_CUDA` when the client is not
-/// bound to a GPU or the driver fails; `ETB_ERR_FORKED` in a forked child. Thread-safe.
+/// bound to a GPU or the driver fails; `ETB_ERR_FORKED` in a forked child; `client` NULL:
+/// `ETB_ERR_NULL_ARGUMENT`. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn etb_client_bind_current_thread(client: *const EtbClient) -> EtbStatus {
     call("etb_client_bind_current_thread", || {
@@ -395,7 +396,8 @@ pub unsafe extern "C" fn etb_client_bind_current_thread(client: *const EtbClient
 /// `timeout_s` (rules of `etb_bootstrap_client`) for the new agent. The new agent knows none of
 /// the old one's pairs or batches: init them again. Until a reconnect succeeds, calls on the
 /// client keep returning `ETB_ERR_AGENT_DIED`; completions issued before it report the old agent
-/// dead. Thread-safe: other calls on the client wait while the new agent is swapped in.
+/// dead. `client` NULL: `ETB_ERR_NULL_ARGUMENT`. Thread-safe: calls in flight finish on the old
+/// agent, later ones use the new one; concurrent reconnects are serialized.
 #[no_mangle]
 pub unsafe extern "C" fn etb_client_reconnect(client: *mut EtbClient, timeout_s: f64) -> EtbStatus {
     call("etb_client_reconnect", || {

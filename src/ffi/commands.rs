@@ -48,6 +48,7 @@ fn client_ref<'a>(function: &str, ptr: *const EtbClient) -> Result<&'a EtbClient
 /// pair as matched (`pair:{pair_name}/state:match`), else `ETB_ERR_PAIR_NOT_MATCHED`.
 /// `expected_world_size` must be >= 1. The payloads are the pickled mesh shape and placements,
 /// or NULL/0 for none.
+/// Blocks as the command conventions at the top of the header say; thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn etb_client_init_pair(
     client: *mut EtbClient,
@@ -74,6 +75,7 @@ pub unsafe extern "C" fn etb_client_init_pair(
 
 /// Sends `RegisterTensors` and waits for it. `tensors` points to `tensor_count` entries (NULL
 /// only when the count is 0); `bucket_size` <= 0 sends nil (the agent's default).
+/// Blocks as the command conventions at the top of the header say; thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn etb_client_register_tensors(
     client: *mut EtbClient,
@@ -106,6 +108,7 @@ pub unsafe extern "C" fn etb_client_register_tensors(
 
 /// Sends `Transfer` (`ETB_TRANSFER_SEND` or `ETB_TRANSFER_RECV`) and waits until the agent
 /// acknowledges it (after its NCCL send or recv of the whole batch).
+/// Blocks as the command conventions at the top of the header say; thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn etb_client_transfer(
     client: *mut EtbClient,
@@ -123,6 +126,7 @@ pub unsafe extern "C" fn etb_client_transfer(
 
 /// Sends `QueryStatus` for the batch's transfer signal, waits for it, and writes the signal the
 /// agent recorded to `*signal_out` (false when absent, as the reference). `signal_out` required.
+/// Blocks as the command conventions at the top of the header say; thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn etb_client_query_transfer_signal(
     client: *mut EtbClient,
@@ -145,6 +149,7 @@ pub unsafe extern "C" fn etb_client_query_transfer_signal(
 }
 
 /// Sends `CleanupBatch` and waits for it: the agent forgets the batch.
+/// Blocks as the command conventions at the top of the header say; thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn etb_client_cleanup_batch(client: *mut EtbClient, batch_id: *const libc::c_char, timeout_s: f64) -> EtbStatus {
     const F: &str = "etb_client_cleanup_batch";
@@ -187,6 +192,7 @@ pub unsafe extern "C" fn etb_client_transfer_async(
 
 /// Sends `Transfer` with no completion semaphore (`semaphore_name` nil): fire and forget,
 /// nothing to wait on. `timeout_s` bounds the wait for queue space.
+/// Blocks as the command conventions at the top of the header say; thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn etb_client_transfer_detached(
     client: *mut EtbClient,
