@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use etha_tensor_bus::commands::{Command, TransferKind};
+
 use etha_tensor_bus::completion::completion_name;
 use etha_tensor_bus::naming::{path_from_buffer, AgentPaths, PATH_BUFFER_CAPACITY};
 use etha_tensor_bus::rank::{self, parse_integer, Method};
@@ -23,7 +23,7 @@ use proptest::prelude::*;
 #[path = "../fuzz/src/models.rs"]
 #[allow(dead_code)] // the fuzz targets use the rest
 mod models;
-use models::{names_variable, parse_integer_model, resolve_model, WS};
+use models::{names_variable, parse_integer_model, resolve_model, value_is, Expected, OwnedCommand, WS};
 use proptest::test_runner::RngSeed;
 use rmpv::Value;
 
@@ -132,95 +132,7 @@ fn finite_f64() -> impl Strategy<Value = f64> {
     .prop_filter("finite", |v| v.is_finite())
 }
 
-/// An owned command, borrowed as a `Command` for encoding.
-#[derive(Debug, Clone)]
-enum OwnedCommand {
-    Transfer { batch_id: String, send: bool },
-    RegisterTensors { batch_id: String, tensors: Vec<(String, Vec<u8>)>, bucket_size: Option<i64> },
-    InitPair {
-        pair_name: String,
-        local_name: String,
-        expected_world_size: i64,
-        remote_name: String,
-        mesh_shape_payload: Option<Vec<u8>>,
-        placements_payload: Option<Vec<u8>>,
-    },
-    QueryStatus { batch_id: String, state_name: String },
-    CleanupBatch { batch_id: String },
-}
 
-impl OwnedCommand {
-    fn borrow(&self) -> Command<'_> {
-        match self {
-            OwnedCommand::Transfer { batch_id, send } => Command::Transfer {
-                batch_id,
-                transfer_type: if *send { TransferKind::Send } else { TransferKind::Recv },
-            },
-            OwnedCommand::RegisterTensors { batch_id, tensors, bucket_size } => Command::RegisterTensors {
-                batch_id,
-                tensors: tensors.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect(),
-                bucket_size: *bucket_size,
-            },
-            OwnedCommand::InitPair {
-                pair_name,
-                local_name,
-                expected_world_size,
-                remote_name,
-                mesh_shape_payload,
-                placements_payload,
-            } => Command::InitPair {
-                pair_name,
-                local_name,
-                expected_world_size: *expected_world_size,
-                remote_name,
-                mesh_shape_payload: mesh_shape_payload.as_deref(),
-                placements_payload: placements_payload.as_deref(),
-            },
-            OwnedCommand::QueryStatus { batch_id, state_name } => Command::QueryStatus { batch_id, state_name },
-            OwnedCommand::CleanupBatch { batch_id } => Command::CleanupBatch { batch_id },
-        }
-    }
-
-    /// The map msgspec would write: "type", the command's own fields in declaration order.
-    fn expected_fields(&self) -> Vec<(&'static str, Expected)> {
-        use Expected::*;
-        let s = |v: &str| Str(v.to_string());
-        let bin = |v: &Option<Vec<u8>>| v.clone().map_or(Nil, Bin);
-        match self {
-            OwnedCommand::Transfer { batch_id, send } => vec![
-                ("type", s("Transfer")),
-                ("batch_id", s(batch_id)),
-                ("transfer_type", s(if *send { "send" } else { "recv" })),
-            ],
-            OwnedCommand::RegisterTensors { batch_id, tensors, bucket_size } => vec![
-                ("type", s("RegisterTensors")),
-                ("batch_id", s(batch_id)),
-                ("tensors", Tensors(tensors.clone())),
-                ("bucket_size", bucket_size.map_or(Nil, Int)),
-            ],
-            OwnedCommand::InitPair {
-                pair_name,
-                local_name,
-                expected_world_size,
-                remote_name,
-                mesh_shape_payload,
-                placements_payload,
-            } => vec![
-                ("type", s("InitPair")),
-                ("pair_name", s(pair_name)),
-                ("local_name", s(local_name)),
-                ("expected_world_size", Int(*expected_world_size)),
-                ("remote_name", s(remote_name)),
-                ("mesh_shape_payload", bin(mesh_shape_payload)),
-                ("placements_payload", bin(placements_payload)),
-            ],
-            OwnedCommand::QueryStatus { batch_id, state_name } => {
-                vec![("type", s("QueryStatus")), ("batch_id", s(batch_id)), ("state_name", s(state_name))]
-            }
-            OwnedCommand::CleanupBatch { batch_id } => vec![("type", s("CleanupBatch")), ("batch_id", s(batch_id))],
-        }
-    }
-}
 
 fn owned_command() -> impl Strategy<Value = OwnedCommand> {
     prop_oneof![
@@ -245,39 +157,7 @@ fn owned_command() -> impl Strategy<Value = OwnedCommand> {
     ]
 }
 
-/// What one map value must decode to.
-#[derive(Debug, Clone)]
-enum Expected {
-    Str(String),
-    Bin(Vec<u8>),
-    Nil,
-    Int(i64),
-    F64(f64),
-    Tensors(Vec<(String, Vec<u8>)>),
-}
 
-/// Whether `value` is exactly `want` (floats bit for bit, so NaNs and -0.0 count).
-fn value_is(value: &Value, want: &Expected) -> bool {
-    match (want, value) {
-        (Expected::Str(s), Value::String(v)) => v.as_str() == Some(s.as_str()),
-        (Expected::Bin(b), Value::Binary(v)) => v == b,
-        (Expected::Nil, Value::Nil) => true,
-        (Expected::Int(i), Value::Integer(v)) => v.as_i64() == Some(*i),
-        (Expected::F64(f), Value::F64(v)) => v.to_bits() == f.to_bits(),
-        (Expected::Tensors(ts), Value::Array(items)) => {
-            items.len() == ts.len()
-                && items.iter().zip(ts).all(|(item, (name, payload))| match item {
-                    Value::Array(pair) => {
-                        pair.len() == 2
-                            && value_is(&pair[0], &Expected::Str(name.clone()))
-                            && value_is(&pair[1], &Expected::Bin(payload.clone()))
-                    }
-                    _ => false,
-                })
-        }
-        _ => false,
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Properties

@@ -1,7 +1,9 @@
 //! Reference models written independently of the library, shared by the property tests
 //! (tests/properties.rs includes this file) and the fuzz targets (through this crate).
 
+use etha_tensor_bus::commands::{Command, TransferKind};
 use etha_tensor_bus::rank::{self, parse_integer, Method};
+use rmpv::Value;
 
 pub const WS: &[u8] = b" \t\n\x0b\x0c\r";
 
@@ -117,3 +119,128 @@ pub fn names_variable(message: &str, var: &str) -> bool {
     })
 }
 
+
+/// A command with owned fields, built by `arbitrary`.
+#[derive(Debug, Clone)]
+#[cfg_attr(fuzzing, derive(arbitrary::Arbitrary))]
+pub enum OwnedCommand {
+    Transfer { batch_id: String, send: bool },
+    RegisterTensors { batch_id: String, tensors: Vec<(String, Vec<u8>)>, bucket_size: Option<i64> },
+    InitPair {
+        pair_name: String,
+        local_name: String,
+        expected_world_size: i64,
+        remote_name: String,
+        mesh_shape_payload: Option<Vec<u8>>,
+        placements_payload: Option<Vec<u8>>,
+    },
+    QueryStatus { batch_id: String, state_name: String },
+    CleanupBatch { batch_id: String },
+}
+
+impl OwnedCommand {
+    pub fn borrow(&self) -> Command<'_> {
+        match self {
+            OwnedCommand::Transfer { batch_id, send } => Command::Transfer {
+                batch_id,
+                transfer_type: if *send { TransferKind::Send } else { TransferKind::Recv },
+            },
+            OwnedCommand::RegisterTensors { batch_id, tensors, bucket_size } => Command::RegisterTensors {
+                batch_id,
+                tensors: tensors.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect(),
+                bucket_size: *bucket_size,
+            },
+            OwnedCommand::InitPair {
+                pair_name,
+                local_name,
+                expected_world_size,
+                remote_name,
+                mesh_shape_payload,
+                placements_payload,
+            } => Command::InitPair {
+                pair_name,
+                local_name,
+                expected_world_size: *expected_world_size,
+                remote_name,
+                mesh_shape_payload: mesh_shape_payload.as_deref(),
+                placements_payload: placements_payload.as_deref(),
+            },
+            OwnedCommand::QueryStatus { batch_id, state_name } => Command::QueryStatus { batch_id, state_name },
+            OwnedCommand::CleanupBatch { batch_id } => Command::CleanupBatch { batch_id },
+        }
+    }
+
+    /// "type" and the command's own fields in declaration order (PROTOCOL.md section 4).
+    pub fn expected_fields(&self) -> Vec<(&'static str, Expected)> {
+        use Expected::*;
+        let s = |v: &str| Str(v.to_string());
+        let bin = |v: &Option<Vec<u8>>| v.clone().map_or(Nil, Bin);
+        match self {
+            OwnedCommand::Transfer { batch_id, send } => vec![
+                ("type", s("Transfer")),
+                ("batch_id", s(batch_id)),
+                ("transfer_type", s(if *send { "send" } else { "recv" })),
+            ],
+            OwnedCommand::RegisterTensors { batch_id, tensors, bucket_size } => vec![
+                ("type", s("RegisterTensors")),
+                ("batch_id", s(batch_id)),
+                ("tensors", Tensors(tensors.clone())),
+                ("bucket_size", bucket_size.map_or(Nil, Int)),
+            ],
+            OwnedCommand::InitPair {
+                pair_name,
+                local_name,
+                expected_world_size,
+                remote_name,
+                mesh_shape_payload,
+                placements_payload,
+            } => vec![
+                ("type", s("InitPair")),
+                ("pair_name", s(pair_name)),
+                ("local_name", s(local_name)),
+                ("expected_world_size", Int(*expected_world_size)),
+                ("remote_name", s(remote_name)),
+                ("mesh_shape_payload", bin(mesh_shape_payload)),
+                ("placements_payload", bin(placements_payload)),
+            ],
+            OwnedCommand::QueryStatus { batch_id, state_name } => {
+                vec![("type", s("QueryStatus")), ("batch_id", s(batch_id)), ("state_name", s(state_name))]
+            }
+            OwnedCommand::CleanupBatch { batch_id } => vec![("type", s("CleanupBatch")), ("batch_id", s(batch_id))],
+        }
+    }
+}
+
+/// What one map value must decode to.
+#[derive(Debug, Clone)]
+pub enum Expected {
+    Str(String),
+    Bin(Vec<u8>),
+    Nil,
+    Int(i64),
+    F64(f64),
+    Tensors(Vec<(String, Vec<u8>)>),
+}
+
+/// Whether `value` is exactly `want` (floats bit for bit, so NaNs and -0.0 count).
+pub fn value_is(value: &Value, want: &Expected) -> bool {
+    match (want, value) {
+        (Expected::Str(s), Value::String(v)) => v.as_str() == Some(s.as_str()),
+        (Expected::Bin(b), Value::Binary(v)) => v == b,
+        (Expected::Nil, Value::Nil) => true,
+        (Expected::Int(i), Value::Integer(v)) => v.as_i64() == Some(*i),
+        (Expected::F64(f), Value::F64(v)) => v.to_bits() == f.to_bits(),
+        (Expected::Tensors(ts), Value::Array(items)) => {
+            items.len() == ts.len()
+                && items.iter().zip(ts).all(|(item, (name, payload))| match item {
+                    Value::Array(pair) => {
+                        pair.len() == 2
+                            && value_is(&pair[0], &Expected::Str(name.clone()))
+                            && value_is(&pair[1], &Expected::Bin(payload.clone()))
+                    }
+                    _ => false,
+                })
+        }
+        _ => false,
+    }
+}

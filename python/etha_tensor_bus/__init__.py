@@ -84,8 +84,30 @@ class BootstrapInfo:
     cuda_driver_version: int = 0
 
 
-class Completion:
+class _Owned:
+    """Owns one handle of the library, released by `_release` on close(), on garbage
+    collection, or at the end of a `with` block."""
+
+    _release = ""
+
+    def close(self):
+        if self._handle:
+            getattr(_native.lib(), self._release)(self._handle)
+            self._handle = None
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Completion(_Owned):
     """A transfer issued with blocking=False: wait() or poll() it; close() removes its semaphore."""
+
+    _release = "etb_completion_free"
 
     def __init__(self, handle):
         self._handle = handle
@@ -98,23 +120,13 @@ class Completion:
         _check(_native.lib().etb_completion_poll(self._handle, ctypes.byref(done)))
         return done.value
 
-    def close(self):
-        if self._handle:
-            _native.lib().etb_completion_free(self._handle)
-            self._handle = None
-
-    __del__ = close
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
-class TensorBusClient:
+class TensorBusClient(_Owned):
     """A worker's connection to its agent; made by bootstrap_client. Closing it releases only
     this worker's handles (never the agent's queue). A context manager."""
+
+    _release = "etb_client_close"
 
     def __init__(self, handle):
         self._handle = handle
@@ -196,18 +208,6 @@ class TensorBusClient:
         _check(_native.lib().etb_client_heartbeat_age(self._h, ctypes.byref(age)))
         return age.value
 
-    def close(self):
-        if self._handle:
-            _native.lib().etb_client_close(self._handle)
-            self._handle = None
-
-    __del__ = close
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class BatchHandler:
