@@ -386,6 +386,7 @@ EtbStatus etb_bootstrap_client_ex(const struct EtbBootstrapOptions *options,
  * of the agent's: its files and semaphores stay). NULL is accepted and ignored. Closing a client
  * twice, or using it after closing, is undefined behaviour. Must not race with other calls on
  * the same client; other clients are unaffected. Does not block.
+ * Thread-safety: no other thread may use this client during or after the close.
  */
 void etb_client_close(struct EtbClient *client);
 
@@ -494,6 +495,8 @@ EtbStatus etb_client_cleanup_batch(struct EtbClient *client,
  * descriptor open), so the practical limit is the process's mapping limit, `vm.max_map_count`
  * (65530 by default, shared with everything else the process maps): free completions you no
  * longer need.
+ * NULL `client`, `batch_id` or `completion_out`: `ETB_ERR_NULL_ARGUMENT`. Thread-safe (command
+ * conventions at the top of the header).
  */
 EtbStatus etb_client_transfer_async(struct EtbClient *client,
                                     const char *batch_id,
@@ -515,6 +518,7 @@ EtbStatus etb_client_transfer_detached(struct EtbClient *client,
  * Waits until the agent acknowledges the command, at most `timeout_s` (rules as above):
  * `ETB_OK` (also on every later call), `ETB_ERR_TIMEOUT`, `ETB_ERR_AGENT_DIED`, or
  * `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
+ * NULL `completion`: `ETB_ERR_NULL_ARGUMENT`.
  */
 EtbStatus etb_completion_wait(struct EtbCompletion *completion, double timeout_s);
 
@@ -522,6 +526,7 @@ EtbStatus etb_completion_wait(struct EtbCompletion *completion, double timeout_s
  * Tells, without blocking, whether the agent has acknowledged the command: writes
  * `*done_out` (required) on success. `ETB_ERR_AGENT_DIED` when the agent exited first;
  * `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
+ * NULL `completion` or `done_out`: `ETB_ERR_NULL_ARGUMENT`.
  */
 EtbStatus etb_completion_poll(struct EtbCompletion *completion, bool *done_out);
 
@@ -530,6 +535,7 @@ EtbStatus etb_completion_poll(struct EtbCompletion *completion, bool *done_out);
  * was acknowledged, before or after its client's close. NULL is accepted and ignored. Freeing
  * twice or using it afterwards is undefined behaviour. In a forked child it only forgets (the
  * semaphore is the parent's). Does not block.
+ * Thread-safety: no other thread may use this completion during or after the free.
  */
 void etb_completion_free(struct EtbCompletion *completion);
 
@@ -627,6 +633,7 @@ int32_t etb_info_cuda_driver_version(const struct EtbBootstrapInfo *info);
  * Releases an info and every string its accessors returned. NULL is accepted and ignored.
  * Freeing twice, or using the info or its strings afterwards, is undefined behaviour. Must not
  * race with accessors on the same info.
+ * Thread-safety: no other thread may use this info during or after the free.
  */
 void etb_info_free(struct EtbBootstrapInfo *info);
 
@@ -641,6 +648,7 @@ void etb_info_free(struct EtbBootstrapInfo *info);
  * Returns `ETB_OK` when done, and also when the kernel has no Yama (no consent exists; logged
  * at debug level); `ETB_ERR_PTRACE` with the errno otherwise. Affects the whole process;
  * thread-safe; does not block.
+ * Takes no pointer argument (nothing can be NULL).
  */
 EtbStatus etb_setup_ptrace(void);
 
@@ -651,12 +659,14 @@ EtbStatus etb_setup_ptrace(void);
  * `ETB_OK` also where the kernel has no Yama; under Yama `ptrace_scope` 2 or 3,
  * `ETB_ERR_PTRACE` with what the administrator must change. Affects the whole process;
  * thread-safe; does not block.
+ * Takes no pointer argument (nothing can be NULL).
  */
 EtbStatus etb_setup_ptrace_pid(int32_t tracer_pid);
 
 /**
  * The name of a status code, e.g. `"ETB_ERR_ENV"`; `"ETB_UNKNOWN_STATUS"` for values that are
  * not published codes. A static string, valid forever. Thread-safe.
+ * Takes no pointer argument (nothing can be NULL).
  */
 const char *etb_status_name(EtbStatus status);
 
@@ -671,6 +681,7 @@ const char *etb_last_error_message(void);
 /**
  * The library's version, `"MAJOR.MINOR.PATCH"` (from Cargo.toml). A static string, valid
  * forever. Thread-safe.
+ * Takes no pointer argument (nothing can be NULL).
  */
 const char *etb_version(void);
 

@@ -337,6 +337,7 @@ pub unsafe extern "C" fn etb_bootstrap_client_ex(
 /// of the agent's: its files and semaphores stay). NULL is accepted and ignored. Closing a client
 /// twice, or using it after closing, is undefined behaviour. Must not race with other calls on
 /// the same client; other clients are unaffected. Does not block.
+/// Thread-safety: no other thread may use this client during or after the close.
 #[no_mangle]
 pub unsafe extern "C" fn etb_client_close(client: *mut EtbClient) {
     call("etb_client_close", || {

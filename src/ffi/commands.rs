@@ -168,6 +168,8 @@ pub unsafe extern "C" fn etb_client_cleanup_batch(client: *mut EtbClient, batch_
 /// descriptor open), so the practical limit is the process's mapping limit, `vm.max_map_count`
 /// (65530 by default, shared with everything else the process maps): free completions you no
 /// longer need.
+/// NULL `client`, `batch_id` or `completion_out`: `ETB_ERR_NULL_ARGUMENT`. Thread-safe (command
+/// conventions at the top of the header).
 #[no_mangle]
 pub unsafe extern "C" fn etb_client_transfer_async(
     client: *mut EtbClient,
@@ -216,6 +218,7 @@ fn completion_ref<'a>(function: &str, ptr: *const EtbCompletion) -> Result<&'a E
 /// Waits until the agent acknowledges the command, at most `timeout_s` (rules as above):
 /// `ETB_OK` (also on every later call), `ETB_ERR_TIMEOUT`, `ETB_ERR_AGENT_DIED`, or
 /// `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
+/// NULL `completion`: `ETB_ERR_NULL_ARGUMENT`.
 #[no_mangle]
 pub unsafe extern "C" fn etb_completion_wait(completion: *mut EtbCompletion, timeout_s: f64) -> EtbStatus {
     const F: &str = "etb_completion_wait";
@@ -228,6 +231,7 @@ pub unsafe extern "C" fn etb_completion_wait(completion: *mut EtbCompletion, tim
 /// Tells, without blocking, whether the agent has acknowledged the command: writes
 /// `*done_out` (required) on success. `ETB_ERR_AGENT_DIED` when the agent exited first;
 /// `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
+/// NULL `completion` or `done_out`: `ETB_ERR_NULL_ARGUMENT`.
 #[no_mangle]
 pub unsafe extern "C" fn etb_completion_poll(completion: *mut EtbCompletion, done_out: *mut bool) -> EtbStatus {
     const F: &str = "etb_completion_poll";
@@ -247,6 +251,7 @@ pub unsafe extern "C" fn etb_completion_poll(completion: *mut EtbCompletion, don
 /// was acknowledged, before or after its client's close. NULL is accepted and ignored. Freeing
 /// twice or using it afterwards is undefined behaviour. In a forked child it only forgets (the
 /// semaphore is the parent's). Does not block.
+/// Thread-safety: no other thread may use this completion during or after the free.
 #[no_mangle]
 pub unsafe extern "C" fn etb_completion_free(completion: *mut EtbCompletion) {
     call("etb_completion_free", || {

@@ -165,6 +165,7 @@ pub unsafe extern "C" fn etb_info_cuda_driver_version(info: *const EtbBootstrapI
 /// Releases an info and every string its accessors returned. NULL is accepted and ignored.
 /// Freeing twice, or using the info or its strings afterwards, is undefined behaviour. Must not
 /// race with accessors on the same info.
+/// Thread-safety: no other thread may use this info during or after the free.
 #[no_mangle]
 pub unsafe extern "C" fn etb_info_free(info: *mut EtbBootstrapInfo) {
     value("etb_info_free", (), || {

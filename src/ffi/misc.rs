@@ -23,6 +23,7 @@ pub const ETB_VERSION_PATCH: u32 = 0;
 /// Returns `ETB_OK` when done, and also when the kernel has no Yama (no consent exists; logged
 /// at debug level); `ETB_ERR_PTRACE` with the errno otherwise. Affects the whole process;
 /// thread-safe; does not block.
+/// Takes no pointer argument (nothing can be NULL).
 #[no_mangle]
 pub extern "C" fn etb_setup_ptrace() -> EtbStatus {
     call("etb_setup_ptrace", || {
@@ -37,6 +38,7 @@ pub extern "C" fn etb_setup_ptrace() -> EtbStatus {
 /// `ETB_OK` also where the kernel has no Yama; under Yama `ptrace_scope` 2 or 3,
 /// `ETB_ERR_PTRACE` with what the administrator must change. Affects the whole process;
 /// thread-safe; does not block.
+/// Takes no pointer argument (nothing can be NULL).
 #[no_mangle]
 pub extern "C" fn etb_setup_ptrace_pid(tracer_pid: i32) -> EtbStatus {
     call("etb_setup_ptrace_pid", || {
@@ -47,6 +49,7 @@ pub extern "C" fn etb_setup_ptrace_pid(tracer_pid: i32) -> EtbStatus {
 
 /// The name of a status code, e.g. `"ETB_ERR_ENV"`; `"ETB_UNKNOWN_STATUS"` for values that are
 /// not published codes. A static string, valid forever. Thread-safe.
+/// Takes no pointer argument (nothing can be NULL).
 #[no_mangle]
 pub extern "C" fn etb_status_name(status: EtbStatus) -> *const libc::c_char {
     value("etb_status_name", static_str(c"ETB_UNKNOWN_STATUS"), || Ok(static_str(status_name(status))))
@@ -63,6 +66,7 @@ pub extern "C" fn etb_last_error_message() -> *const libc::c_char {
 
 /// The library's version, `"MAJOR.MINOR.PATCH"` (from Cargo.toml). A static string, valid
 /// forever. Thread-safe.
+/// Takes no pointer argument (nothing can be NULL).
 #[no_mangle]
 pub extern "C" fn etb_version() -> *const libc::c_char {
     static_str(
