@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The reference worker client's algorithm, as ../shared/reference/PROTOCOL.md describes it,
+"""The reference worker client's algorithm, as docs/protocol.md describes it,
 written with the reference's own libraries (py-lmdb, msgspec, posix_ipc): the yardstick of the
 benchmarks. It is *the reference algorithm*, not the reference itself; it is not made slower than
 the description. Two departures, so that runs stay sane: close() never destroys the agent's queue

@@ -2,38 +2,26 @@
 //!
 //! The worker side of the Etha tensor bus, as a Rust library with a C ABI.
 //!
-//! The crate has two layers:
-//! - a pure-Rust core (every module but `ffi`): environment and naming resolution, LMDB, the
-//!   command queue, semaphores, ptrace; ordinary `Result`s, no raw pointers in its API;
-//! - `ffi`, the C ABI: it checks pointers, converts types, catches panics, records the last
-//!   error and returns an `EtbStatus`. The header `include/etha_tensor_bus.h` is generated from
-//!   it by cbindgen.
+//! - For C and C++ (and ctypes): the `ffi` module is the C ABI; the header
+//!   `include/etha_tensor_bus.h` is generated from it by cbindgen.
+//! - For Rust: the items re-exported here are the deliberate API. [`bootstrap_client`] finds this
+//!   worker's agent and returns a [`Client`] and its [`BootstrapInfo`]; the client's commands
+//!   return `Result<_, Error>` and [`Completion`]s.
 //!
-//! Rust users call [`bootstrap::bootstrap_client`] directly.
+//! The logic lives in the `etb-core` crate of this workspace (protocol, LMDB, OS primitives,
+//! CUDA binding, client and bootstrap); this crate adds the C boundary and nothing else.
 
-pub mod agent_process;
-pub mod agent_watch;
-pub mod bootstrap;
-pub mod client;
-pub mod command_queue;
-pub mod commands;
-pub mod completion;
-pub mod cuda;
-pub mod error;
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod ffi;
-pub mod lmdb;
-pub mod lmdb_file;
-pub mod lmdb_registry;
-pub mod logging;
-pub mod naming;
-pub mod ptrace;
-pub mod rank;
-pub mod semaphore;
-pub mod state_db;
-pub mod timeout;
-pub mod worker_lock;
-pub mod trust;
 
-pub use bootstrap::{bootstrap_client, BootstrapInfo, BootstrapOptions};
-pub use client::Client;
-pub use error::{Error, ErrorKind, Result};
+pub use etb_core::bootstrap::{bootstrap_client, BootstrapInfo, BootstrapOptions, PathNaming, DEFAULT_CONNECTION_TIMEOUT_SECS};
+pub use etb_core::client::{Client, Completion};
+pub use etb_core::connection::PtraceMode;
+pub use etb_core::cuda::{CudaMode, CudaReport, DeviceIdentity};
+pub use etb_core::error::{Error, ErrorKind, Result};
+pub use etb_core::protocol::commands::TransferKind;
+pub use etb_core::protocol::naming::AgentPaths;
+pub use etb_core::protocol::rank::{EnvSource, Method, ProcessEnv};
+pub use etb_core::sys::trust::TrustPolicy;
+pub use etb_core::timeout::Timeout;

@@ -5,12 +5,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{env_of, leftovers, unique_rank, DevAgent, TempDir};
-use etha_tensor_bus::bootstrap::PtraceMode;
-use etha_tensor_bus::cuda::CudaMode;
-use etha_tensor_bus::trust::TrustPolicy;
-use etha_tensor_bus::naming::AgentPaths;
-use etha_tensor_bus::rank::Method;
-use etha_tensor_bus::timeout::Timeout;
+use etb_core::connection::PtraceMode;
+use etb_core::cuda::CudaMode;
+use etb_core::sys::trust::TrustPolicy;
+use etb_core::protocol::naming::AgentPaths;
+use etb_core::protocol::rank::Method;
+use etb_core::timeout::Timeout;
 use etha_tensor_bus::{bootstrap_client, BootstrapInfo, BootstrapOptions, Client, ErrorKind};
 
 fn secs(s: f64) -> Timeout {
@@ -81,7 +81,7 @@ fn two_clients_of_one_agent_share_environments() {
     assert_eq!(ib.agent_pid, Some(agent.pid()), "the second client learns the pid from the shared entry");
     assert_eq!(a.state_file_id(), b.state_file_id());
     let lock_ino = std::os::unix::fs::MetadataExt::ino(
-        &std::fs::metadata(etha_tensor_bus::state_db::lock_path(&paths.state)).unwrap(),
+        &std::fs::metadata(etb_core::protocol::state_db::lock_path(&paths.state)).unwrap(),
     );
     assert!(holds_lock(lock_ino), "we hold LMDB's lock on the state lock file");
     drop(a);
@@ -196,8 +196,8 @@ fn agent_restart_while_waiting_is_followed() {
 /// would create the data and lock files) and never touch `/cq_ready_`.
 #[test]
 fn attach_creates_nothing_when_the_queue_file_is_missing() {
-    use etha_tensor_bus::command_queue::QueueNames;
-    use etha_tensor_bus::semaphore::NamedSemaphore;
+    use etb_core::protocol::command_queue::QueueNames;
+    use etb_core::sys::semaphore::NamedSemaphore;
     let dir = TempDir::new("nocreate");
     let paths = dir.paths();
     let _agent = DevAgent::start(&paths, &["--no-queue"], true);
@@ -210,7 +210,7 @@ fn attach_creates_nothing_when_the_queue_file_is_missing() {
     assert_eq!(e.kind(), ErrorKind::AgentNotFound, "{e}");
     assert!(e.message().contains("queue LMDB not found"), "{e}");
     assert!(!paths.command_queue.exists(), "attach created the queue file");
-    assert!(!etha_tensor_bus::lmdb::lock_path(&paths.command_queue).exists(), "attach created the lock file");
+    assert!(!etb_core::lmdb::lock_path(&paths.command_queue).exists(), "attach created the lock file");
     assert_eq!(NamedSemaphore::open_existing(&names.ready).unwrap_err().errno, libc::ENOENT, "ready touched");
     assert_eq!((items.value().unwrap(), space.value().unwrap()), (0, 50_000));
     for n in [&names.items, &names.space] {
@@ -256,7 +256,7 @@ fn one_worker_per_agent() {
     assert!(e.message().contains(&std::process::id().to_string()) && e.message().contains("AGENT_RANK_OFFSET"), "{e}");
     assert_eq!(boot_as(true).err().unwrap().kind(), ErrorKind::AgentBusy, "sharing needs everyone's consent");
     // Another process is refused too, and is told our pid.
-    let lock = etha_tensor_bus::worker_lock::lock_file_path(&paths.state);
+    let lock = etb_core::sys::worker_lock::lock_file_path(&paths.state);
     let out = std::process::Command::new("python3")
         .args(["-c", "import fcntl,sys,struct; f=open(sys.argv[1],'r+b'); \
             fl=fcntl.fcntl(f, fcntl.F_GETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0)); \

@@ -1,7 +1,7 @@
-//! Every case of command-vectors.json (copied from ../shared/reference into tests/data) encodes
+//! Every case of command-vectors.json (tests/data/command-vectors.json: the exact bytes the reference writes, docs/protocol.md section 4) encodes
 //! to exactly the bytes the reference's msgspec wrote.
 
-use etha_tensor_bus::commands::{Command, TransferKind};
+use etb_core::protocol::commands::{Command, TransferKind};
 use rmpv::Value;
 
 fn hex(bytes: &[u8]) -> String {

@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{boot, our_completion_semaphores, recorded, remove_agent_leftovers, DevAgent, TempDir};
-use etha_tensor_bus::commands::TransferKind::{Recv, Send};
-use etha_tensor_bus::timeout::Timeout;
+use etb_core::protocol::commands::TransferKind::{Recv, Send};
+use etb_core::timeout::Timeout;
 use etha_tensor_bus::ErrorKind;
 
 fn t(s: f64) -> Timeout {
@@ -269,7 +269,7 @@ fn nothing_lost_across_processes() {
 #[ignore = "run by nothing_lost_across_processes as a child process"]
 fn producer_child() {
     let k = std::env::var("ETB_TEST_PRODUCER").expect("run by nothing_lost_across_processes");
-    let paths = etha_tensor_bus::naming::AgentPaths {
+    let paths = etb_core::protocol::naming::AgentPaths {
         command_queue: std::env::var_os("ETB_TEST_QUEUE").unwrap().into(),
         state: std::env::var_os("ETB_TEST_STATE").unwrap().into(),
     };

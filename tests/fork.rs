@@ -4,8 +4,8 @@
 mod common;
 
 use common::{boot, DevAgent, TempDir};
-use etha_tensor_bus::commands::TransferKind::Send;
-use etha_tensor_bus::timeout::Timeout;
+use etb_core::protocol::commands::TransferKind::Send;
+use etb_core::timeout::Timeout;
 use etha_tensor_bus::ErrorKind;
 
 #[test]

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{boot, DevAgent, TempDir};
-use etha_tensor_bus::lmdb::{lock_path, EnvOptions, Environment};
-use etha_tensor_bus::naming::AgentPaths;
+use etb_core::lmdb::{lock_path, EnvOptions, Environment};
+use etb_core::protocol::naming::AgentPaths;
 use etha_tensor_bus::ErrorKind;
 
 const TIMEOUT: f64 = 0.2;
@@ -45,7 +45,7 @@ fn state_file(path: &Path, heartbeat: Option<&[u8]>, with_db: bool) {
 }
 
 fn now() -> f64 {
-    etha_tensor_bus::state_db::unix_now()
+    etb_core::protocol::state_db::unix_now()
 }
 
 fn mkfifo(p: &Path) {
@@ -151,7 +151,7 @@ fn queue_file_and_semaphores_not_trusted() {
     std::fs::set_permissions(lock_path(&paths.command_queue), std::fs::Permissions::from_mode(0o622)).unwrap();
     expect(&paths, ErrorKind::Permission, "command queue lock file", false);
     std::fs::set_permissions(lock_path(&paths.command_queue), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let stem = String::from_utf8_lossy(etha_tensor_bus::naming::file_stem(&paths.command_queue)).into_owned();
+    let stem = String::from_utf8_lossy(etb_core::protocol::naming::file_stem(&paths.command_queue)).into_owned();
     let sem = Path::new("/dev/shm").join(format!("sem.cq_space_{stem}"));
     std::fs::set_permissions(&sem, std::fs::Permissions::from_mode(0o666)).unwrap();
     expect(&paths, ErrorKind::Permission, "semaphore /cq_space_", false);
@@ -178,7 +178,8 @@ fn agent_process_of_another_user() {
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let paths = dir.paths();
     let mut agent = std::process::Command::new("/usr/bin/setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_etb-dev-agent")])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::dev_agent_exe())
         .args(common::agent_args(&paths))
         .args(["--exit-after", "60"])
         .stdout(std::process::Stdio::piped())
@@ -188,7 +189,7 @@ fn agent_process_of_another_user() {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(agent.stdout.as_mut().unwrap()), &mut line).unwrap();
     assert!(line.starts_with("ready"), "{line:?}");
     // Its files and semaphores, handed to us: only the process remains another user's.
-    let stem = String::from_utf8_lossy(etha_tensor_bus::naming::file_stem(&paths.command_queue)).into_owned();
+    let stem = String::from_utf8_lossy(etb_core::protocol::naming::file_stem(&paths.command_queue)).into_owned();
     let mut owned: Vec<std::path::PathBuf> = vec![paths.state.clone(), lock_path(&paths.state), paths.command_queue.clone(), lock_path(&paths.command_queue)];
     for prefix in ["cq_", "cq_space_", "cq_ready_"] {
         owned.push(Path::new("/dev/shm").join(format!("sem.{prefix}{stem}")));
@@ -227,8 +228,8 @@ fn untrusted_folders() {
 /// semaphores present): refused without a crash or a hang.
 #[test]
 fn hostile_queue_files() {
-    use etha_tensor_bus::command_queue::QueueNames;
-    use etha_tensor_bus::semaphore::NamedSemaphore;
+    use etb_core::protocol::command_queue::QueueNames;
+    use etb_core::sys::semaphore::NamedSemaphore;
     let dir = TempDir::new("hostq2");
     let paths = dir.paths();
     let names = QueueNames::for_path(&paths.command_queue);

@@ -12,10 +12,11 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 
-use etha_tensor_bus::completion::completion_name;
-use etha_tensor_bus::naming::{path_from_buffer, AgentPaths, PATH_BUFFER_CAPACITY};
-use etha_tensor_bus::rank::{self, parse_integer, Method};
-use etha_tensor_bus::state_db::parse_heartbeat;
+use etb_core::protocol::completion::completion_name;
+use etb_core::protocol::naming::AgentPaths;
+use etha_tensor_bus::ffi::naming::{path_from_buffer, PATH_BUFFER_CAPACITY};
+use etb_core::protocol::rank::{self, parse_integer, Method};
+use etb_core::protocol::state_db::parse_heartbeat;
 use etha_tensor_bus::ErrorKind;
 use proptest::prelude::*;
 

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{boot, DevAgent, TempDir};
-use etha_tensor_bus::ptrace::{current_grant, Tracer};
-use etha_tensor_bus::timeout::Timeout;
+use etb_core::sys::ptrace::{current_grant, Tracer};
+use etb_core::timeout::Timeout;
 
 #[test]
 fn reconnect_authorizes_the_new_agent() {

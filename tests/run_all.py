@@ -63,7 +63,7 @@ def cargo_tests():
         show(out)
         count("cargo build", 0, 1)
         return False
-    out = run(["cargo", "test", "--quiet", "--", "--test-threads", "4"], timeout=1200)
+    out = run(["cargo", "test", "--workspace", "--quiet", "--", "--test-threads", "4"], timeout=1200)
     show(out)
     passed = sum(int(m) for m in re.findall(r"test result: \w+\. (\d+) passed", out.stdout))
     failed = sum(int(m) for m in re.findall(r"(\d+) failed;", out.stdout))
@@ -161,14 +161,15 @@ def sanitizer_and_valgrind_tests():
           "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite"]
     for stem in ("test_bootstrap", "test_commands"):
         judge(f"{stem} under valgrind memcheck", run([*vg, str(BUILD / f"{stem}_c")], env=env, timeout=1800))
-    out = run(["cargo", "test", "--no-run", "--message-format=json"])
+    out = run(["cargo", "test", "--workspace", "--no-run", "--message-format=json"])
     found = {}
     for m in map(json.loads, out.stdout.splitlines()):
         if m.get("executable") and m.get("profile", {}).get("test"):
             kinds, name = m["target"]["kind"], m["target"]["name"]
-            found["lib" if {"lib", "rlib", "cdylib", "staticlib"} & set(kinds) else name] = m["executable"]
-    # The unit tests and the integration tests of bootstrap and of hostile inputs.
-    for name in ("lib", "bootstrap", "hostile"):
+            found[f"lib {name}" if {"lib", "rlib", "cdylib", "staticlib"} & set(kinds) else name] = m["executable"]
+    # The unit tests of the core and of the C boundary, and the integration tests of bootstrap
+    # and of hostile inputs.
+    for name in ("lib etb_core", "lib etha_tensor_bus", "bootstrap", "hostile"):
         if name not in found:
             count(f"find the {name} test binary", 0, 1)
             continue

@@ -7,8 +7,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::{DevAgent, TempDir};
-use etha_tensor_bus::state_db::{lock_path, StateDb};
-use etha_tensor_bus::trust::TrustPolicy;
+use etb_core::protocol::state_db::{lock_path, StateDb};
+use etb_core::sys::trust::TrustPolicy;
 
 #[test]
 fn unwritable_lock_file_falls_back_to_nolock() {

@@ -2,7 +2,7 @@
 //! accepted only with LMDB's magic, data version and a power-of-two page size in range.
 #![no_main]
 
-use etha_tensor_bus::lmdb_file::{check_meta, DATA_VERSION, MAGIC};
+use etb_core::lmdb::file_check::{check_meta, DATA_VERSION, MAGIC};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

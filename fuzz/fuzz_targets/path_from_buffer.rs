@@ -1,4 +1,4 @@
-//! naming::path_from_buffer on arbitrary buffers: Ok iff the first NUL is at an index > 0,
+//! ffi::naming::path_from_buffer on arbitrary buffers: Ok iff the first NUL is at an index > 0,
 //! and then the path is the bytes before it.
 #![no_main]
 

@@ -6,7 +6,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use arbitrary::Arbitrary;
 
-use etha_tensor_bus::rank::{self, Method};
+use etb_core::protocol::rank::{self, Method};
 use etha_tensor_bus::ErrorKind;
 use rmpv::Value;
 
@@ -33,10 +33,10 @@ pub fn check_resolve(vars: &[Option<Vec<u8>>; 4]) {
     }
 }
 
-/// `naming::path_from_buffer`: Ok iff the first NUL is at an index > 0; the path is what
+/// `ffi::naming::path_from_buffer`: Ok iff the first NUL is at an index > 0; the path is what
 /// precedes it.
 pub fn check_path_from_buffer(buffer: &[u8], what: &str) {
-    match (etha_tensor_bus::naming::path_from_buffer(buffer, what), buffer.iter().position(|&b| b == 0)) {
+    match (etha_tensor_bus::ffi::naming::path_from_buffer(buffer, what), buffer.iter().position(|&b| b == 0)) {
         (Ok(path), Some(len)) if len > 0 => assert_eq!(path.as_os_str().as_bytes(), &buffer[..len]),
         (Err(e), first_nul) => {
             assert!(!matches!(first_nul, Some(i) if i > 0), "rejected {buffer:?}: {e}");
@@ -49,7 +49,7 @@ pub fn check_path_from_buffer(buffer: &[u8], what: &str) {
 
 /// `state_db::parse_heartbeat` gives only finite values.
 pub fn check_parse_heartbeat(raw: &[u8]) {
-    if let Some(v) = etha_tensor_bus::state_db::parse_heartbeat(raw) {
+    if let Some(v) = etb_core::protocol::state_db::parse_heartbeat(raw) {
         assert!(v.is_finite(), "{:?} -> {v}", String::from_utf8_lossy(raw));
     }
 }
@@ -60,7 +60,7 @@ pub fn check_heartbeat_round_trip(v: f64) {
         return;
     }
     for text in [format!("{v}"), format!("{v:e}"), format!("{v:E}"), format!("{v:?}"), format!(" {v}\n")] {
-        let got = etha_tensor_bus::state_db::parse_heartbeat(text.as_bytes());
+        let got = etb_core::protocol::state_db::parse_heartbeat(text.as_bytes());
         assert_eq!(got.map(f64::to_bits), Some(v.to_bits()), "{text:?} -> {got:?}");
     }
 }

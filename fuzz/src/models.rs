@@ -1,8 +1,8 @@
 //! Reference models written independently of the library, shared by the property tests
 //! (tests/properties.rs includes this file) and the fuzz targets (through this crate).
 
-use etha_tensor_bus::commands::{Command, TransferKind};
-use etha_tensor_bus::rank::{self, parse_integer, Method};
+use etb_core::protocol::commands::{Command, TransferKind};
+use etb_core::protocol::rank::{self, parse_integer, Method};
 use rmpv::Value;
 
 pub const WS: &[u8] = b" \t\n\x0b\x0c\r";
@@ -170,7 +170,7 @@ impl OwnedCommand {
         }
     }
 
-    /// "type" and the command's own fields in declaration order (PROTOCOL.md section 4).
+    /// "type" and the command's own fields in declaration order (docs/protocol.md section 4).
     pub fn expected_fields(&self) -> Vec<(&'static str, Expected)> {
         use Expected::*;
         let s = |v: &str| Str(v.to_string());

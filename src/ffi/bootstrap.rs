@@ -2,72 +2,24 @@
 
 use std::ffi::c_void;
 
-use super::boundary::{call, FfiError};
+use super::args::{new_handle, out, reference, slice, take_handle, Out};
+use super::boundary::FfiError;
+use super::commands::timeout;
 use super::info::EtbBootstrapInfo;
+use super::naming::{call_naming_fn, EtbPathNamingFn};
 use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT, ETB_ERR_NAMING};
-use crate::bootstrap::{bootstrap_client, BootstrapOptions};
-use crate::client::Client;
-use crate::naming::{path_from_buffer, AgentPaths, PATH_BUFFER_CAPACITY};
-use crate::bootstrap::PtraceMode;
-use crate::cuda::CudaMode;
-use crate::trust::TrustPolicy;
-use crate::rank::ProcessEnv;
-use crate::timeout::Timeout;
+use etb_core::bootstrap::{bootstrap_client, BootstrapOptions, DEFAULT_CONNECTION_TIMEOUT_SECS};
+use etb_core::client::Client;
+use etb_core::connection::PtraceMode;
+use etb_core::cuda::CudaMode;
+use etb_core::protocol::rank::ProcessEnv;
+use etb_core::sys::trust::TrustPolicy;
 
-/// A worker's connection to its agent. Opaque; made by `etb_bootstrap_client`, released by
-/// `etb_client_close`.
+/// A worker's connection to its agent. Opaque; made by `etb_bootstrap_client` (a box owned by the
+/// caller), released by `etb_client_close`. Every command and accessor takes it `const`: they may
+/// run on several threads at once.
 pub struct EtbClient {
     pub(crate) client: Client,
-}
-
-/// A path naming callback: writes the agent's command-queue LMDB path and state LMDB path for
-/// `agent_rank` as NUL-terminated bytes (any bytes but NUL; UTF-8 not required) into the two
-/// buffers, which the library zero-fills and which hold `*_capacity` bytes each (at least 4096).
-/// Returns 0 on success; any other value fails the bootstrap with `ETB_ERR_NAMING`, quoting the
-/// value. An empty path, or one that fills its buffer without a NUL, is `ETB_ERR_NAMING` too.
-/// `user_data` is the pointer given to `etb_bootstrap_client`. The callback is called at most
-/// once per bootstrap, on the calling thread, and must not unwind (throw) into the library.
-pub type EtbPathNamingFn = Option<
-    unsafe extern "C" fn(
-        agent_rank: i64,
-        command_queue_path: *mut libc::c_char,
-        command_queue_path_capacity: usize,
-        state_path: *mut libc::c_char,
-        state_path_capacity: usize,
-        user_data: *mut c_void,
-    ) -> i32,
->;
-
-/// Calls a C naming callback and validates what it wrote.
-fn call_naming_fn(
-    f: unsafe extern "C" fn(i64, *mut libc::c_char, usize, *mut libc::c_char, usize, *mut c_void) -> i32,
-    user_data: *mut c_void,
-    agent_rank: i64,
-) -> crate::Result<AgentPaths> {
-    let mut command_queue = vec![0u8; PATH_BUFFER_CAPACITY];
-    let mut state = vec![0u8; PATH_BUFFER_CAPACITY];
-    // SAFETY: two live, zero-filled buffers of the capacities we pass; user_data is the
-    // caller's, passed through untouched.
-    let rc = unsafe {
-        f(
-            agent_rank,
-            command_queue.as_mut_ptr().cast(),
-            command_queue.len(),
-            state.as_mut_ptr().cast(),
-            state.len(),
-            user_data,
-        )
-    };
-    if rc != 0 {
-        return Err(crate::Error::new(
-            crate::ErrorKind::Naming,
-            format!("the path naming callback returned {rc} for agent rank {agent_rank} (0 means success)"),
-        ));
-    }
-    Ok(AgentPaths {
-        command_queue: path_from_buffer(&command_queue, "command queue path")?,
-        state: path_from_buffer(&state, "state path")?,
-    })
 }
 
 /// When to bind the worker to its GPU: `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE` or `ETB_CUDA_SKIP`.
@@ -85,9 +37,10 @@ pub const ETB_CUDA_SKIP: EtbCudaMode = 2;
 
 /// Options of `etb_bootstrap_client_ex`. Fill it with `etb_bootstrap_options_init`, then set
 /// what you need. The layout is fixed: later versions only append fields at the end (from offset
-/// `sizeof` of this version, 40 on 64-bit Linux), and `struct_size` (the `sizeof` the caller was
+/// `sizeof` of this version: 56 bytes on 64-bit Linux), and `struct_size` (the `sizeof` the caller was
 /// compiled with) tells the library how much of it the caller knows.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct EtbBootstrapOptions {
     /// `sizeof(EtbBootstrapOptions)` as the caller knows it.
     pub struct_size: u32,
@@ -138,25 +91,21 @@ const MIN_OPTIONS_SIZE: usize = std::mem::offset_of!(EtbBootstrapOptions, cuda_m
 /// A `struct_size` past this is garbage (an uninitialized struct), not a newer caller.
 const MAX_OPTIONS_SIZE: usize = 4096;
 
-/// Fills `*options` with the defaults: `struct_size` = `sizeof(EtbBootstrapOptions)`, default
-/// naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`; every other byte zero. NULL is ignored
-/// (and recorded as the thread's last error). Thread-safe; does not block.
-///
-/// It writes this library version's `sizeof(EtbBootstrapOptions)` bytes. Fields are only ever
-/// appended in a release that changes the SONAME (`libetha_tensor_bus.so.0.<minor>`), so a
-/// program can never meet a library whose struct is larger than the one it was compiled with.
-#[no_mangle]
-pub unsafe extern "C" fn etb_bootstrap_options_init(options: *mut EtbBootstrapOptions) {
-    call("etb_bootstrap_options_init", || {
-        require_non_null!("etb_bootstrap_options_init", options);
-        // SAFETY: non-NULL and writable for sizeof(EtbBootstrapOptions) by the caller's contract;
-        // zero-filled first so that padding is zero too.
-        unsafe {
-            std::ptr::write_bytes(options.cast::<u8>(), 0, std::mem::size_of::<EtbBootstrapOptions>());
-            options.write(default_options());
-        }
+ffi_fn! {
+    /// Fills `*options` with the defaults: `struct_size` = `sizeof(EtbBootstrapOptions)`, default
+    /// naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`, `ETB_PTRACE_AGENT`; every other byte zero.
+    /// NULL is ignored (and recorded as the thread's last error). Thread-safe; does not block.
+    ///
+    /// It writes this library version's `sizeof(EtbBootstrapOptions)` bytes. Fields are only ever
+    /// appended in a release that changes the SONAME (`libetha_tensor_bus.so.0.<minor>`), so a
+    /// program can never meet a library whose struct is larger than the one it was compiled with.
+    ///
+    /// # Safety
+    /// `options` is NULL or points to `sizeof(EtbBootstrapOptions)` writable bytes.
+    unsafe fn etb_bootstrap_options_init(options: *mut EtbBootstrapOptions) {
+        out(options, "options")?.write_zero_padded(default_options());
         Ok(())
-    });
+    }
 }
 
 fn default_options() -> EtbBootstrapOptions {
@@ -164,7 +113,7 @@ fn default_options() -> EtbBootstrapOptions {
         struct_size: std::mem::size_of::<EtbBootstrapOptions>() as u32,
         path_naming_fn: None,
         user_data: std::ptr::null_mut(),
-        connection_timeout_s: crate::bootstrap::DEFAULT_CONNECTION_TIMEOUT_SECS,
+        connection_timeout_s: DEFAULT_CONNECTION_TIMEOUT_SECS,
         cuda_mode: ETB_CUDA_AUTO,
         reserved0: 0,
         ptrace_mode: ETB_PTRACE_AGENT,
@@ -179,39 +128,36 @@ fn default_options() -> EtbBootstrapOptions {
 /// request this library would silently ignore otherwise). Padding inside the struct is ignored.
 fn read_options(options: *const EtbBootstrapOptions) -> Result<Parsed, FfiError> {
     const KNOWN: usize = std::mem::size_of::<EtbBootstrapOptions>();
-    // SAFETY: non-NULL (checked by the caller); `struct_size` is the first field.
-    let size = unsafe { std::ptr::read_unaligned(options.cast::<u32>()) } as usize;
+    // `struct_size` is the first field: read it alone, then exactly the bytes it announces.
+    let size = *reference(options.cast::<u32>(), "options")? as usize;
     if !(MIN_OPTIONS_SIZE..=MAX_OPTIONS_SIZE).contains(&size) {
         return Err(FfiError::new(
             ETB_ERR_INVALID_ARGUMENT,
             format!(
-                "etb_bootstrap_client_ex: options->struct_size is {size}, outside {MIN_OPTIONS_SIZE}..={MAX_OPTIONS_SIZE}: \
+                "options->struct_size is {size}, outside {MIN_OPTIONS_SIZE}..={MAX_OPTIONS_SIZE}: \
                  fill the options with etb_bootstrap_options_init first"
             ),
         ));
     }
-    // Only the caller's `size` bytes are read, into a local that starts with the defaults.
-    let mut local = default_options();
-    // SAFETY: the caller guarantees `struct_size` readable bytes; we copy at most our own size
-    // into a properly aligned local of that size.
-    unsafe {
-        std::ptr::copy_nonoverlapping(options.cast::<u8>(), (&mut local as *mut EtbBootstrapOptions).cast::<u8>(), size.min(KNOWN))
-    };
-    if size > KNOWN {
-        // SAFETY: as above, `size` readable bytes.
-        let tail = unsafe { std::slice::from_raw_parts(options.cast::<u8>().add(KNOWN), size - KNOWN) };
-        if let Some(i) = tail.iter().position(|&b| b != 0) {
-            return Err(FfiError::new(
-                ETB_ERR_INVALID_ARGUMENT,
-                format!(
-                    "etb_bootstrap_client_ex: options byte {} is set, past the fields this library ({}) knows: \
-                     the caller was built for a newer etha-tensor-bus",
-                    KNOWN + i,
-                    env!("CARGO_PKG_VERSION")
-                ),
-            ));
-        }
+    let bytes = slice(options.cast::<u8>(), size, "options")?;
+    let (known, tail) = bytes.split_at(size.min(KNOWN));
+    if let Some(i) = tail.iter().position(|&b| b != 0) {
+        return Err(FfiError::new(
+            ETB_ERR_INVALID_ARGUMENT,
+            format!(
+                "options byte {} is set, past the fields this library ({}) knows: \
+                 the caller was built for a newer etha-tensor-bus",
+                KNOWN + i,
+                env!("CARGO_PKG_VERSION")
+            ),
+        ));
     }
+    // Only the caller's bytes are read, into a local that starts with the defaults.
+    let mut local = default_options();
+    // SAFETY: `known` holds at most size_of::<EtbBootstrapOptions>() bytes and is copied over
+    // the start of a properly aligned local of that size; every bit pattern is a valid value of
+    // each field (integers, a float, a raw pointer, an optional function pointer).
+    unsafe { std::ptr::copy_nonoverlapping(known.as_ptr(), (&mut local as *mut EtbBootstrapOptions).cast::<u8>(), known.len()) };
     let mode = match local.cuda_mode {
         ETB_CUDA_AUTO => CudaMode::Auto,
         ETB_CUDA_REQUIRE => CudaMode::Require,
@@ -219,7 +165,7 @@ fn read_options(options: *const EtbBootstrapOptions) -> Result<Parsed, FfiError>
         other => {
             return Err(FfiError::new(
                 ETB_ERR_INVALID_ARGUMENT,
-                format!("etb_bootstrap_client_ex: cuda_mode is {other}; use ETB_CUDA_AUTO (0), ETB_CUDA_REQUIRE (1) or ETB_CUDA_SKIP (2)"),
+                format!("cuda_mode is {other}; use ETB_CUDA_AUTO (0), ETB_CUDA_REQUIRE (1) or ETB_CUDA_SKIP (2)"),
             ))
         }
     };
@@ -230,7 +176,7 @@ fn read_options(options: *const EtbBootstrapOptions) -> Result<Parsed, FfiError>
         other => {
             return Err(FfiError::new(
                 ETB_ERR_INVALID_ARGUMENT,
-                format!("etb_bootstrap_client_ex: ptrace_mode is {other}; use ETB_PTRACE_AGENT (0), ETB_PTRACE_ANY (1) or ETB_PTRACE_NONE (2)"),
+                format!("ptrace_mode is {other}; use ETB_PTRACE_AGENT (0), ETB_PTRACE_ANY (1) or ETB_PTRACE_NONE (2)"),
             ))
         }
     };
@@ -246,8 +192,8 @@ fn read_options(options: *const EtbBootstrapOptions) -> Result<Parsed, FfiError>
 }
 
 /// The body both entry points share.
-fn bootstrap_into(p: Parsed, client_out: *mut *mut EtbClient, info_out: *mut *mut EtbBootstrapInfo) -> Result<(), FfiError> {
-    let connection_timeout = Timeout::from_secs_f64(p.connection_timeout_s, "connection_timeout_s")?;
+fn bootstrap_into(p: Parsed, client_out: Out<*mut EtbClient>, info_out: Out<*mut EtbBootstrapInfo>) -> Result<(), FfiError> {
+    let connection_timeout = timeout(p.connection_timeout_s, "connection_timeout_s")?;
     let user_data = p.user_data;
     let mut naming = p.path_naming_fn.map(|f| move |rank| call_naming_fn(f, user_data, rank));
     let options = BootstrapOptions {
@@ -261,151 +207,159 @@ fn bootstrap_into(p: Parsed, client_out: *mut *mut EtbClient, info_out: *mut *mu
     };
     let (client, info) = bootstrap_client(options)?;
     let info = EtbBootstrapInfo::new(info).map_err(|e| FfiError::new(ETB_ERR_NAMING, e))?;
-    // SAFETY: both out-pointers were checked non-NULL; written only now, on success.
-    unsafe {
-        *client_out = Box::into_raw(Box::new(EtbClient { client }));
-        *info_out = Box::into_raw(Box::new(info));
-    }
+    // Written only now, on success.
+    client_out.write(new_handle(EtbClient { client }));
+    info_out.write(new_handle(info));
     Ok(())
 }
 
-/// Finds this worker's agent and attaches to it, as the reference `bootstrap_client` does, then
-/// binds the calling thread to its GPU as `ETB_CUDA_AUTO` says (see `etb_bootstrap_client_ex`).
-///
-/// Reads `AGENT_RANK` (or `RANK` + `AGENT_RANK_OFFSET`; `RANK` is required either way) and
-/// `LOCAL_RANK` from the process environment; names the agent's two LMDB files with
-/// `path_naming_fn` (NULL: `/tmp/agent_rank{N}_command.lmdb` and `/tmp/agent_rank{N}_state.lmdb`);
-/// waits until the state LMDB exists and carries a fresh heartbeat (younger than 5 s); attaches
-/// to the command queue as a follower (nothing is created or written); and authorizes the agent's
-/// process, when identified, to ptrace this one (failures are logged, not returned).
-///
-/// - `connection_timeout_s`: seconds to wait for the agent, finite and >= 0 or +infinity; 0 makes
-///   a single attempt. NaN or negative: `ETB_ERR_INVALID_ARGUMENT`. Polls every millisecond, so a
-///   worker started before its agent connects within a few ms of the first heartbeat.
-/// - Blocks up to `connection_timeout_s`; never reports a timeout before it.
-/// - On success writes a new client to `*client_out` (release with `etb_client_close`) and a new
-///   info to `*info_out` (release with `etb_info_free`); the two are independent. On failure
-///   writes neither and returns `ETB_ERR_ENV`, `ETB_ERR_NAMING`, `ETB_ERR_AGENT_NOT_FOUND`,
-///   `ETB_ERR_AGENT_NOT_RESPONDING`, `ETB_ERR_LMDB`, `ETB_ERR_IPC` or another code, with the
-///   details in `etb_last_error_message()`.
-/// - `client_out` and `info_out` are required (`ETB_ERR_NULL_ARGUMENT`); `user_data` may be
-///   anything, and is only passed to `path_naming_fn`.
-/// - Thread-safe: may run on several threads at once, also for the same agent (clients of one
-///   agent in one process share one LMDB environment per file). Reads the environment, so do not
-///   call `setenv` concurrently.
-#[no_mangle]
-pub unsafe extern "C" fn etb_bootstrap_client(
-    path_naming_fn: EtbPathNamingFn,
-    user_data: *mut c_void,
-    connection_timeout_s: f64,
-    client_out: *mut *mut EtbClient,
-    info_out: *mut *mut EtbBootstrapInfo,
-) -> EtbStatus {
-    call("etb_bootstrap_client", || {
-        require_non_null!("etb_bootstrap_client", client_out, info_out);
+ffi_fn! {
+    /// Finds this worker's agent and attaches to it, as the reference `bootstrap_client` does, then
+    /// binds the calling thread to its GPU as `ETB_CUDA_AUTO` says (see `etb_bootstrap_client_ex`).
+    ///
+    /// Reads `AGENT_RANK` (or `RANK` + `AGENT_RANK_OFFSET`; `RANK` is required either way) and
+    /// `LOCAL_RANK` from the process environment; names the agent's two LMDB files with
+    /// `path_naming_fn` (NULL: `/tmp/agent_rank{N}_command.lmdb` and `/tmp/agent_rank{N}_state.lmdb`);
+    /// waits until the state LMDB exists and carries a fresh heartbeat (younger than 5 s); attaches
+    /// to the command queue as a follower (nothing is created or written); and authorizes the agent's
+    /// process, when identified, to ptrace this one (failures are logged, not returned).
+    ///
+    /// - `connection_timeout_s`: seconds to wait for the agent, finite and >= 0 or +infinity; 0 makes
+    ///   a single attempt. NaN or negative: `ETB_ERR_INVALID_ARGUMENT`. Polls every millisecond, so a
+    ///   worker started before its agent connects within a few ms of the first heartbeat.
+    /// - Blocks up to `connection_timeout_s`; never reports a timeout before it.
+    /// - On success writes a new client to `*client_out` (owned by the caller: release with
+    ///   `etb_client_close`) and a new info to `*info_out` (release with `etb_info_free`); the two are
+    ///   independent. On failure writes neither and returns `ETB_ERR_ENV`, `ETB_ERR_NAMING`,
+    ///   `ETB_ERR_AGENT_NOT_FOUND`, `ETB_ERR_AGENT_NOT_RESPONDING`, `ETB_ERR_LMDB`, `ETB_ERR_IPC` or
+    ///   another code, with the details in `etb_last_error_message()`.
+    /// - `client_out` and `info_out` are required (`ETB_ERR_NULL_ARGUMENT`); `user_data` may be
+    ///   anything, and is only passed to `path_naming_fn`.
+    /// - Thread-safe: may run on several threads at once, also for the same agent (clients of one
+    ///   agent in one process share one LMDB environment per file). Reads the environment, so do not
+    ///   call `setenv` concurrently.
+    ///
+    /// # Safety
+    /// `path_naming_fn` is NULL or a function that keeps the callback contract of
+    /// `EtbPathNamingFn`; `client_out` and `info_out` are NULL or writable.
+    unsafe fn etb_bootstrap_client(
+        path_naming_fn: EtbPathNamingFn,
+        user_data: *mut c_void,
+        connection_timeout_s: f64,
+        client_out: *mut *mut EtbClient,
+        info_out: *mut *mut EtbBootstrapInfo,
+    ) -> EtbStatus {
+        let (client_out, info_out) = (out(client_out, "client_out")?, out(info_out, "info_out")?);
         let defaults = read_options(&default_options())?;
         bootstrap_into(Parsed { path_naming_fn, user_data, connection_timeout_s, ..defaults }, client_out, info_out)
-    })
+    }
 }
 
-/// `etb_bootstrap_client` with options (NULL: `ETB_ERR_NULL_ARGUMENT`), an extensible struct
-/// whose `struct_size` may be that of an older caller (fields it does not cover take their
-/// defaults) or of a newer one (accepted only if every byte past the fields this library knows
-/// is zero), else `ETB_ERR_INVALID_ARGUMENT`; an unknown `cuda_mode` too.
-///
-/// CUDA (after the agent is validated): the driver (`libcuda.so.1`, or the library named by
-/// `ETB_CUDA_DRIVER_PATH`) is loaded at run time, once per process, reusing one already loaded;
-/// the device is `cuda:{LOCAL_RANK}` as the driver numbers it (so `CUDA_VISIBLE_DEVICES`
-/// applies); its *primary* context (the one PyTorch and the CUDA runtime use) is retained and made
-/// current on the calling thread. The client holds the retain and releases it on close. See
-/// `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE`, `ETB_CUDA_SKIP` for what each mode does and costs.
-/// Everything else as `etb_bootstrap_client`.
-#[no_mangle]
-pub unsafe extern "C" fn etb_bootstrap_client_ex(
-    options: *const EtbBootstrapOptions,
-    client_out: *mut *mut EtbClient,
-    info_out: *mut *mut EtbBootstrapInfo,
-) -> EtbStatus {
-    call("etb_bootstrap_client_ex", || {
-        require_non_null!("etb_bootstrap_client_ex", options, client_out, info_out);
+ffi_fn! {
+    /// `etb_bootstrap_client` with options (NULL: `ETB_ERR_NULL_ARGUMENT`), an extensible struct
+    /// whose `struct_size` may be that of an older caller (fields it does not cover take their
+    /// defaults) or of a newer one (accepted only if every byte past the fields this library knows
+    /// is zero), else `ETB_ERR_INVALID_ARGUMENT`; an unknown `cuda_mode` or `ptrace_mode` too.
+    ///
+    /// CUDA (after the agent is validated): the driver (`libcuda.so.1`, or the library named by
+    /// `ETB_CUDA_DRIVER_PATH`) is loaded at run time, once per process, reusing one already loaded;
+    /// the device is `cuda:{LOCAL_RANK}` as the driver numbers it (so `CUDA_VISIBLE_DEVICES`
+    /// applies); its *primary* context (the one PyTorch and the CUDA runtime use) is retained and made
+    /// current on the calling thread. The client holds the retain and releases it on close. See
+    /// `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE`, `ETB_CUDA_SKIP` for what each mode does and costs.
+    /// Everything else as `etb_bootstrap_client`.
+    ///
+    /// # Safety
+    /// `options` is NULL or points to `options->struct_size` readable bytes (filled by
+    /// `etb_bootstrap_options_init`), whose naming callback keeps the `EtbPathNamingFn` contract;
+    /// `client_out` and `info_out` are NULL or writable.
+    unsafe fn etb_bootstrap_client_ex(
+        options: *const EtbBootstrapOptions,
+        client_out: *mut *mut EtbClient,
+        info_out: *mut *mut EtbBootstrapInfo,
+    ) -> EtbStatus {
+        let (client_out, info_out) = (out(client_out, "client_out")?, out(info_out, "info_out")?);
         let read = read_options(options)?;
         bootstrap_into(read, client_out, info_out)
-    })
+    }
 }
 
-/// Closes a client: releases this worker's handles on the agent's queue and state (and nothing
-/// of the agent's: its files and semaphores stay). NULL is accepted and ignored. Closing a client
-/// twice, or using it after closing, is undefined behaviour. Must not race with other calls on
-/// the same client; other clients are unaffected. Does not block.
-/// Thread-safety: no other thread may use this client during or after the close.
-#[no_mangle]
-pub unsafe extern "C" fn etb_client_close(client: *mut EtbClient) {
-    call("etb_client_close", || {
-        if !client.is_null() {
-            // SAFETY: made by Box::into_raw in etb_bootstrap_client; the caller gives it up.
-            drop(unsafe { Box::from_raw(client) });
-        }
+ffi_fn! {
+    /// Closes a client: releases this worker's handles on the agent's queue and state (and nothing
+    /// of the agent's: its files and semaphores stay). NULL is accepted and ignored. Closing a client
+    /// twice, or using it after closing, is undefined behaviour. Other clients are unaffected. Does
+    /// not block.
+    /// Thread-safety: no other thread may use this client during or after the close.
+    ///
+    /// # Safety
+    /// `client` is NULL or a client from `etb_bootstrap_client` not yet closed; the caller gives
+    /// it up.
+    unsafe fn etb_client_close(client: *mut EtbClient) {
+        drop(take_handle(client));
         Ok(())
-    });
+    }
 }
 
-/// Seconds since the agent's last heartbeat, however old (the agent does not beat while it
-/// executes a command, so a large age alone does not mean it died). Writes `*age_s_out` on
-/// success only. `ETB_ERR_NULL_ARGUMENT` when `client` or `age_s_out` is NULL;
-/// `ETB_ERR_AGENT_NOT_RESPONDING` when the heartbeat is missing or unreadable; `ETB_ERR_LMDB` when
-/// LMDB fails. One short read transaction; thread-safe, also on the same client.
-#[no_mangle]
-pub unsafe extern "C" fn etb_client_heartbeat_age(client: *const EtbClient, age_s_out: *mut f64) -> EtbStatus {
-    call("etb_client_heartbeat_age", || {
-        require_non_null!("etb_client_heartbeat_age", client, age_s_out);
-        // SAFETY: non-NULL, and live by the caller's contract.
-        let age = unsafe { &*client }.client.heartbeat_age()?;
-        unsafe { *age_s_out = age };
+ffi_fn! {
+    /// Seconds since the agent's last heartbeat, however old (the agent does not beat while it
+    /// executes a command, so a large age alone does not mean it died). Writes `*age_s_out` on
+    /// success only. `ETB_ERR_NULL_ARGUMENT` when `client` or `age_s_out` is NULL;
+    /// `ETB_ERR_AGENT_NOT_RESPONDING` when the heartbeat is missing or unreadable; `ETB_ERR_LMDB` when
+    /// LMDB fails. One short read transaction; thread-safe, also on the same client.
+    ///
+    /// # Safety
+    /// `client` is NULL or a live client; `age_s_out` is NULL or writable.
+    unsafe fn etb_client_heartbeat_age(client: *const EtbClient, age_s_out: *mut f64) -> EtbStatus {
+        let c = reference(client, "client")?;
+        let age_s_out = out(age_s_out, "age_s_out")?;
+        age_s_out.write(c.client.heartbeat_age()?);
         Ok(())
-    })
+    }
 }
 
-/// The `CUcontext` this client holds (the device's primary context), or NULL when the client is
-/// not bound to a GPU, `client` is NULL, or this is a forked child (the context is the parent's). Owned by the client: valid until `etb_client_close`.
-/// Thread-safe.
-#[no_mangle]
-pub unsafe extern "C" fn etb_client_cuda_context(client: *const EtbClient) -> *mut c_void {
-    super::boundary::value("etb_client_cuda_context", std::ptr::null_mut(), || {
-        // SAFETY: non-NULL pointers come from etb_bootstrap_client and are live.
-        let c = unsafe { client.as_ref() }.ok_or_else(|| FfiError::null("etb_client_cuda_context", "client"))?;
+ffi_fn! {
+    /// The `CUcontext` this client holds (the device's primary context), or NULL when the client is
+    /// not bound to a GPU, `client` is NULL, or this is a forked child (the context is the parent's).
+    /// Owned by the client: valid until `etb_client_close`. Thread-safe.
+    ///
+    /// # Safety
+    /// `client` is NULL or a live client.
+    unsafe fn etb_client_cuda_context(client: *const EtbClient) -> *mut c_void = std::ptr::null_mut(); {
+        let c = reference(client, "client")?;
         Ok(c.client.cuda_context()?.unwrap_or(std::ptr::null_mut()))
-    })
+    }
 }
 
-/// Makes the client's CUDA context current on the calling thread (current contexts are per
-/// thread: call it on each thread that launches work). `ETB_ERR_CUDA` when the client is not
-/// bound to a GPU or the driver fails; `ETB_ERR_FORKED` in a forked child; `client` NULL:
-/// `ETB_ERR_NULL_ARGUMENT`. Thread-safe.
-#[no_mangle]
-pub unsafe extern "C" fn etb_client_bind_current_thread(client: *const EtbClient) -> EtbStatus {
-    call("etb_client_bind_current_thread", || {
-        require_non_null!("etb_client_bind_current_thread", client);
-        // SAFETY: non-NULL, and live by the caller's contract.
-        Ok(unsafe { &*client }.client.bind_current_thread()?)
-    })
+ffi_fn! {
+    /// Makes the client's CUDA context current on the calling thread (current contexts are per
+    /// thread: call it on each thread that launches work). `ETB_ERR_CUDA` when the client is not
+    /// bound to a GPU or the driver fails; `ETB_ERR_FORKED` in a forked child; `client` NULL:
+    /// `ETB_ERR_NULL_ARGUMENT`. Thread-safe.
+    ///
+    /// # Safety
+    /// `client` is NULL or a live client.
+    unsafe fn etb_client_bind_current_thread(client: *const EtbClient) -> EtbStatus {
+        let c = reference(client, "client")?;
+        Ok(c.client.bind_current_thread()?)
+    }
 }
 
-/// After the agent died and a new one started on the same files (as a restarted agent does),
-/// makes this client use the new agent, keeping the same handle: validates it (fresh heartbeat,
-/// trusted files), re-attaches its command queue, and authorizes it to ptrace this worker (as
-/// the bootstrap's ptrace mode says); the GPU binding and the worker lock are kept. Waits up to
-/// `timeout_s` (rules of `etb_bootstrap_client`) for the new agent. The new agent knows none of
-/// the old one's pairs or batches: init them again. Until a reconnect succeeds, calls on the
-/// client keep returning `ETB_ERR_AGENT_DIED`; completions issued before it report the old agent
-/// dead. `client` NULL: `ETB_ERR_NULL_ARGUMENT`. Thread-safe: calls in flight finish on the old
-/// agent, later ones use the new one; concurrent reconnects are serialized.
-#[no_mangle]
-pub unsafe extern "C" fn etb_client_reconnect(client: *mut EtbClient, timeout_s: f64) -> EtbStatus {
-    call("etb_client_reconnect", || {
-        require_non_null!("etb_client_reconnect", client);
-        let timeout = Timeout::from_secs_f64(timeout_s, "timeout_s")?;
-        // SAFETY: non-NULL, and live by the caller's contract.
-        unsafe { &*client }.client.reconnect(timeout)?;
+ffi_fn! {
+    /// After the agent died and a new one started on the same files (as a restarted agent does),
+    /// makes this client use the new agent, keeping the same handle: validates it (fresh heartbeat,
+    /// trusted files), re-attaches its command queue, and authorizes it to ptrace this worker (as
+    /// the bootstrap's ptrace mode says); the GPU binding and the worker lock are kept. Waits up to
+    /// `timeout_s` (rules of `etb_bootstrap_client`) for the new agent. The new agent knows none of
+    /// the old one's pairs or batches: init them again. Until a reconnect succeeds, calls on the
+    /// client keep returning `ETB_ERR_AGENT_DIED`; completions issued before it report the old agent
+    /// dead. `client` NULL: `ETB_ERR_NULL_ARGUMENT`. Thread-safe: calls in flight finish on the old
+    /// agent, later ones use the new one; concurrent reconnects are serialized.
+    ///
+    /// # Safety
+    /// `client` is NULL or a live client.
+    unsafe fn etb_client_reconnect(client: *const EtbClient, timeout_s: f64) -> EtbStatus {
+        let c = reference(client, "client")?;
+        c.client.reconnect(timeout(timeout_s, "timeout_s")?)?;
         Ok(())
-    })
+    }
 }

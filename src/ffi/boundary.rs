@@ -1,6 +1,8 @@
-//! The C boundary: one place that catches panics, records the thread's last error (and logs
-//! it), and turns results into statuses. Every exported function goes through `call` (status
-//! returning) or `value` (accessors returning a value or a sentinel).
+//! The C boundary: the one macro every export is written with ([`ffi_fn!`]), the panic boundary
+//! it puts around every body, and the thread's last error, recorded (and logged) in one place.
+//!
+//! Every error message reads `ETB_ERR_X: etb_function: what failed ...`: the status name and the
+//! export's name are added here, once, so no export repeats its own name and no helper needs it.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -9,9 +11,60 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Once;
 
 use super::status::{status_name, status_of, EtbStatus, ETB_ERR_NULL_ARGUMENT, ETB_ERR_PANIC, ETB_OK};
-use crate::error::Error;
+use etb_core::error::Error;
 
-/// A failure on its way to C: a status and a message.
+/// Writes one exported function: `#[no_mangle] pub [unsafe] extern "C" fn`, with its body run
+/// inside the panic boundary under the function's own name (for messages). The body is a block
+/// that evaluates to `Result<T, FfiError>`:
+///
+/// - `-> EtbStatus { .. }`: the body gives `Result<(), FfiError>`; `Ok` is `ETB_OK`, an error
+///   its status (recorded as the thread's last error).
+/// - `-> T = sentinel; { .. }`: an accessor; the body gives `Result<T, FfiError>`; an error (or a
+///   panic) is recorded and the export returns `sentinel`.
+/// - no return type: a release or init function; errors are recorded, nothing is returned.
+///
+/// `unsafe fn` makes an `unsafe extern "C" fn` (it takes pointers: its doc comment has a
+/// `# Safety` section); plain `fn` a safe one (no pointer arguments).
+macro_rules! ffi_fn {
+    ($(#[$attr:meta])* unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> EtbStatus $body:block) => {
+        $(#[$attr])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> EtbStatus {
+            $crate::ffi::boundary::status(stringify!($name), move || $body)
+        }
+    };
+    ($(#[$attr:meta])* unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $sentinel:expr; $body:block) => {
+        $(#[$attr])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+            $crate::ffi::boundary::value(stringify!($name), $sentinel, move || $body)
+        }
+    };
+    ($(#[$attr:meta])* unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$attr])*
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) {
+            $crate::ffi::boundary::value(stringify!($name), (), move || $body)
+        }
+    };
+    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> EtbStatus $body:block) => {
+        $(#[$attr])*
+        #[no_mangle]
+        pub extern "C" fn $name($($arg: $ty),*) -> EtbStatus {
+            $crate::ffi::boundary::status(stringify!($name), move || $body)
+        }
+    };
+    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $sentinel:expr; $body:block) => {
+        $(#[$attr])*
+        #[no_mangle]
+        pub extern "C" fn $name($($arg: $ty),*) -> $ret {
+            $crate::ffi::boundary::value(stringify!($name), $sentinel, move || $body)
+        }
+    };
+}
+
+/// A failure on its way to C: a status and a message (without the status or function name,
+/// which the boundary adds).
 #[derive(Debug)]
 pub(crate) struct FfiError {
     pub status: EtbStatus,
@@ -23,8 +76,9 @@ impl FfiError {
         FfiError { status, message: message.into() }
     }
 
-    pub fn null(function: &str, argument: &str) -> Self {
-        FfiError::new(ETB_ERR_NULL_ARGUMENT, format!("{function}: argument `{argument}` is NULL"))
+    /// A required pointer argument was NULL.
+    pub fn null(argument: &str) -> Self {
+        FfiError::new(ETB_ERR_NULL_ARGUMENT, format!("argument `{argument}` is NULL"))
     }
 }
 
@@ -34,26 +88,15 @@ impl From<Error> for FfiError {
     }
 }
 
-/// Returns `Err(FfiError::null(..))` from the enclosing closure when a pointer is NULL.
-macro_rules! require_non_null {
-    ($function:literal, $($ptr:ident),+) => {
-        $(
-            if $ptr.is_null() {
-                return Err($crate::ffi::boundary::FfiError::null($function, stringify!($ptr)));
-            }
-        )+
-    };
-}
-
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
     static IN_BOUNDARY: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Records `message` as this thread's last error and logs it (debug level: the caller gets the
-/// status and decides what to tell its user).
-pub(crate) fn record(status: EtbStatus, message: &str) -> EtbStatus {
-    let text = format!("{}: {}", status_name(status).to_string_lossy(), message);
+/// Records `"{STATUS}: {function}: {message}"` as this thread's last error and logs it (debug
+/// level: the caller gets the status and decides what to tell its user).
+fn record(status: EtbStatus, function: &str, message: &str) -> EtbStatus {
+    let text = format!("{}: {function}: {message}", status_name(status).to_string_lossy());
     log::debug!("{text}");
     let c = CString::new(text.replace('\0', "\\0")).unwrap_or_default();
     // try_with: during thread teardown the slot may be gone; never panic here (we are
@@ -100,43 +143,38 @@ fn install_panic_hook() {
     });
 }
 
-fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, Box<dyn Any + Send>> {
+/// Runs `f` inside the boundary: a panic becomes `ETB_ERR_PANIC` with its message.
+fn guarded<T>(function: &str, f: impl FnOnce() -> Result<T, FfiError>) -> Result<T, EtbStatus> {
     let outer = IN_BOUNDARY.try_with(|b| b.replace(true)).unwrap_or(false);
     let result = catch_unwind(AssertUnwindSafe(|| {
         install_panic_hook();
-        crate::logging::init();
+        etb_core::logging::init();
         f()
     }));
     let _ = IN_BOUNDARY.try_with(|b| b.set(outer));
-    result
+    match result {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(record(e.status, function, &e.message)),
+        Err(payload) => Err(record(
+            ETB_ERR_PANIC,
+            function,
+            &format!("internal error: {}; please report it (the process is unharmed)", panic_text(&*payload)),
+        )),
+    }
 }
 
 /// Runs a status-returning export body.
-pub(crate) fn call(function: &str, f: impl FnOnce() -> Result<(), FfiError>) -> EtbStatus {
-    match guarded(f) {
-        Ok(Ok(())) => ETB_OK,
-        Ok(Err(e)) => record(e.status, &e.message),
-        Err(payload) => record(
-            ETB_ERR_PANIC,
-            &format!("internal error in {function}: {}; please report it (the process is unharmed)", panic_text(&*payload)),
-        ),
+pub(crate) fn status(function: &str, f: impl FnOnce() -> Result<(), FfiError>) -> EtbStatus {
+    match guarded(function, f) {
+        Ok(()) => ETB_OK,
+        Err(status) => status,
     }
 }
 
-/// Runs a value-returning export body (an accessor): an error or a panic records the message
-/// and returns `sentinel`.
+/// Runs a value-returning export body (an accessor): an error or a panic is recorded and the
+/// export returns `sentinel`.
 pub(crate) fn value<T>(function: &str, sentinel: T, f: impl FnOnce() -> Result<T, FfiError>) -> T {
-    match guarded(f) {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            record(e.status, &e.message);
-            sentinel
-        }
-        Err(payload) => {
-            record(ETB_ERR_PANIC, &format!("internal error in {function}: {}", panic_text(&*payload)));
-            sentinel
-        }
-    }
+    guarded(function, f).unwrap_or(sentinel)
 }
 
 /// A static C string's pointer.
@@ -149,28 +187,24 @@ mod tests {
     use super::*;
 
     fn last() -> String {
+        // SAFETY: last_error_ptr is never NULL and NUL-terminated, valid until the next failure.
         unsafe { CStr::from_ptr(last_error_ptr()) }.to_string_lossy().into_owned()
     }
 
     #[test]
     fn panics_become_a_status_and_a_message() {
-        let s = call("etb_test", || panic!("boom"));
+        let s = status("etb_test", || panic!("boom"));
         assert_eq!(s, ETB_ERR_PANIC);
-        assert!(last().contains("boom") && last().contains("etb_test"), "{}", last());
+        assert!(last().starts_with("ETB_ERR_PANIC: etb_test: internal error: boom"), "{}", last());
         assert_eq!(value("etb_test", -1, || -> Result<i32, FfiError> { panic!("x") }), -1);
     }
 
     #[test]
     fn success_leaves_the_last_error_alone() {
-        call("f", || Err(FfiError::new(ETB_ERR_NULL_ARGUMENT, "first")));
-        assert_eq!(call("f", || Ok(())), ETB_OK);
-        assert_eq!(last(), "ETB_ERR_NULL_ARGUMENT: first");
-        let p: *const u8 = std::ptr::null();
-        let s = call("g", || {
-            require_non_null!("g", p);
-            Ok(())
-        });
-        assert_eq!(s, ETB_ERR_NULL_ARGUMENT);
-        assert!(last().contains("`p` is NULL"));
+        status("f", || Err(FfiError::new(ETB_ERR_NULL_ARGUMENT, "first")));
+        assert_eq!(status("f", || Ok(())), ETB_OK);
+        assert_eq!(last(), "ETB_ERR_NULL_ARGUMENT: f: first");
+        assert_eq!(status("g", || Err(FfiError::null("p"))), ETB_ERR_NULL_ARGUMENT);
+        assert_eq!(last(), "ETB_ERR_NULL_ARGUMENT: g: argument `p` is NULL");
     }
 }

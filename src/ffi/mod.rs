@@ -1,27 +1,30 @@
-//! The C ABI. Every exported function here only checks its pointers, converts between C and
-//! Rust types, calls the core, and reports through an `EtbStatus` and the thread's last-error
-//! message; panics are caught at the boundary (`boundary`) and become `ETB_ERR_PANIC`.
+//! The C ABI. Every export is written with `ffi_fn!` (`boundary`): it only checks its pointers
+//! and converts arguments (`args`), calls the core, and reports through an `EtbStatus` and the
+//! thread's last-error message; panics are caught at the boundary and become `ETB_ERR_PANIC`.
 //!
-//! Conventions that hold for every function (also in the README, "API conventions"):
+//! Conventions that hold for every function (also in the header's preamble and the README, "API
+//! conventions"):
 //! - Out-pointers are written only on success.
 //! - Strings returned as `const char *` are owned by the library; each function says how long
 //!   they live. Strings passed in are borrowed for the call only.
-//! - Handles (`EtbClient`, `EtbBootstrapInfo`) are created by the library and released with
-//!   their own `_close`/`_free` function, which accepts NULL; releasing one twice, or using it
-//!   after release, is undefined behaviour.
+//! - Handles (`EtbClient`, `EtbBootstrapInfo`, `EtbCompletion`) are created by the library and
+//!   released with their own `_close`/`_free` function, which accepts NULL; releasing one twice,
+//!   or using it after release, is undefined behaviour.
+//! - A function that may run on several threads at once on a handle takes it `const`.
 
 #[macro_use]
 mod boundary;
+mod args;
 pub mod bootstrap;
 pub mod commands;
-pub mod convert;
 pub mod info;
 pub mod misc;
+pub mod naming;
 pub mod status;
 
 pub use bootstrap::*;
 pub use commands::*;
-pub use convert::{EtbTransferKind, ETB_TRANSFER_RECV, ETB_TRANSFER_SEND};
 pub use info::*;
 pub use misc::*;
+pub use naming::*;
 pub use status::*;

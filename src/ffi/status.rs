@@ -2,7 +2,7 @@
 
 use std::ffi::CStr;
 
-use crate::error::ErrorKind;
+use etb_core::error::ErrorKind;
 
 /// The result of a call: `ETB_OK` (0) or one of the `ETB_ERR_*` codes below. A plain `int32_t`
 /// on the C side, so that codes added later never make an old caller's `switch` undefined.

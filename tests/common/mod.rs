@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use etha_tensor_bus::naming::AgentPaths;
+use etb_core::protocol::naming::AgentPaths;
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
 
@@ -45,6 +45,25 @@ impl Drop for TempDir {
     }
 }
 
+/// The etb-dev-agent binary (a crate of its own in this workspace, so cargo does not hand its
+/// path to these tests): `ETB_DEV_AGENT` when set, else the one beside this test's own profile
+/// folder (`target/<profile>/etb-dev-agent`), which `cargo build --workspace` (scripts/build.sh)
+/// makes.
+pub fn dev_agent_exe() -> PathBuf {
+    if let Some(p) = std::env::var_os("ETB_DEV_AGENT") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test>-<hash>
+    let path = exe.parent().and_then(Path::parent).expect("target/<profile>").join("etb-dev-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build --workspace` (or set ETB_DEV_AGENT)",
+        path.display()
+    );
+    path
+}
+
 /// A running etb-dev-agent, stopped (cleanly: files and semaphores removed) on drop.
 pub struct DevAgent {
     pub child: Child,
@@ -65,7 +84,7 @@ impl DevAgent {
     /// from the test's own thread: `--die-with-parent` (PR_SET_PDEATHSIG) fires when the spawning
     /// *thread* exits.
     pub fn start(paths: &AgentPaths, extra: &[&str], wait_ready: bool) -> DevAgent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_etb-dev-agent"))
+        let mut child = Command::new(dev_agent_exe())
             .args(agent_args(paths))
             .args(["--die-with-parent", "--exit-after", "120"])
             .args(extra)
@@ -104,7 +123,7 @@ impl Drop for DevAgent {
 
 /// Names in /dev/shm and files next to `paths` that a test may have left behind.
 pub fn leftovers(paths: &AgentPaths) -> Vec<String> {
-    let stem = etha_tensor_bus::naming::file_stem(&paths.command_queue).to_vec();
+    let stem = etb_core::protocol::naming::file_stem(&paths.command_queue).to_vec();
     let stem = String::from_utf8_lossy(&stem).into_owned();
     let mut left: Vec<String> = std::fs::read_dir("/dev/shm")
         .unwrap()
@@ -146,11 +165,11 @@ pub fn our_completion_semaphores(filter: &str) -> Vec<String> {
 pub fn remove_agent_leftovers(paths: &AgentPaths) {
     for p in [&paths.command_queue, &paths.state] {
         let _ = std::fs::remove_file(p);
-        let _ = std::fs::remove_file(etha_tensor_bus::lmdb::lock_path(p));
+        let _ = std::fs::remove_file(etb_core::lmdb::lock_path(p));
     }
-    let names = etha_tensor_bus::command_queue::QueueNames::for_path(&paths.command_queue);
+    let names = etb_core::protocol::command_queue::QueueNames::for_path(&paths.command_queue);
     for n in [&names.items, &names.space, &names.ready] {
-        let _ = etha_tensor_bus::semaphore::NamedSemaphore::unlink(n);
+        let _ = etb_core::sys::semaphore::NamedSemaphore::unlink(n);
     }
 }
 
@@ -160,11 +179,11 @@ pub fn boot(paths: &AgentPaths, timeout: f64) -> etha_tensor_bus::Result<(etha_t
     let mut naming = |_rank: i64| Ok(paths.clone());
     etha_tensor_bus::bootstrap_client(etha_tensor_bus::BootstrapOptions {
         path_naming: Some(&mut naming),
-        connection_timeout: etha_tensor_bus::timeout::Timeout::from_secs_f64(timeout, "t").unwrap(),
+        connection_timeout: etb_core::timeout::Timeout::from_secs_f64(timeout, "t").unwrap(),
         env: &env,
-        cuda_mode: etha_tensor_bus::cuda::CudaMode::Skip,
-        ptrace_mode: etha_tensor_bus::bootstrap::PtraceMode::Agent,
-        trust: etha_tensor_bus::trust::TrustPolicy::default(),
+        cuda_mode: etb_core::cuda::CudaMode::Skip,
+        ptrace_mode: etb_core::connection::PtraceMode::Agent,
+        trust: etb_core::sys::trust::TrustPolicy::default(),
         // Several of these tests run clients of one agent in several processes or threads.
         share_agent: true,
     })

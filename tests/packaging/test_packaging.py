@@ -83,8 +83,19 @@ def test_soname_exports_and_no_runpath(installed):
     assert names and all(n.startswith("etb_") for n in names), [n for n in names if not n.startswith("etb_")]
 
 
-def test_plain_cargo_build_has_the_soname():
-    assert f"Library soname: [{SONAME}]" in readelf_dynamic(TARGET / "libetha_tensor_bus.so")
+def test_plain_cargo_build_links_and_runs_from_the_target_folder(tmp_path):
+    """A plain `cargo build` sets no SONAME (only installing builds do), so a C program linked
+    against target/<profile> records the file it linked and runs against it there."""
+    assert "Library soname" not in readelf_dynamic(TARGET / "libetha_tensor_bus.so")
+    src = tmp_path / "version.c"
+    src.write_text('#include <stdio.h>\n#include "etha_tensor_bus.h"\n'
+                   'int main(void) { printf("%s\\n", etb_version()); return 0; }\n')
+    exe = tmp_path / "version"
+    run(["cc", "-std=c11", "-Wall", "-Werror", f"-I{ROOT / 'include'}", src, f"-L{TARGET}",
+         "-letha_tensor_bus", "-o", exe])
+    assert "Shared library: [libetha_tensor_bus.so]" in readelf_dynamic(exe)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(TARGET))
+    assert run([exe], env=env).strip() == VERSION
 
 
 def test_no_installed_file_names_the_source_or_build_tree(installed):

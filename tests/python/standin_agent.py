@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A stand-in for the Python Etha agent, built on the same libraries it uses: py-lmdb, posix_ipc
-and msgspec. It follows ../shared/reference/PROTOCOL.md sections 2, 3 and 6: clean-up of stale
+and msgspec. It follows docs/protocol.md sections 2, 3 and 6: clean-up of stale
 files and semaphores, the command queue created as its leader, then the state LMDB, then a
 heartbeat every loop turn (about 1 ms).
 

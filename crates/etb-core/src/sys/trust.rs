@@ -5,7 +5,6 @@
 //! on shared nodes: without this, anyone could stand in for the agent and receive the worker's CUDA
 //! IPC handles.
 
-use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -38,16 +37,6 @@ impl Distrust {
             Distrust::Permission(m) => Error::new(ErrorKind::Permission, m),
         }
     }
-}
-
-fn lstat(path: &Path) -> Result<libc::stat, i32> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| libc::EINVAL)?;
-    // SAFETY: plain data out-parameter.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::lstat(c.as_ptr(), &mut st) } != 0 {
-        return Err(crate::error::last_errno());
-    }
-    Ok(st)
 }
 
 fn our_groups() -> Vec<libc::gid_t> {
@@ -94,12 +83,8 @@ pub fn check_folder(path: &Path, what: &str, policy: TrustPolicy) -> Result<(), 
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let c = CString::new(folder.as_os_str().as_bytes()).map_err(|_| Distrust::Missing)?;
-    // SAFETY: plain data out-parameter; stat follows symlinks: the folder actually used is checked.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::stat(c.as_ptr(), &mut st) } != 0 {
-        return Err(Distrust::Missing);
-    }
+    // stat follows symlinks: the folder actually used is checked.
+    let st = crate::sys::fs::stat(folder).map_err(|_| Distrust::Missing)?;
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     let mode = st.st_mode & 0o7777;
@@ -121,7 +106,7 @@ pub fn check_folder(path: &Path, what: &str, policy: TrustPolicy) -> Result<(), 
 /// symlink) that we trust.
 pub fn check_file(path: &Path, what: &str, policy: TrustPolicy) -> Result<libc::stat, Distrust> {
     check_folder(path, what, policy)?;
-    let st = match lstat(path) {
+    let st = match crate::sys::fs::lstat(path) {
         Ok(st) => st,
         // A name too long to exist is as missing as an absent one (the open reports the length).
         Err(libc::ENOENT | libc::ENAMETOOLONG | libc::ENOTDIR) => return Err(Distrust::Missing),
@@ -227,7 +212,7 @@ mod tests {
         assert_eq!(check_file(&dir.join("none"), "file", p).unwrap_err(), Distrust::Missing);
         std::os::unix::fs::symlink(&f, dir.join("l")).unwrap();
         assert!(matches!(check_file(&dir.join("l"), "file", p), Err(Distrust::Permission(m)) if m.contains("symbolic link")));
-        let fifo = CString::new(dir.join("fifo").as_os_str().as_bytes()).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("fifo").as_os_str().as_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         assert!(matches!(check_file(&dir.join("fifo"), "file", p), Err(Distrust::NotRegular(_))));
         std::fs::create_dir(dir.join("d")).unwrap();

@@ -1,4 +1,4 @@
-//! Which agent this worker belongs to, from the environment (PROTOCOL.md section 1).
+//! Which agent this worker belongs to, from the environment (docs/protocol.md section 1).
 //!
 //! `AGENT_RANK` set: the agent rank directly (`direct`). Otherwise `RANK + AGENT_RANK_OFFSET`
 //! (offset default 0, `offset`). The offset is added to the *global* `RANK`, as the reference

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use etha_tensor_bus::lmdb::{Dbi, EnvOptions, Environment};
-use etha_tensor_bus::state_db::{lock_path, unix_now, AGENT_MAP_SIZE, DB_NAME, HEARTBEAT_KEY};
+use etb_core::lmdb::{Dbi, EnvOptions, Environment};
+use etb_core::protocol::state_db::{lock_path, unix_now, AGENT_MAP_SIZE, DB_NAME, HEARTBEAT_KEY};
 
 pub struct StateWriter {
     path: PathBuf,

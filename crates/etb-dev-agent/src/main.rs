@@ -1,4 +1,4 @@
-//! `etb-dev-agent`: a stand-in for the Python agent's side of PROTOCOL.md sections 2, 3 and 6,
+//! `etb-dev-agent`: a stand-in for the Python agent's side of docs/protocol.md sections 2, 3 and 6,
 //! for the demo and the tests. It cleans up stale files and semaphores as the deployed launch
 //! scripts do, creates the command queue as its leader, then the state LMDB, then writes a
 //! heartbeat about every millisecond (its commits skip fsync). It consumes commands, performs

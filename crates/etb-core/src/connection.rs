@@ -1,59 +1,29 @@
-//! `bootstrap_client`: from the environment to an attached client (PROTOCOL.md sections 1-3).
+//! Finding a live agent and letting it in: the part of bootstrap that `Client::reconnect` repeats
+//! for a new agent (docs/protocol.md sections 1-3).
 //!
-//! 1. Resolve the agent rank (`rank`), then the two paths (`naming`).
-//! 2. Within one deadline: wait for the state LMDB, open it read-only, wait for a fresh
-//!    heartbeat; then attach to the command queue as a follower. Polls every millisecond (the
-//!    reference polls every 100 ms), so a worker started before its agent connects within a few
-//!    ms of the first heartbeat.
-//! 3. Authorize the agent (only its pid, when known) to ptrace this process.
-//! 4. Bind this thread to `cuda:{LOCAL_RANK}`'s primary context, as the CUDA mode says.
+//! Within one deadline: wait for the state LMDB, open it read-only, wait for a fresh heartbeat;
+//! then attach to the command queue as a follower; then identify the agent's process. Polls
+//! every millisecond (the reference polls every 100 ms), so a worker started before its agent
+//! connects within a few ms of the first heartbeat. Then [`authorize_agent`] lets the agent (only
+//! it, when identified) ptrace this worker.
 
+use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::agent_process::{has_open_for_writing, lock_holders, pick_agent, Holders};
-use crate::client::{Client, Settings};
-use crate::command_queue::{AttachError, CommandQueue};
-use crate::cuda::{self, CudaMode, CudaReport};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lmdb::lock_path;
-use crate::lmdb_registry::FileId;
-use crate::naming::AgentPaths;
-use crate::ptrace::{self, Tracer};
-use crate::rank::{self, EnvSource, Method, RankInfo};
-use crate::state_db::{StateDb, StateError, HEARTBEAT_FRESH_SECS};
-use crate::timeout::{Deadline, Timeout};
-use crate::trust::TrustPolicy;
-
-thread_local! {
-    /// Why the last `connect` on this thread could not identify the agent (for the ANY warning).
-    static UNIDENTIFIED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-}
+use crate::lmdb::registry::FileId;
+use crate::protocol::command_queue::{AttachError, CommandQueue};
+use crate::protocol::naming::AgentPaths;
+use crate::protocol::state_db::{StateDb, StateError, HEARTBEAT_FRESH_SECS};
+use crate::sys::process::{has_open_for_writing, lock_holders, pick_agent, Holders};
+use crate::sys::ptrace::{self, Tracer};
+use crate::sys::trust::{self, TrustPolicy};
+use crate::timeout::Deadline;
 
 /// How often the waits poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(1);
-
-/// The reference's default connection timeout, in seconds.
-pub const DEFAULT_CONNECTION_TIMEOUT_SECS: f64 = 30.0;
-
-/// A path naming function: agent rank to paths.
-pub type PathNaming<'a> = &'a mut dyn FnMut(i64) -> Result<AgentPaths>;
-
-/// What `bootstrap_client` needs.
-pub struct BootstrapOptions<'a> {
-    /// `None`: the default names (`naming::AgentPaths::default_for_rank`).
-    pub path_naming: Option<PathNaming<'a>>,
-    pub connection_timeout: Timeout,
-    pub env: &'a dyn EnvSource,
-    /// Whether to bind the worker to its GPU (`cuda:{LOCAL_RANK}`'s primary context).
-    pub cuda_mode: CudaMode,
-    /// Whom to let ptrace this worker.
-    pub ptrace_mode: PtraceMode,
-    /// What is trusted beyond files of our own user, not writable by others.
-    pub trust: TrustPolicy,
-    /// Whether other workers may attach to the same agent (all of them must allow it).
-    pub share_agent: bool,
-}
 
 /// Whom bootstrap lets ptrace this worker (the agent takes CUDA memory out of it with
 /// `pidfd_getfd`, which Yama `ptrace_scope=1` allows only to an authorized tracer).
@@ -69,97 +39,67 @@ pub enum PtraceMode {
     None,
 }
 
-/// What bootstrap found out, as the reference's `BootstrapInfo` plus the agent's pid.
+/// Who the agent is, as far as this process can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootstrapInfo {
-    pub agent_rank: i64,
-    pub global_rank: i64,
-    pub rank_offset: Option<i64>,
-    pub local_rank: i32,
-    pub device: String,
-    pub paths: AgentPaths,
-    pub method: Method,
-    pub agent_pid: Option<i32>,
-    /// The CUDA driver's version and, when bound, the device's identity.
-    pub cuda: CudaReport,
+pub enum AgentIdentity {
+    /// The verified writer of the state file.
+    Pid(i32),
+    /// Not identified, and why (another pid namespace, /proc hidden, several candidates).
+    Unknown(String),
 }
 
-/// How the rank was found, for error messages.
-fn rank_origin(r: &RankInfo) -> String {
-    match r.method {
-        Method::Direct => format!("agent rank {} from AGENT_RANK", r.agent_rank),
-        Method::Offset => format!(
-            "agent rank {} = RANK {} + AGENT_RANK_OFFSET {}",
-            r.agent_rank,
-            r.global_rank,
-            r.rank_offset.unwrap_or(0)
-        ),
+impl AgentIdentity {
+    /// The pid, when identified.
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            AgentIdentity::Pid(p) => Some(*p),
+            AgentIdentity::Unknown(_) => None,
+        }
     }
 }
 
-/// Runs the whole bootstrap.
-pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, BootstrapInfo)> {
-    let ranks = rank::resolve(options.env)?;
-    let paths = match options.path_naming {
-        Some(naming) => naming(ranks.agent_rank)?,
-        None => AgentPaths::default_for_rank(ranks.agent_rank),
+/// For messages and log lines: "pid 1234" or "pid unknown (why)".
+impl fmt::Display for AgentIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentIdentity::Pid(p) => write!(f, "pid {p}"),
+            AgentIdentity::Unknown(why) => write!(f, "pid unknown ({why})"),
+        }
     }
-    .validate()?;
-    let deadline = options.connection_timeout.start();
-    let origin = rank_origin(&ranks);
-
-    let trust = options.trust;
-    let (state, queue, agent_pid) = connect(&paths, trust, &deadline, &origin)?;
-    let worker_lock = crate::worker_lock::acquire(&paths.state, options.share_agent, trust)?;
-    authorize_agent(agent_pid, options.ptrace_mode);
-    // Only once the agent is validated: a missing agent never costs a CUDA initialization.
-    let (cuda_binding, cuda) = cuda::bind(ranks.local_rank, options.cuda_mode)?;
-
-    let info = BootstrapInfo {
-        agent_rank: ranks.agent_rank,
-        global_rank: ranks.global_rank,
-        rank_offset: ranks.rank_offset,
-        local_rank: ranks.local_rank,
-        device: ranks.device(),
-        paths: paths.clone(),
-        method: ranks.method,
-        agent_pid,
-        cuda,
-    };
-    log::info!(
-        "bootstrapped: {origin}, state {}, queue {}, agent pid {agent_pid:?}, {:.3} ms",
-        paths.state.display(),
-        paths.command_queue.display(),
-        deadline.elapsed_secs() * 1e3
-    );
-    let settings = Settings { trust, ptrace_mode: options.ptrace_mode };
-    Ok((Client::new(ranks.agent_rank, paths, state, queue, agent_pid, cuda_binding, worker_lock, settings), info))
 }
 
-/// Validates the agent (state, fresh heartbeat, queue, process) within `deadline`: the part of
-/// bootstrap that `Client::reconnect` repeats for a new agent.
-pub(crate) fn connect(
-    paths: &AgentPaths,
-    trust: TrustPolicy,
-    deadline: &Deadline,
-    origin: &str,
-) -> Result<(StateDb, CommandQueue, Option<i32>)> {
+/// A validated agent: its state LMDB (fresh heartbeat), its attached command queue, its identity.
+pub struct Connection {
+    pub state: StateDb,
+    pub queue: CommandQueue,
+    pub agent: AgentIdentity,
+}
+
+/// How a client authorizes and trusts an agent, at bootstrap and again at every reconnect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settings {
+    pub trust: TrustPolicy,
+    pub ptrace_mode: PtraceMode,
+}
+
+/// Validates the agent (state, fresh heartbeat, queue, process) within `deadline`. `origin` says
+/// how the paths were found (for messages).
+pub fn connect(paths: &AgentPaths, trust: TrustPolicy, deadline: &Deadline, origin: &str) -> Result<Connection> {
     let state = wait_for_state(&paths.state, trust, deadline, origin)?;
     log::trace!("state ready after {:.3} ms", deadline.elapsed_secs() * 1e3);
     let queue = wait_for_queue(&paths.command_queue, state.file_id(), trust, deadline, origin)?;
     log::trace!("queue attached after {:.3} ms", deadline.elapsed_secs() * 1e3);
-    let agent_pid = match identify_agent(&state, &paths.state) {
+    let agent = match identify_agent(&state, &paths.state) {
         Ok(pid) => {
-            crate::trust::check_agent_process(pid)?;
-            Some(pid)
+            trust::check_agent_process(pid)?;
+            AgentIdentity::Pid(pid)
         }
         Err(why) => {
             log::debug!("agent process not identified: {why}");
-            UNIDENTIFIED.with(|u| *u.borrow_mut() = why);
-            None
+            AgentIdentity::Unknown(why)
         }
     };
-    Ok((state, queue, agent_pid))
+    Ok(Connection { state, queue, agent })
 }
 
 fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: &str) -> Result<StateDb> {
@@ -288,7 +228,7 @@ fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &str) -> Error
             format!(
                 "the command queue path {p} gives semaphore name {name:?}, longer than the {} bytes POSIX allows: \
                  use a shorter file name (the semaphores are named after the file's stem)",
-                crate::semaphore::MAX_NAME_LEN
+                crate::sys::semaphore::MAX_NAME_LEN
             ),
         ),
         AttachError::Semaphore(name, e) => Error::new(
@@ -318,27 +258,30 @@ fn identify_agent(state: &StateDb, path: &Path) -> std::result::Result<i32, Stri
     }
     // Slow path (reading /proc/locks costs the kernel an RCU grace period: milliseconds).
     match lock_holders(&lock_path(path)) {
-        Holders::Unavailable => Err(format!("/proc/locks is unreadable and lock holder {candidate:?} could not be verified")),
+        Holders::Unavailable => Err(match candidate {
+            Some(pid) => format!("/proc/locks is unreadable and the lock holder, pid {pid}, could not be verified"),
+            None => "/proc/locks is unreadable and F_GETLK names no lock holder".to_string(),
+        }),
         Holders::Pids(pids) => pick_agent(&pids, path).map_err(|n| match n {
             0 => "no other process holds the state LMDB's lock in this pid namespace (an agent in another \
                   container, or one that does not use the lock file)"
                 .to_string(),
-            n => format!("none, or more than one, of the {n} holders of the state LMDB's lock has the state file open for writing ({pids:?})"),
+            n => format!("none, or more than one, of the {n} holders of the state LMDB's lock has the state file open for writing (pids {})", join_pids(&pids)),
         }),
     }
 }
 
 /// Lets the agent (only it, when known) ptrace this process; failures are logged, not returned.
-pub(crate) fn authorize_agent(agent_pid: Option<i32>, mode: PtraceMode) {
-    let tracer = match (mode, agent_pid) {
+pub fn authorize_agent(agent: &AgentIdentity, mode: PtraceMode) {
+    let tracer = match (mode, agent) {
         (PtraceMode::None, _) => return,
         (PtraceMode::Any, _) => Tracer::Any,
-        (PtraceMode::Agent, Some(pid)) => Tracer::Pid(pid),
-        (PtraceMode::Agent, None) => {
-            let why = UNIDENTIFIED.with(|u| u.borrow().clone());
+        (PtraceMode::Agent, AgentIdentity::Pid(pid)) => Tracer::Pid(*pid),
+        (PtraceMode::Agent, AgentIdentity::Unknown(why)) => {
             log::warn!(
                 "the agent's process could not be identified ({why}): authorizing every process to \
-                 ptrace this worker (PR_SET_PTRACER_ANY); use ETB_PTRACE_NONE and etb_setup_ptrace_pid to choose"
+                 ptrace this worker (PR_SET_PTRACER_ANY); choose the ptrace mode \"none\" and authorize \
+                 the agent's pid yourself to avoid that"
             );
             Tracer::Any
         }
@@ -346,4 +289,8 @@ pub(crate) fn authorize_agent(agent_pid: Option<i32>, mode: PtraceMode) {
     if let Err(e) = ptrace::grant(tracer, Path::new(ptrace::YAMA_DIR)) {
         log::warn!("{e}; the agent may fail to import CUDA memory shared by this worker");
     }
+}
+
+fn join_pids(pids: &[i32]) -> String {
+    pids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
 }

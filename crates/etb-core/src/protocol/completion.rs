@@ -1,4 +1,4 @@
-//! Completion semaphores (PROTOCOL.md section 5): one fresh POSIX named semaphore per command
+//! Completion semaphores (docs/protocol.md section 5): one fresh POSIX named semaphore per command
 //! the worker may wait on. The agent opens it by name, posts it, closes it, and tries to unlink
 //! it; posix_ipc 1.3.2 makes that unlink fail, so *we* always unlink what we created, whether
 //! the wait succeeded, failed or timed out (on drop).
@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::semaphore::{NamedSemaphore, SemError, MAX_NAME_LEN};
+use crate::sys::semaphore::{NamedSemaphore, SemError, MAX_NAME_LEN};
 
 /// FNV-1a, 64 bits: a stable hash for cut contexts.
 fn fnv1a(bytes: &[u8]) -> u64 {

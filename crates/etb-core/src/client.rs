@@ -1,5 +1,5 @@
 //! A worker's connection to its agent: the state LMDB (read-only), the command queue, and the
-//! five commands of the reference client (PROTOCOL.md sections 3-5, 7).
+//! five commands of the reference client (docs/protocol.md sections 3-5, 7).
 //!
 //! Thread-safety: every method takes `&self` and may run on several threads at once (LMDB
 //! serializes the queue's write transactions; each call owns its completion semaphore).
@@ -11,16 +11,18 @@ use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::agent_watch::AgentWatch;
-use crate::command_queue::{CommandQueue, EnqueueError};
-use crate::commands::{Command, TransferKind, TRANSFER_SIGNAL};
-use crate::completion::CompletionSemaphore;
+use crate::connection::{self, Connection, Settings};
+use crate::sys::process::process_alive;
+use crate::sys::process_watch::AgentWatch;
+use crate::protocol::command_queue::{CommandQueue, EnqueueError};
+use crate::protocol::commands::{Command, TransferKind, TRANSFER_SIGNAL};
+use crate::protocol::completion::CompletionSemaphore;
 use crate::cuda::{CuContext, CudaBinding};
-use crate::worker_lock::WorkerLock;
+use crate::sys::worker_lock::WorkerLock;
 use crate::error::{Error, ErrorKind, Result};
-use crate::naming::AgentPaths;
-use crate::semaphore::WaitError;
-use crate::state_db::{unix_now, StateDb, StateError};
+use crate::protocol::naming::AgentPaths;
+use crate::sys::semaphore::WaitError;
+use crate::protocol::state_db::{pair_match_key, transfer_signal_key, unix_now, PairMatch, StateDb, StateError};
 use crate::timeout::{Deadline, Timeout};
 
 /// What a client shares with the completions it issued.
@@ -87,13 +89,6 @@ struct Stable {
     _worker_lock: WorkerLock,
 }
 
-/// How a client authorizes and trusts a new agent when it reconnects.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Settings {
-    pub trust: crate::trust::TrustPolicy,
-    pub ptrace_mode: crate::bootstrap::PtraceMode,
-}
-
 /// A bootstrapped client. Dropping it closes only this worker's own handles: it never removes
 /// the agent's files or semaphores (the reference's `close()` does, a defect).
 pub struct Client {
@@ -118,13 +113,10 @@ pub struct Completion {
 }
 
 impl Client {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         agent_rank: i64,
         paths: AgentPaths,
-        state: StateDb,
-        queue: CommandQueue,
-        agent_pid: Option<i32>,
+        connection: Connection,
         cuda: Option<CudaBinding>,
         worker_lock: WorkerLock,
         settings: Settings,
@@ -132,7 +124,7 @@ impl Client {
         Client {
             agent_rank,
             paths,
-            link: RwLock::new(Arc::new(Link { state, queue, shared: new_shared(agent_pid) })),
+            link: RwLock::new(Arc::new(Link::new(connection))),
             reconnecting: Mutex::new(()),
             stable: ManuallyDrop::new(Stable { cuda, _worker_lock: worker_lock }),
             owner_pid: std::process::id(),
@@ -164,14 +156,14 @@ impl Client {
         // A dead agent's files stay behind with a heartbeat younger than 5 s for a while: a new
         // agent is a live process other than the old one (verified as the state's writer), or,
         // when it cannot be identified, new files.
-        let (state, queue, agent_pid) = loop {
-            let (state, queue, pid) = crate::bootstrap::connect(&self.paths, self.settings.trust, &deadline, &origin)?;
-            let new_process = pid.is_some_and(|p| Some(p) != old_pid && crate::agent_process::process_alive(p));
-            if new_process || (pid.is_none() && state.file_id() != old_state) {
-                break (state, queue, pid);
+        let connection = loop {
+            let c = connection::connect(&self.paths, self.settings.trust, &deadline, &origin)?;
+            let new_process = c.agent.pid().is_some_and(|p| Some(p) != old_pid && process_alive(p));
+            if new_process || (c.agent.pid().is_none() && c.state.file_id() != old_state) {
+                break c;
             }
-            drop((state, queue));
-            if !deadline.sleep_step(crate::bootstrap::POLL_INTERVAL) {
+            drop(c);
+            if !deadline.sleep_step(connection::POLL_INTERVAL) {
                 return Err(Error::new(
                     ErrorKind::AgentNotResponding,
                     format!(
@@ -182,15 +174,16 @@ impl Client {
                 ));
             }
         };
-        crate::bootstrap::authorize_agent(agent_pid, self.settings.ptrace_mode);
-        let fresh = Arc::new(Link { state, queue, shared: new_shared(agent_pid) });
+        connection::authorize_agent(&connection.agent, self.settings.ptrace_mode);
+        let agent = connection.agent.clone();
+        let fresh = Arc::new(Link::new(connection));
         let old = std::mem::replace(&mut *self.link.write().unwrap_or_else(|p| p.into_inner()), fresh);
         // The old agent's completions and calls in flight see it dead; its environments close
         // when the last call using them ends.
         old.shared.died.store(true, Ordering::Release);
         drop(old);
-        log::info!("reconnected to agent rank {} (pid {agent_pid:?})", self.agent_rank);
-        Ok(agent_pid)
+        log::info!("reconnected to agent rank {} ({agent})", self.agent_rank);
+        Ok(agent.pid())
     }
 
     /// Head and tail of the agent's command queue.
@@ -217,7 +210,7 @@ impl Client {
     }
 
     /// The state LMDB's file identity.
-    pub fn state_file_id(&self) -> crate::lmdb_registry::FileId {
+    pub fn state_file_id(&self) -> crate::lmdb::registry::FileId {
         self.link().state.file_id()
     }
 
@@ -346,20 +339,20 @@ impl Client {
             placements_payload,
         };
         self.call(&command, timeout)?;
-        let key = format!("pair:{pair_name}/state:match");
-        let value = self.link().state.get(key.as_bytes()).map_err(|e| e.at(&self.paths.state))?;
-        // msgspec's encoding of the string "matched".
-        if value.as_deref() == Some(b"\xa7matched") {
-            Ok(())
-        } else {
-            Err(Error::new(
+        match self.link().state.pair_match(pair_name).map_err(|e| e.at(&self.paths.state))? {
+            PairMatch::Matched => Ok(()),
+            found => Err(Error::new(
                 ErrorKind::PairNotMatched,
                 format!(
-                    "InitPair {pair_name:?} completed but {key} is {}: the agent did not match the pair \
+                    "InitPair {pair_name:?} completed but {} is {}: the agent did not match the pair \
                      (check the peers' names and world size)",
-                    value.map_or("absent".to_string(), |v| format!("{v:02x?}"))
+                    pair_match_key(pair_name),
+                    match found {
+                        PairMatch::Other(v) => format!("{v:02x?}"),
+                        _ => "absent".to_string(),
+                    }
                 ),
-            ))
+            )),
         }
     }
 
@@ -389,19 +382,13 @@ impl Client {
     /// `QueryStatus` for the transfer signal; absent reads as false, as the reference.
     pub fn query_transfer_signal(&self, batch_id: &str, timeout: Timeout) -> Result<bool> {
         self.call(&Command::QueryStatus { batch_id, state_name: TRANSFER_SIGNAL }, timeout)?;
-        let key = format!("batch:{batch_id}/state:transfer_signal");
-        let value = self.link().state.get(key.as_bytes()).map_err(|e| e.at(&self.paths.state))?;
-        Ok(match value.as_deref() {
-            None => false,
-            Some(b"\xc3") => true,
-            Some(b"\xc2") => false,
-            Some(other) => {
-                return Err(Error::new(
-                    ErrorKind::Lmdb,
-                    format!("{key} holds {other:02x?}, not a MessagePack bool"),
-                ))
-            }
-        })
+        match self.link().state.transfer_signal(batch_id).map_err(|e| e.at(&self.paths.state))? {
+            Ok(signal) => Ok(signal),
+            Err(other) => Err(Error::new(
+                ErrorKind::Lmdb,
+                format!("{} holds {other:02x?}, not a MessagePack bool", transfer_signal_key(batch_id)),
+            )),
+        }
     }
 
     /// `CleanupBatch`.
@@ -434,7 +421,7 @@ fn wait_completion(
         )),
         Err(WaitError::GaveUp) if closed() => Err(closed_error(sem.name())),
         Err(WaitError::GaveUp) => Err(shared.died_error(what)),
-        Err(WaitError::Sem(e)) => Err(crate::completion::ipc_error(sem.name(), e)),
+        Err(WaitError::Sem(e)) => Err(crate::protocol::completion::ipc_error(sem.name(), e)),
     }
 }
 
@@ -482,7 +469,7 @@ impl Completion {
             }
             Ok(false) if self.shared.agent_dead() => Err(self.shared.died_error("Transfer")),
             Ok(false) => Ok(false),
-            Err(e) => Err(crate::completion::ipc_error(self.sem.name(), e)),
+            Err(e) => Err(crate::protocol::completion::ipc_error(self.sem.name(), e)),
         }
     }
 }
@@ -501,11 +488,14 @@ impl Drop for Client {
     }
 }
 
-fn new_shared(agent_pid: Option<i32>) -> Arc<Shared> {
-    Arc::new(Shared {
-        watch: AgentWatch::new(agent_pid),
-        died: AtomicBool::new(false),
-        closed: AtomicBool::new(false),
-        owner_pid: std::process::id(),
-    })
+impl Link {
+    fn new(connection: Connection) -> Link {
+        let shared = Arc::new(Shared {
+            watch: AgentWatch::new(connection.agent.pid()),
+            died: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            owner_pid: std::process::id(),
+        });
+        Link { state: connection.state, queue: connection.queue, shared }
+    }
 }

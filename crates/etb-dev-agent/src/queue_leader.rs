@@ -3,9 +3,9 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use etha_tensor_bus::command_queue::{decode_u64, encode_u64, QueueNames, CAPACITY, DB_NAME, HEAD_KEY, MAP_SIZE, TAIL_KEY};
-use etha_tensor_bus::lmdb::{Dbi, EnvOptions, Environment};
-use etha_tensor_bus::semaphore::NamedSemaphore;
+use etb_core::protocol::command_queue::{decode_u64, encode_u64, QueueNames, CAPACITY, DB_NAME, HEAD_KEY, MAP_SIZE, TAIL_KEY};
+use etb_core::lmdb::{Dbi, EnvOptions, Environment};
+use etb_core::sys::semaphore::NamedSemaphore;
 
 /// As the deployed launch scripts do before starting an agent: delete every file whose name
 /// starts with the queue's or the state's file name, and unlink the queue's three semaphores.
@@ -36,7 +36,7 @@ pub struct QueueLeader {
     _sems: [NamedSemaphore; 3],
 }
 
-fn lmdb(e: etha_tensor_bus::lmdb::LmdbError, path: &Path) -> String {
+fn lmdb(e: etb_core::lmdb::LmdbError, path: &Path) -> String {
     e.at(path).to_string()
 }
 
@@ -45,7 +45,7 @@ impl QueueLeader {
     /// creates `/cq_{stem}` and `/cq_space_{stem}` with the current counts, then posts ready.
     pub fn create(path: &Path) -> Result<QueueLeader, String> {
         let names = QueueNames::for_path(path);
-        let sem_err = |e: etha_tensor_bus::semaphore::SemError| e.text();
+        let sem_err = |e: etb_core::sys::semaphore::SemError| e.text();
         let ready = NamedSemaphore::create(&names.ready, 0o600, 0, true)
             .map_err(|e| format!("leader election on {}: {}", String::from_utf8_lossy(&names.ready), e.text()))?;
         let options = EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: MAP_SIZE, max_dbs: 2 };
@@ -82,6 +82,6 @@ impl QueueLeader {
         let path = self.path.clone();
         drop(self);
         let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_file(etha_tensor_bus::state_db::lock_path(&path));
+        let _ = std::fs::remove_file(etb_core::protocol::state_db::lock_path(&path));
     }
 }

@@ -7,7 +7,6 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::os::unix::io::AsRawFd;
 
 /// What probing the state's lock file found out.
 #[derive(Debug)]
@@ -45,20 +44,13 @@ pub fn probe_lock_file(lock_path: &Path) -> LockProbe {
 /// when none does, or when the holder lives in another pid namespace (the kernel reports 0).
 /// Cheap (one system call), but names only one holder when several hold it.
 pub fn lock_holder(file: &File) -> Option<i32> {
-    // SAFETY: flock is plain data; F_GETLK only reads and writes it.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 0;
-    fl.l_len = 1;
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) } != 0 {
-        log::debug!("F_GETLK failed: {}", std::io::Error::last_os_error());
-        return None;
+    match crate::sys::fs::conflicting_lock_holder(file, true, crate::sys::fs::Range { start: 0, len: 1 }) {
+        Ok(holder) => holder,
+        Err(errno) => {
+            log::debug!("F_GETLK failed: {}", crate::error::errno_text(errno));
+            None
+        }
     }
-    if fl.l_type == libc::F_UNLCK as libc::c_short || fl.l_pid <= 0 {
-        return None;
-    }
-    Some(fl.l_pid)
 }
 
 /// Whether process `pid` exists (a zombie counts as existing).

@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 
 use once_cell::sync::Lazy;
 
-use crate::error::{errno_text, last_errno, Error, ErrorKind, Result};
-use crate::lmdb_registry::{FileId, Lease, Registry};
-use crate::trust::{check_file, Distrust, TrustPolicy};
+use crate::error::{errno_text, Error, ErrorKind, Result};
+use crate::lmdb::registry::{FileId, Lease, Registry};
+use crate::sys::fs::{try_lock, Range};
+use crate::sys::trust::{check_file, Distrust, TrustPolicy};
 
 /// The lock file of the agent whose state LMDB is `state`.
 pub fn lock_file_path(state: &Path) -> PathBuf {
@@ -54,14 +55,7 @@ fn busy(state: &Path, who: &str) -> Error {
 
 /// The pid holding a conflicting lock on `file`, if any.
 fn holder(file: &File, shared: bool) -> Option<i32> {
-    // SAFETY: plain data; F_GETLK only reads and writes it.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = if shared { libc::F_RDLCK } else { libc::F_WRLCK } as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) } != 0 || fl.l_type == libc::F_UNLCK as libc::c_short {
-        return None;
-    }
-    Some(fl.l_pid)
+    crate::sys::fs::conflicting_lock_holder(file, !shared, Range::WHOLE).ok().flatten()
 }
 
 /// Serializes acquisitions, so that a descriptor of a lock file is only ever opened where it is
@@ -107,12 +101,7 @@ pub fn acquire(state: &Path, shared: bool, policy: TrustPolicy) -> Result<Worker
         if FileId::of_fd(file.as_raw_fd()).ok() != Some(id) {
             return Err(permission(format!("worker lock file {} was replaced while opening it", path.display())));
         }
-        // SAFETY: plain data for F_SETLK on the whole file.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = if shared { libc::F_RDLCK } else { libc::F_WRLCK } as libc::c_short;
-        fl.l_whence = libc::SEEK_SET as libc::c_short;
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
-            let errno = last_errno();
+        if let Err(errno) = try_lock(&file, !shared, Range::WHOLE) {
             if errno == libc::EAGAIN || errno == libc::EACCES {
                 let who = holder(&file, shared).map_or("pid unknown".to_string(), |p| format!("pid {p}"));
                 return Err(busy(state, &who));

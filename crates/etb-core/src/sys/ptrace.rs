@@ -1,4 +1,4 @@
-//! Letting the agent trace this worker (PROTOCOL.md section 1): the agent takes file
+//! Letting the agent trace this worker (docs/protocol.md section 1): the agent takes file
 //! descriptors out of the worker with `pidfd_getfd`, which under Yama `ptrace_scope=1` needs the
 //! worker's consent, given with `prctl(PR_SET_PTRACER, ...)`.
 //!
@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::agent_process::process_alive;
+use crate::sys::process::process_alive;
 
 use crate::error::{errno_text, last_errno, Error, ErrorKind, Result};
 

@@ -1,4 +1,4 @@
-//! The agent's state LMDB (PROTOCOL.md section 2): written by the agent, read by the worker.
+//! The agent's state LMDB (docs/protocol.md section 2): written by the agent, read by the worker.
 //!
 //! Opened read-only *with* the lock file when this process can write it, so that our read
 //! transactions hold a reader slot and the agent never recycles pages we are reading (the
@@ -12,16 +12,42 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use once_cell::sync::Lazy;
 
-use crate::agent_process::{lock_holder, probe_lock_file, LockProbe};
-use crate::lmdb_file;
-use crate::trust::{check_file, Distrust, TrustPolicy};
+use crate::sys::process::{lock_holder, probe_lock_file, LockProbe};
+use crate::lmdb::file_check;
+use crate::sys::trust::{check_file, Distrust, TrustPolicy};
 pub use crate::lmdb::lock_path;
 use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
-use crate::lmdb_registry::{FileId, Lease, Registry};
+use crate::lmdb::registry::{FileId, Lease, Registry};
 
 pub const DB_NAME: &str = "pair_state";
 pub const HEARTBEAT_KEY: &[u8] = b"agent:heartbeat";
 /// A heartbeat younger than this is fresh (the reference's threshold).
+/// The value the agent writes under a pair's match key once `InitPair` matched: msgspec's
+/// MessagePack encoding of the string `"matched"`.
+pub const MATCHED: &[u8] = b"\xa7matched";
+/// MessagePack `true` and `false`: the values of a batch's transfer signal key.
+pub const SIGNAL_TRUE: &[u8] = b"\xc3";
+pub const SIGNAL_FALSE: &[u8] = b"\xc2";
+
+/// The key the agent writes once `InitPair` for `pair_name` matched.
+pub fn pair_match_key(pair_name: &str) -> String {
+    format!("pair:{pair_name}/state:match")
+}
+
+/// The key the agent writes with a batch's transfer signal after a `QueryStatus`.
+pub fn transfer_signal_key(batch_id: &str) -> String {
+    format!("batch:{batch_id}/state:transfer_signal")
+}
+
+/// What a pair's match key holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairMatch {
+    Matched,
+    Absent,
+    /// Something else than [`MATCHED`].
+    Other(Vec<u8>),
+}
+
 pub const HEARTBEAT_FRESH_SECS: f64 = 5.0;
 /// The agent's map size for the state LMDB (we keep whatever the file says).
 pub const AGENT_MAP_SIZE: usize = 256 << 20;
@@ -101,7 +127,7 @@ impl StateDb {
         })?;
         let id = FileId { dev: st.st_dev, ino: st.st_ino };
         let env = STATE_ENVS.get_or_open(id, || {
-            lmdb_file::check_data_file(path, Some((id.dev, id.ino))).map_err(StateError::NotLmdb)?;
+            file_check::check_data_file(path, Some((id.dev, id.ino))).map_err(StateError::NotLmdb)?;
             match check_file(&lock_path(path), "agent state LMDB lock file", policy) {
                 Ok(_) | Err(Distrust::Missing) => {}
                 Err(Distrust::NotRegular(m)) => return Err(StateError::NotLmdb(m)),
@@ -152,6 +178,26 @@ impl StateDb {
     /// Reads one key.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LmdbError> {
         self.env.env.read(|t| t.get(self.env.dbi, key))?
+    }
+
+    /// The value under a pair's match key, if any (see [`pair_match`]).
+    pub fn pair_match(&self, pair_name: &str) -> Result<PairMatch, LmdbError> {
+        Ok(match self.get(pair_match_key(pair_name).as_bytes())? {
+            None => PairMatch::Absent,
+            Some(v) if v == MATCHED => PairMatch::Matched,
+            Some(other) => PairMatch::Other(other),
+        })
+    }
+
+    /// The transfer signal the agent recorded for a batch: absent reads as false, as the
+    /// reference. `Ok(Err(bytes))`: the key holds something that is not a MessagePack bool.
+    pub fn transfer_signal(&self, batch_id: &str) -> Result<Result<bool, Vec<u8>>, LmdbError> {
+        Ok(match self.get(transfer_signal_key(batch_id).as_bytes())?.as_deref() {
+            None => Ok(false),
+            Some(v) if v == SIGNAL_TRUE => Ok(true),
+            Some(v) if v == SIGNAL_FALSE => Ok(false),
+            Some(other) => Err(other.to_vec()),
+        })
     }
 
     /// The agent's last heartbeat, in seconds since the Unix epoch.

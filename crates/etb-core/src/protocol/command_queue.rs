@@ -1,4 +1,4 @@
-//! The agent's command queue (PROTOCOL.md section 3): a one-file LMDB ring written by the
+//! The agent's command queue (docs/protocol.md section 3): a one-file LMDB ring written by the
 //! worker and read by the agent, with POSIX named semaphores counting items and free slots.
 //!
 //! The worker is always a *follower*: it opens what the agent (the leader) created and never
@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use once_cell::sync::Lazy;
 
 use crate::lmdb::{lock_path, Dbi, EnvOptions, Environment, LmdbError};
-use crate::lmdb_registry::{FileId, Lease, Registry};
-use crate::naming::file_stem;
-use crate::semaphore::{NamedSemaphore, SemError, WaitError};
-use crate::trust::{check_file, check_semaphore, Distrust, TrustPolicy};
+use crate::lmdb::registry::{FileId, Lease, Registry};
+use crate::protocol::naming::file_stem;
+use crate::sys::semaphore::{NamedSemaphore, SemError, WaitError};
+use crate::sys::trust::{check_file, check_semaphore, Distrust, TrustPolicy};
 use crate::timeout::Deadline;
 
 pub const DB_NAME: &str = "command_queue";
@@ -178,7 +178,7 @@ impl CommandQueue {
         }
         check_file(&lock_path(path), "agent command queue lock file", policy).map_err(distrust)?;
         let env = QUEUE_ENVS.get_or_open(id, || {
-            crate::lmdb_file::check_data_file(path, Some((id.dev, id.ino))).map_err(AttachError::NotLmdb)?;
+            crate::lmdb::file_check::check_data_file(path, Some((id.dev, id.ino))).map_err(AttachError::NotLmdb)?;
             let options = EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: MAP_SIZE, max_dbs: 2 };
             let env = Environment::open(path, &options).map_err(AttachError::Lmdb)?;
             if env.fd().ok().and_then(|fd| FileId::of_fd(fd).ok()) != Some(id) {

@@ -27,11 +27,7 @@ impl FileId {
     }
 
     pub fn of_fd(fd: i32) -> std::io::Result<FileId> {
-        // SAFETY: fstat on a descriptor we were given; the struct is plain data.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(fd, &mut st) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let st = crate::sys::fs::fstat(fd).map_err(std::io::Error::from_raw_os_error)?;
         Ok(FileId { dev: st.st_dev, ino: st.st_ino })
     }
 }

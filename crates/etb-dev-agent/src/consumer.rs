@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
-use etha_tensor_bus::command_queue::{decode_u64, encode_u64, slot_key, QueueNames, HEAD_KEY, TAIL_KEY};
-use etha_tensor_bus::semaphore::NamedSemaphore;
-use etha_tensor_bus::timeout::Timeout;
+use etb_core::protocol::command_queue::{decode_u64, encode_u64, slot_key, QueueNames, HEAD_KEY, TAIL_KEY};
+use etb_core::protocol::state_db::{pair_match_key, transfer_signal_key, MATCHED, SIGNAL_FALSE, SIGNAL_TRUE};
+use etb_core::sys::semaphore::NamedSemaphore;
+use etb_core::timeout::Timeout;
 use rmpv::Value;
 
 use crate::options::Faults;
@@ -103,14 +104,14 @@ impl<'a> Consumer<'a> {
         }
         match ty.as_str() {
             "InitPair" if !self.faults.unmatched => {
-                state.put(format!("pair:{subject}/state:match").as_bytes(), b"\xa7matched")?;
+                state.put(pair_match_key(&subject).as_bytes(), MATCHED)?;
             }
             "Transfer" => {
                 self.signals.insert(subject.clone(), text("transfer_type") == "send");
             }
             "QueryStatus" => {
                 let signal = self.signals.get(&subject).copied().unwrap_or(false);
-                state.put(format!("batch:{subject}/state:transfer_signal").as_bytes(), if signal { b"\xc3" } else { b"\xc2" })?;
+                state.put(transfer_signal_key(&subject).as_bytes(), if signal { SIGNAL_TRUE } else { SIGNAL_FALSE })?;
             }
             "CleanupBatch" => {
                 self.signals.remove(&subject);

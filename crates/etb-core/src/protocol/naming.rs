@@ -1,16 +1,15 @@
-//! Where an agent's two LMDB files live (PROTOCOL.md section 1).
+//! Where an agent's two LMDB files live (docs/protocol.md section 1).
 //!
 //! Default: `/tmp/agent_rank{N}_command.lmdb` and `/tmp/agent_rank{N}_state.lmdb`. A naming
 //! function may map the rank to any pair of paths. Paths are bytes: non-UTF-8 is fine.
 
-use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// The capacity of each path buffer handed to a C naming callback (Linux `PATH_MAX`).
-pub const PATH_BUFFER_CAPACITY: usize = 4096;
+/// Linux's `PATH_MAX`: a path must be shorter than this many bytes.
+pub const PATH_MAX: usize = 4096;
 
 /// An agent's command-queue and state LMDB paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,9 +37,9 @@ impl AgentPaths {
             if bytes.contains(&0) {
                 return Err(naming_error(format!("the naming function returned a {what} with a NUL byte: {path:?}")));
             }
-            if bytes.len() >= PATH_BUFFER_CAPACITY {
+            if bytes.len() >= PATH_MAX {
                 return Err(naming_error(format!(
-                    "the naming function returned a {what} of {} bytes; paths must be shorter than {PATH_BUFFER_CAPACITY}",
+                    "the naming function returned a {what} of {} bytes; paths must be shorter than {PATH_MAX}",
                     bytes.len()
                 )));
             }
@@ -57,21 +56,6 @@ impl AgentPaths {
 
 fn naming_error(message: String) -> Error {
     Error::new(ErrorKind::Naming, message)
-}
-
-/// Reads one path out of a zero-filled buffer that a C naming callback wrote: the bytes before
-/// the first NUL. A buffer with no NUL (filled to the brim) or an empty path is an error.
-pub fn path_from_buffer(buffer: &[u8], what: &str) -> Result<PathBuf> {
-    let Some(len) = buffer.iter().position(|&b| b == 0) else {
-        return Err(naming_error(format!(
-            "the naming callback filled the whole {}-byte {what} buffer without a terminating NUL",
-            buffer.len()
-        )));
-    };
-    if len == 0 {
-        return Err(naming_error(format!("the naming callback returned an empty {what}")));
-    }
-    Ok(PathBuf::from(OsStr::from_bytes(&buffer[..len])))
 }
 
 /// The queue file's stem, Python's `PurePath.stem`: the file name without its last extension
@@ -97,25 +81,13 @@ mod tests {
     }
 
     #[test]
-    fn buffers() {
-        let mut buf = vec![0u8; 16];
-        buf[..5].copy_from_slice(b"/a/b\xff");
-        assert_eq!(path_from_buffer(&buf, "state path").unwrap().as_os_str().as_bytes(), b"/a/b\xff");
-        let e = path_from_buffer(&[0u8; 8], "state path").unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Naming);
-        assert!(e.message().contains("empty state path"), "{e}");
-        let e = path_from_buffer(&[b'a'; 8], "command queue path").unwrap_err();
-        assert!(e.message().contains("without a terminating NUL"), "{e}");
-    }
-
-    #[test]
     fn validate_rejects_bad_pairs() {
         let mk = |c: &str, s: &str| AgentPaths { command_queue: c.into(), state: s.into() };
         assert!(mk("/x/c", "/x/s").validate().is_ok());
         assert_eq!(mk("", "/x/s").validate().unwrap_err().kind(), ErrorKind::Naming);
         assert_eq!(mk("/x/c", "").validate().unwrap_err().kind(), ErrorKind::Naming);
         assert!(mk("/x/s", "/x/s").validate().unwrap_err().message().contains("same path"));
-        let long = "/".repeat(PATH_BUFFER_CAPACITY);
+        let long = "/".repeat(PATH_MAX);
         assert_eq!(mk(&long, "/x/s").validate().unwrap_err().kind(), ErrorKind::Naming);
     }
 

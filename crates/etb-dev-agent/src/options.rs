@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use etha_tensor_bus::naming::AgentPaths;
+use etb_core::protocol::naming::AgentPaths;
 
 pub const USAGE: &str = "\
 usage: etb-dev-agent (--rank N | --command-queue PATH --state PATH) [options]

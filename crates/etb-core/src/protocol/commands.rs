@@ -1,4 +1,4 @@
-//! The agent's command messages (PROTOCOL.md section 4), encoded as `msgspec` writes tagged
+//! The agent's command messages (docs/protocol.md section 4), encoded as `msgspec` writes tagged
 //! structs: a MessagePack map with `"type"` first, the command's own fields in declaration
 //! order, then `timestamp` and `semaphore_name`. Strings are str, payloads bin, absent
 //! optionals nil, floats float64, integers in their smallest encoding.

@@ -50,7 +50,7 @@ impl AgentWatch {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             // "pid (comm) S ..." — the state follows the last ')'.
             Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|s| matches!(s, 'Z' | 'X')),
-            Err(_) => !crate::agent_process::process_exists(pid),
+            Err(_) => !crate::sys::process::process_exists(pid),
         }
     }
 }
@@ -70,7 +70,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         // Not reaped yet: a zombie, which kill(pid, 0) would call alive.
-        assert!(crate::agent_process::process_exists(child.id() as i32));
+        assert!(crate::sys::process::process_exists(child.id() as i32));
         child.wait().unwrap();
         assert!(!AgentWatch::new(None).is_dead());
     }

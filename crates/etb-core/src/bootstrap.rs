@@ -1,0 +1,109 @@
+//! `bootstrap_client`: from the environment to an attached client (docs/protocol.md sections 1-3).
+//!
+//! 1. Resolve the agent rank (`rank`), then the two paths (`naming`).
+//! 2. Connect ([`connection::connect`]): within one deadline, a fresh heartbeat in the state
+//!    LMDB, the command queue attached as a follower, the agent's process identified.
+//! 3. Take the worker lock, then authorize the agent (only its pid, when known) to ptrace this
+//!    process.
+//! 4. Bind this thread to `cuda:{LOCAL_RANK}`'s primary context, as the CUDA mode says.
+
+use crate::client::Client;
+use crate::connection::{self, Settings};
+use crate::cuda::{self, CudaMode, CudaReport};
+use crate::error::Result;
+use crate::protocol::naming::AgentPaths;
+use crate::protocol::rank::{self, EnvSource, Method, RankInfo};
+use crate::sys::trust::TrustPolicy;
+use crate::sys::worker_lock;
+use crate::timeout::Timeout;
+
+pub use crate::connection::PtraceMode;
+
+/// The reference's default connection timeout, in seconds.
+pub const DEFAULT_CONNECTION_TIMEOUT_SECS: f64 = 30.0;
+
+/// A path naming function: agent rank to paths.
+pub type PathNaming<'a> = &'a mut dyn FnMut(i64) -> Result<AgentPaths>;
+
+/// What `bootstrap_client` needs.
+pub struct BootstrapOptions<'a> {
+    /// `None`: the default names (`naming::AgentPaths::default_for_rank`).
+    pub path_naming: Option<PathNaming<'a>>,
+    pub connection_timeout: Timeout,
+    pub env: &'a dyn EnvSource,
+    /// Whether to bind the worker to its GPU (`cuda:{LOCAL_RANK}`'s primary context).
+    pub cuda_mode: CudaMode,
+    /// Whom to let ptrace this worker.
+    pub ptrace_mode: PtraceMode,
+    /// What is trusted beyond files of our own user, not writable by others.
+    pub trust: TrustPolicy,
+    /// Whether other workers may attach to the same agent (all of them must allow it).
+    pub share_agent: bool,
+}
+
+/// What bootstrap found out, as the reference's `BootstrapInfo` plus the agent's pid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapInfo {
+    pub agent_rank: i64,
+    pub global_rank: i64,
+    pub rank_offset: Option<i64>,
+    pub local_rank: i32,
+    pub device: String,
+    pub paths: AgentPaths,
+    pub method: Method,
+    pub agent_pid: Option<i32>,
+    /// The CUDA driver's version and, when bound, the device's identity.
+    pub cuda: CudaReport,
+}
+
+/// How the rank was found, for error messages.
+fn rank_origin(r: &RankInfo) -> String {
+    match r.method {
+        Method::Direct => format!("agent rank {} from AGENT_RANK", r.agent_rank),
+        Method::Offset => format!(
+            "agent rank {} = RANK {} + AGENT_RANK_OFFSET {}",
+            r.agent_rank,
+            r.global_rank,
+            r.rank_offset.unwrap_or(0)
+        ),
+    }
+}
+
+/// Runs the whole bootstrap.
+pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, BootstrapInfo)> {
+    let ranks = rank::resolve(options.env)?;
+    let paths = match options.path_naming {
+        Some(naming) => naming(ranks.agent_rank)?,
+        None => AgentPaths::default_for_rank(ranks.agent_rank),
+    }
+    .validate()?;
+    let deadline = options.connection_timeout.start();
+    let origin = rank_origin(&ranks);
+
+    let settings = Settings { trust: options.trust, ptrace_mode: options.ptrace_mode };
+    let connection = connection::connect(&paths, settings.trust, &deadline, &origin)?;
+    let worker_lock = worker_lock::acquire(&paths.state, options.share_agent, settings.trust)?;
+    connection::authorize_agent(&connection.agent, settings.ptrace_mode);
+    // Only once the agent is validated: a missing agent never costs a CUDA initialization.
+    let (cuda_binding, cuda) = cuda::bind(ranks.local_rank, options.cuda_mode)?;
+
+    let info = BootstrapInfo {
+        agent_rank: ranks.agent_rank,
+        global_rank: ranks.global_rank,
+        rank_offset: ranks.rank_offset,
+        local_rank: ranks.local_rank,
+        device: ranks.device(),
+        paths: paths.clone(),
+        method: ranks.method,
+        agent_pid: connection.agent.pid(),
+        cuda,
+    };
+    log::info!(
+        "bootstrapped: {origin}, state {}, queue {}, agent {}, {:.3} ms",
+        paths.state.display(),
+        paths.command_queue.display(),
+        connection.agent,
+        deadline.elapsed_secs() * 1e3
+    );
+    Ok((Client::new(ranks.agent_rank, paths, connection, cuda_binding, worker_lock, settings), info))
+}
