@@ -54,11 +54,17 @@ fn main() {
     let lock = c(&Path::new(&format!("{}-lock", state.display())).to_path_buf());
     let worker = c(&state.with_file_name(format!(".{}.floor", state.file_name().unwrap().to_string_lossy())));
     let sems = [CString::new(format!("/cq_{stem}")).unwrap(), CString::new(format!("/cq_space_{stem}")).unwrap()];
-    let mut parts: Vec<(&str, Vec<f64>)> =
-        ["file checks", "state mdb_env_open + heartbeat read", "queue mdb_env_open", "sem_open x2", "agent lookup", "worker lock"]
-            .into_iter()
-            .map(|name| (name, Vec::with_capacity(n)))
-            .collect();
+    let mut parts: Vec<(&str, Vec<f64>)> = [
+        "file checks",
+        "state mdb_env_open + heartbeat read",
+        "queue mdb_env_open",
+        "sem_open x2",
+        "agent lookup",
+        "worker lock",
+    ]
+    .into_iter()
+    .map(|name| (name, Vec::with_capacity(n)))
+    .collect();
     for _ in 0..n {
         unsafe {
             // File checks: both files exist (stat), the state lock file can be written (open).
@@ -110,7 +116,16 @@ fn main() {
     for (name, v) in parts {
         let (m, p10, p90) = median(v);
         total += m;
-        items.push(format!("\"{name}\": {{\"median\": {:.3}, \"p10\": {:.3}, \"p90\": {:.3}}}", m * 1e6, p10 * 1e6, p90 * 1e6));
+        items.push(format!(
+            "\"{name}\": {{\"median\": {:.3}, \"p10\": {:.3}, \"p90\": {:.3}}}",
+            m * 1e6,
+            p10 * 1e6,
+            p90 * 1e6
+        ));
     }
-    println!("{{\"n\": {n}, \"unit\": \"us\", \"total_median\": {:.3}, \"parts\": {{{}}}}}", total * 1e6, items.join(", "));
+    println!(
+        "{{\"n\": {n}, \"unit\": \"us\", \"total_median\": {:.3}, \"parts\": {{{}}}}}",
+        total * 1e6,
+        items.join(", ")
+    );
 }

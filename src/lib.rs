@@ -15,7 +15,9 @@
 
 pub mod ffi;
 
-pub use etb_core::bootstrap::{bootstrap_client, BootstrapInfo, BootstrapOptions, PathNaming, DEFAULT_CONNECTION_TIMEOUT_SECS};
+pub use etb_core::bootstrap::{
+    bootstrap_client, BootstrapInfo, BootstrapOptions, PathNaming, DEFAULT_CONNECTION_TIMEOUT_SECS,
+};
 pub use etb_core::client::{Client, Completion};
 pub use etb_core::connection::PtraceMode;
 pub use etb_core::cuda::{CudaMode, CudaReport, DeviceIdentity};

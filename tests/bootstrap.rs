@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use common::{env_of, leftovers, unique_rank, DevAgent, TempDir};
 use etb_core::connection::PtraceMode;
 use etb_core::cuda::CudaMode;
-use etb_core::sys::trust::TrustPolicy;
 use etb_core::protocol::naming::AgentPaths;
 use etb_core::protocol::rank::Method;
+use etb_core::sys::trust::TrustPolicy;
 use etb_core::timeout::Timeout;
 use etha_tensor_bus::{bootstrap_client, BootstrapInfo, BootstrapOptions, Client, ErrorKind};
 
@@ -20,16 +20,33 @@ fn secs(s: f64) -> Timeout {
 fn boot_paths(paths: &AgentPaths, timeout: f64) -> etha_tensor_bus::Result<(Client, BootstrapInfo)> {
     let env = env_of(&[("AGENT_RANK", "0".into()), ("RANK", "0".into())]);
     let mut naming = |_rank: i64| Ok(paths.clone());
-    bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(timeout), env: &env, cuda_mode: CudaMode::Skip, ptrace_mode: PtraceMode::Agent, trust: TrustPolicy::default(), share_agent: true })
+    bootstrap_client(BootstrapOptions {
+        path_naming: Some(&mut naming),
+        connection_timeout: secs(timeout),
+        env: &env,
+        cuda_mode: CudaMode::Skip,
+        ptrace_mode: PtraceMode::Agent,
+        trust: TrustPolicy::default(),
+        share_agent: true,
+    })
 }
 
 #[test]
 fn default_names_offset_method() {
     let rank = unique_rank();
     let agent = DevAgent::with_rank(rank, &[]);
-    let env = env_of(&[("RANK", (rank - 4).to_string()), ("AGENT_RANK_OFFSET", "4".into()), ("LOCAL_RANK", "3".into())]);
-    let (client, info) =
-        bootstrap_client(BootstrapOptions { path_naming: None, connection_timeout: secs(5.0), env: &env, cuda_mode: CudaMode::Skip, ptrace_mode: PtraceMode::Agent, trust: TrustPolicy::default(), share_agent: true }).unwrap();
+    let env =
+        env_of(&[("RANK", (rank - 4).to_string()), ("AGENT_RANK_OFFSET", "4".into()), ("LOCAL_RANK", "3".into())]);
+    let (client, info) = bootstrap_client(BootstrapOptions {
+        path_naming: None,
+        connection_timeout: secs(5.0),
+        env: &env,
+        cuda_mode: CudaMode::Skip,
+        ptrace_mode: PtraceMode::Agent,
+        trust: TrustPolicy::default(),
+        share_agent: true,
+    })
+    .unwrap();
     assert_eq!(info.agent_rank, rank);
     assert_eq!(info.global_rank, rank - 4);
     assert_eq!(info.rank_offset, Some(4));
@@ -60,9 +77,16 @@ fn naming_function_gets_the_rank() {
         seen.push(rank);
         Ok(paths.clone())
     };
-    let (_client, info) =
-        bootstrap_client(BootstrapOptions { path_naming: Some(&mut naming), connection_timeout: secs(5.0), env: &env, cuda_mode: CudaMode::Skip, ptrace_mode: PtraceMode::Agent, trust: TrustPolicy::default(), share_agent: true })
-            .unwrap();
+    let (_client, info) = bootstrap_client(BootstrapOptions {
+        path_naming: Some(&mut naming),
+        connection_timeout: secs(5.0),
+        env: &env,
+        cuda_mode: CudaMode::Skip,
+        ptrace_mode: PtraceMode::Agent,
+        trust: TrustPolicy::default(),
+        share_agent: true,
+    })
+    .unwrap();
     assert_eq!(seen, vec![17]);
     assert_eq!((info.agent_rank, info.global_rank, info.rank_offset, info.method), (17, 2, None, Method::Direct));
     assert_eq!(info.paths, paths);
@@ -223,7 +247,8 @@ fn overlong_queue_stem_is_a_naming_error_at_once() {
     let dir = TempDir::new("longstem");
     let paths = dir.paths();
     let _agent = DevAgent::start(&paths, &["--no-queue"], true);
-    let long = AgentPaths { command_queue: dir.0.join(format!("{}.lmdb", "q".repeat(250))), state: paths.state.clone() };
+    let long =
+        AgentPaths { command_queue: dir.0.join(format!("{}.lmdb", "q".repeat(250))), state: paths.state.clone() };
     let t = Instant::now();
     let e = boot_paths(&long, 5.0).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Naming, "{e}");
@@ -258,9 +283,12 @@ fn one_worker_per_agent() {
     // Another process is refused too, and is told our pid.
     let lock = etb_core::sys::worker_lock::lock_file_path(&paths.state);
     let out = std::process::Command::new("python3")
-        .args(["-c", "import fcntl,sys,struct; f=open(sys.argv[1],'r+b'); \
+        .args([
+            "-c",
+            "import fcntl,sys,struct; f=open(sys.argv[1],'r+b'); \
             fl=fcntl.fcntl(f, fcntl.F_GETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 0, 0, 0)); \
-            print(struct.unpack('hhqqi', fl)[4])"])
+            print(struct.unpack('hhqqi', fl)[4])",
+        ])
         .arg(&lock)
         .output()
         .unwrap();

@@ -23,7 +23,8 @@ fn payload(j: &J) -> Option<Vec<u8>> {
 
 #[test]
 fn every_vector_encodes_byte_for_byte() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/command-vectors.json")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/command-vectors.json")).unwrap();
     let doc: J = serde_json::from_str(&text).unwrap();
     let cases = doc["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 9);
@@ -44,8 +45,14 @@ fn every_vector_encodes_byte_for_byte() {
             _ => vec![],
         };
         let cmd = match case["type"].as_str().unwrap() {
-            "Transfer" => Command::Transfer { batch_id: f["batch_id"].as_str().unwrap(), transfer_type: kind(f["transfer_type"].as_str().unwrap()) },
-            "QueryStatus" => Command::QueryStatus { batch_id: f["batch_id"].as_str().unwrap(), state_name: f["state_name"].as_str().unwrap() },
+            "Transfer" => Command::Transfer {
+                batch_id: f["batch_id"].as_str().unwrap(),
+                transfer_type: kind(f["transfer_type"].as_str().unwrap()),
+            },
+            "QueryStatus" => Command::QueryStatus {
+                batch_id: f["batch_id"].as_str().unwrap(),
+                state_name: f["state_name"].as_str().unwrap(),
+            },
             "CleanupBatch" => Command::CleanupBatch { batch_id: f["batch_id"].as_str().unwrap() },
             "InitPair" => Command::InitPair {
                 pair_name: f["pair_name"].as_str().unwrap(),
@@ -80,7 +87,9 @@ fn every_vector_encodes_byte_for_byte() {
 
 #[test]
 fn integers_use_the_smallest_encoding() {
-    for (v, want) in [(0i64, "00"), (127, "7f"), (128, "cc80"), (65536, "ce00010000"), (-1, "ff"), (-33, "d0df"), (-129, "d1ff7f")] {
+    for (v, want) in
+        [(0i64, "00"), (127, "7f"), (128, "cc80"), (65536, "ce00010000"), (-1, "ff"), (-33, "d0df"), (-129, "d1ff7f")]
+    {
         let b = Command::RegisterTensors { batch_id: "", tensors: vec![], bucket_size: Some(v) }.encode(None, None);
         let h = hex(&b);
         assert!(h.contains(&format!("ab6275636b65745f73697a65{want}a9")), "{v}: {h}");

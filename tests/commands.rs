@@ -37,9 +37,25 @@ fn every_command_has_its_effect() {
     let kinds: Vec<&str> = lines.iter().map(|l| l.0.as_str()).collect();
     assert_eq!(
         kinds,
-        ["InitPair", "RegisterTensors", "QueryStatus", "Transfer", "QueryStatus", "Transfer", "QueryStatus", "CleanupBatch", "Transfer", "Transfer", "QueryStatus"]
+        [
+            "InitPair",
+            "RegisterTensors",
+            "QueryStatus",
+            "Transfer",
+            "QueryStatus",
+            "Transfer",
+            "QueryStatus",
+            "CleanupBatch",
+            "Transfer",
+            "Transfer",
+            "QueryStatus"
+        ]
     );
-    assert_eq!(lines[8], ("Transfer".into(), "step_1".into(), "send".into(), "-".into()), "detached: semaphore_name nil");
+    assert_eq!(
+        lines[8],
+        ("Transfer".into(), "step_1".into(), "send".into(), "-".into()),
+        "detached: semaphore_name nil"
+    );
     assert!(lines[0].3.starts_with("/command_register_weights_"), "{:?}", lines[0]);
     assert!(lines[9].3.len() <= 252 && lines[9].3.starts_with("/command_transfer_batch_bbb"), "{:?}", lines[9]);
     for f in ["step_0", "weights", "bbb"] {
@@ -112,7 +128,11 @@ fn full_queue_changes_nothing() {
     let after: Vec<_> = [0u64, 1, 25_000, 49_999].iter().map(|&p| c.queue_peek(p).unwrap().unwrap()).collect();
     assert_eq!(slots, after, "contents unchanged");
     assert_eq!(c.queue_semaphore_values().unwrap(), (50_000, 0));
-    assert_eq!(our_completion_semaphores("fullblocking"), Vec::<String>::new(), "the blocking call's semaphore is removed");
+    assert_eq!(
+        our_completion_semaphores("fullblocking"),
+        Vec::<String>::new(),
+        "the blocking call's semaphore is removed"
+    );
 }
 
 #[test]

@@ -33,7 +33,7 @@ fn forked_child_cannot_use_the_parent_client() {
         }
         drop(pending); // must not unlink the parent's semaphore
         drop(c); // must not close the parent's environments
-        // A fresh bootstrap in the child gets environments of its own, not the parent's.
+                 // A fresh bootstrap in the child gets environments of its own, not the parent's.
         match boot(&paths, 5.0) {
             Ok((child_client, _)) => {
                 if child_client.cleanup_batch("fork-child-own", t).is_err() {

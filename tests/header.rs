@@ -43,7 +43,10 @@ fn every_export_is_in_the_header() {
     }
     assert!(names.len() >= 30, "found only {names:?}");
     for name in names {
-        assert!(header.contains(&format!(" {name}(")) || header.contains(&format!("*{name}(")), "{name} is not in the header");
+        assert!(
+            header.contains(&format!(" {name}(")) || header.contains(&format!("*{name}(")),
+            "{name} is not in the header"
+        );
     }
 }
 

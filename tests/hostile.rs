@@ -31,7 +31,11 @@ fn expect(paths: &AgentPaths, kind: ErrorKind, words: &str, polled: bool) {
 
 /// A state LMDB written by this process (then closed), with `heartbeat` if given.
 fn state_file(path: &Path, heartbeat: Option<&[u8]>, with_db: bool) {
-    let env = Environment::open(path, &EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: 1 << 20, max_dbs: 2 }).unwrap();
+    let env = Environment::open(
+        path,
+        &EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: 1 << 20, max_dbs: 2 },
+    )
+    .unwrap();
     if with_db {
         let db = env.create_db("pair_state").unwrap();
         if let Some(h) = heartbeat {
@@ -190,7 +194,12 @@ fn agent_process_of_another_user() {
     assert!(line.starts_with("ready"), "{line:?}");
     // Its files and semaphores, handed to us: only the process remains another user's.
     let stem = String::from_utf8_lossy(etb_core::protocol::naming::file_stem(&paths.command_queue)).into_owned();
-    let mut owned: Vec<std::path::PathBuf> = vec![paths.state.clone(), lock_path(&paths.state), paths.command_queue.clone(), lock_path(&paths.command_queue)];
+    let mut owned: Vec<std::path::PathBuf> = vec![
+        paths.state.clone(),
+        lock_path(&paths.state),
+        paths.command_queue.clone(),
+        lock_path(&paths.command_queue),
+    ];
     for prefix in ["cq_", "cq_space_", "cq_ready_"] {
         owned.push(Path::new("/dev/shm").join(format!("sem.{prefix}{stem}")));
     }
@@ -233,10 +242,8 @@ fn hostile_queue_files() {
     let dir = TempDir::new("hostq2");
     let paths = dir.paths();
     let names = QueueNames::for_path(&paths.command_queue);
-    let _sems: Vec<NamedSemaphore> = [&names.items, &names.space]
-        .iter()
-        .map(|n| NamedSemaphore::create(n, 0o600, 1, true).unwrap())
-        .collect();
+    let _sems: Vec<NamedSemaphore> =
+        [&names.items, &names.space].iter().map(|n| NamedSemaphore::create(n, 0o600, 1, true).unwrap()).collect();
     let reset = |what: &str| {
         let _ = std::fs::remove_file(&paths.command_queue);
         let _ = std::fs::remove_file(lock_path(&paths.command_queue));

@@ -11,12 +11,11 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-
 use etb_core::protocol::completion::completion_name;
 use etb_core::protocol::naming::AgentPaths;
-use etha_tensor_bus::ffi::naming::{path_from_buffer, PATH_BUFFER_CAPACITY};
 use etb_core::protocol::rank::{self, parse_integer, Method};
 use etb_core::protocol::state_db::parse_heartbeat;
+use etha_tensor_bus::ffi::naming::{path_from_buffer, PATH_BUFFER_CAPACITY};
 use etha_tensor_bus::ErrorKind;
 use proptest::prelude::*;
 
@@ -39,17 +38,13 @@ fn config() -> ProptestConfig {
     }
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Strategies
 
 /// Bytes drawn mostly from the characters that matter to the integer parser.
 fn integerish_bytes() -> impl Strategy<Value = Vec<u8>> {
     let alphabet = b" \t\n\x0b\x0c\r+-0123456789_.xe\0\xa0\xff".to_vec();
-    prop_oneof![
-        prop::collection::vec(prop::sample::select(alphabet), 0..32),
-        prop::collection::vec(any::<u8>(), 0..32),
-    ]
+    prop_oneof![prop::collection::vec(prop::sample::select(alphabet), 0..32), prop::collection::vec(any::<u8>(), 0..32),]
 }
 
 fn whitespace(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -127,13 +122,19 @@ fn finite_f64() -> impl Strategy<Value = f64> {
     prop_oneof![
         any::<u64>().prop_map(f64::from_bits),
         prop::num::f64::NORMAL | prop::num::f64::SUBNORMAL | prop::num::f64::ZERO,
-        prop::sample::select(vec![f64::MAX, f64::MIN, f64::MIN_POSITIVE, f64::EPSILON, 5e-324, -5e-324, 1795856314.2741683]),
+        prop::sample::select(vec![
+            f64::MAX,
+            f64::MIN,
+            f64::MIN_POSITIVE,
+            f64::EPSILON,
+            5e-324,
+            -5e-324,
+            1795856314.2741683
+        ]),
         (0.0f64..4e9),
     ]
     .prop_filter("finite", |v| v.is_finite())
 }
-
-
 
 fn owned_command() -> impl Strategy<Value = OwnedCommand> {
     prop_oneof![
@@ -157,8 +158,6 @@ fn owned_command() -> impl Strategy<Value = OwnedCommand> {
         text().prop_map(|batch_id| OwnedCommand::CleanupBatch { batch_id }),
     ]
 }
-
-
 
 // ---------------------------------------------------------------------------------------------
 // Properties

@@ -13,7 +13,6 @@ use rmpv::Value;
 pub mod models;
 pub use models::*;
 
-
 /// `rank::resolve` on these four values (AGENT_RANK, RANK, AGENT_RANK_OFFSET, LOCAL_RANK;
 /// `None` = unset) agrees with the model.
 pub fn check_resolve(vars: &[Option<Vec<u8>>; 4]) {
@@ -65,7 +64,6 @@ pub fn check_heartbeat_round_trip(v: f64) {
     }
 }
 
-
 /// One encoded command and its two common fields.
 #[derive(Debug, Clone, Arbitrary)]
 pub struct Encoded {
@@ -73,9 +71,6 @@ pub struct Encoded {
     pub timestamp: Option<f64>,
     pub semaphore_name: Option<String>,
 }
-
-
-
 
 /// Encodes, decodes with rmpv, and compares keys (in order) and values with what was encoded.
 pub fn check_command_roundtrip(input: &Encoded) {

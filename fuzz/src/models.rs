@@ -119,13 +119,19 @@ pub fn names_variable(message: &str, var: &str) -> bool {
     })
 }
 
-
 /// A command with owned fields, built by `arbitrary`.
 #[derive(Debug, Clone)]
 #[cfg_attr(fuzzing, derive(arbitrary::Arbitrary))]
 pub enum OwnedCommand {
-    Transfer { batch_id: String, send: bool },
-    RegisterTensors { batch_id: String, tensors: Vec<(String, Vec<u8>)>, bucket_size: Option<i64> },
+    Transfer {
+        batch_id: String,
+        send: bool,
+    },
+    RegisterTensors {
+        batch_id: String,
+        tensors: Vec<(String, Vec<u8>)>,
+        bucket_size: Option<i64>,
+    },
     InitPair {
         pair_name: String,
         local_name: String,
@@ -134,8 +140,13 @@ pub enum OwnedCommand {
         mesh_shape_payload: Option<Vec<u8>>,
         placements_payload: Option<Vec<u8>>,
     },
-    QueryStatus { batch_id: String, state_name: String },
-    CleanupBatch { batch_id: String },
+    QueryStatus {
+        batch_id: String,
+        state_name: String,
+    },
+    CleanupBatch {
+        batch_id: String,
+    },
 }
 
 impl OwnedCommand {

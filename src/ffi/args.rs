@@ -68,7 +68,10 @@ pub(crate) fn optional_slice<'a, T>(ptr: *const T, len: usize, name: &str) -> Re
         };
     }
     if len.checked_mul(std::mem::size_of::<T>()).is_none_or(|bytes| bytes > isize::MAX as usize) {
-        return Err(FfiError::new(ETB_ERR_INVALID_ARGUMENT, format!("argument `{name}` has an impossible length {len}")));
+        return Err(FfiError::new(
+            ETB_ERR_INVALID_ARGUMENT,
+            format!("argument `{name}` has an impossible length {len}"),
+        ));
     }
     // SAFETY: non-NULL, `len` readable and initialized elements that stay unchanged for the call
     // (the export's contract); the total size was checked to fit in isize.

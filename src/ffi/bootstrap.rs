@@ -87,7 +87,8 @@ struct Parsed {
 }
 
 /// The smallest `struct_size` accepted: the end of the five fields every version has.
-const MIN_OPTIONS_SIZE: usize = std::mem::offset_of!(EtbBootstrapOptions, cuda_mode) + std::mem::size_of::<EtbCudaMode>();
+const MIN_OPTIONS_SIZE: usize =
+    std::mem::offset_of!(EtbBootstrapOptions, cuda_mode) + std::mem::size_of::<EtbCudaMode>();
 /// A `struct_size` past this is garbage (an uninitialized struct), not a newer caller.
 const MAX_OPTIONS_SIZE: usize = 4096;
 
@@ -157,7 +158,13 @@ fn read_options(options: *const EtbBootstrapOptions) -> Result<Parsed, FfiError>
     // SAFETY: `known` holds at most size_of::<EtbBootstrapOptions>() bytes and is copied over
     // the start of a properly aligned local of that size; every bit pattern is a valid value of
     // each field (integers, a float, a raw pointer, an optional function pointer).
-    unsafe { std::ptr::copy_nonoverlapping(known.as_ptr(), (&mut local as *mut EtbBootstrapOptions).cast::<u8>(), known.len()) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            known.as_ptr(),
+            (&mut local as *mut EtbBootstrapOptions).cast::<u8>(),
+            known.len(),
+        )
+    };
     let mode = match local.cuda_mode {
         ETB_CUDA_AUTO => CudaMode::Auto,
         ETB_CUDA_REQUIRE => CudaMode::Require,
@@ -192,7 +199,11 @@ fn read_options(options: *const EtbBootstrapOptions) -> Result<Parsed, FfiError>
 }
 
 /// The body both entry points share.
-fn bootstrap_into(p: Parsed, client_out: Out<*mut EtbClient>, info_out: Out<*mut EtbBootstrapInfo>) -> Result<(), FfiError> {
+fn bootstrap_into(
+    p: Parsed,
+    client_out: Out<*mut EtbClient>,
+    info_out: Out<*mut EtbBootstrapInfo>,
+) -> Result<(), FfiError> {
     let connection_timeout = timeout(p.connection_timeout_s, "connection_timeout_s")?;
     let user_data = p.user_data;
     let mut naming = p.path_naming_fn.map(|f| move |rank| call_naming_fn(f, user_data, rank));

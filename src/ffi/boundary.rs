@@ -112,9 +112,7 @@ fn record(status: EtbStatus, function: &str, message: &str) -> EtbStatus {
 /// The thread's last error message; "" when none. Valid until the next failing call on this
 /// thread.
 pub(crate) fn last_error_ptr() -> *const libc::c_char {
-    LAST_ERROR
-        .try_with(|e| e.try_borrow().map(|s| s.as_ptr()).unwrap_or(c"".as_ptr()))
-        .unwrap_or(c"".as_ptr())
+    LAST_ERROR.try_with(|e| e.try_borrow().map(|s| s.as_ptr()).unwrap_or(c"".as_ptr())).unwrap_or(c"".as_ptr())
 }
 
 fn panic_text(payload: &(dyn Any + Send)) -> String {

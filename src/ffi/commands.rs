@@ -17,8 +17,8 @@
 //!   (within about 10 ms), and so does every later call on this client.
 
 use super::args::{new_handle, optional_slice, out, reference, slice, take_handle, utf8};
-use super::boundary::FfiError;
 use super::bootstrap::EtbClient;
+use super::boundary::FfiError;
 use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT};
 use etb_core::client::Completion;
 use etb_core::protocol::commands::TransferKind;
@@ -88,7 +88,9 @@ ffi_fn! {
         timeout_s: f64,
     ) -> EtbStatus {
         let c = reference(client, "client")?;
-        let (pair, local, remote) = (utf8(pair_name, "pair_name")?, utf8(local_name, "local_name")?, utf8(remote_name, "remote_name")?);
+        let pair = utf8(pair_name, "pair_name")?;
+        let local = utf8(local_name, "local_name")?;
+        let remote = utf8(remote_name, "remote_name")?;
         let mesh = optional_slice(mesh_shape_payload, mesh_shape_payload_len, "mesh_shape_payload")?;
         let placements = optional_slice(placements_payload, placements_payload_len, "placements_payload")?;
         let t = timeout(timeout_s, "timeout_s")?;
@@ -134,7 +136,12 @@ ffi_fn! {
     ///
     /// # Safety
     /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
-    unsafe fn etb_client_transfer(client: *const EtbClient, batch_id: *const libc::c_char, kind: EtbTransferKind, timeout_s: f64) -> EtbStatus {
+    unsafe fn etb_client_transfer(
+        client: *const EtbClient,
+        batch_id: *const libc::c_char,
+        kind: EtbTransferKind,
+        timeout_s: f64,
+    ) -> EtbStatus {
         let c = reference(client, "client")?;
         let (batch, k, t) = (utf8(batch_id, "batch_id")?, transfer_kind(kind)?, timeout(timeout_s, "timeout_s")?);
         Ok(c.client.transfer(batch, k, t)?)
@@ -169,7 +176,11 @@ ffi_fn! {
     ///
     /// # Safety
     /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
-    unsafe fn etb_client_cleanup_batch(client: *const EtbClient, batch_id: *const libc::c_char, timeout_s: f64) -> EtbStatus {
+    unsafe fn etb_client_cleanup_batch(
+        client: *const EtbClient,
+        batch_id: *const libc::c_char,
+        timeout_s: f64,
+    ) -> EtbStatus {
         let c = reference(client, "client")?;
         let (batch, t) = (utf8(batch_id, "batch_id")?, timeout(timeout_s, "timeout_s")?);
         Ok(c.client.cleanup_batch(batch, t)?)
@@ -214,7 +225,12 @@ ffi_fn! {
     ///
     /// # Safety
     /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
-    unsafe fn etb_client_transfer_detached(client: *const EtbClient, batch_id: *const libc::c_char, kind: EtbTransferKind, timeout_s: f64) -> EtbStatus {
+    unsafe fn etb_client_transfer_detached(
+        client: *const EtbClient,
+        batch_id: *const libc::c_char,
+        kind: EtbTransferKind,
+        timeout_s: f64,
+    ) -> EtbStatus {
         let c = reference(client, "client")?;
         let (batch, k, t) = (utf8(batch_id, "batch_id")?, transfer_kind(kind)?, timeout(timeout_s, "timeout_s")?);
         Ok(c.client.transfer_detached(batch, k, t)?)

@@ -113,7 +113,7 @@ ffi_fn! {
     /// `info` is NULL or a live info from `etb_bootstrap_client`.
     unsafe fn etb_info_command_queue_path(info: *const EtbBootstrapInfo) -> *const libc::c_char = std::ptr::null(); {
         Ok(borrow_info(info)?.command_queue_path.as_ptr())
-        
+
     }
 }
 
@@ -175,7 +175,7 @@ ffi_fn! {
     /// `info` is NULL or a live info from `etb_bootstrap_client`.
     unsafe fn etb_info_device_name(info: *const EtbBootstrapInfo) -> *const libc::c_char = std::ptr::null(); {
         Ok(borrow_info(info)?.device_name.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()))
-        
+
     }
 }
 
@@ -187,7 +187,7 @@ ffi_fn! {
     /// `info` is NULL or a live info from `etb_bootstrap_client`.
     unsafe fn etb_info_device_pci_bus_id(info: *const EtbBootstrapInfo) -> *const libc::c_char = std::ptr::null(); {
         Ok(borrow_info(info)?.device_pci_bus_id.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()))
-        
+
     }
 }
 
@@ -200,7 +200,7 @@ ffi_fn! {
     /// `info` is NULL or a live info from `etb_bootstrap_client`.
     unsafe fn etb_info_device_uuid(info: *const EtbBootstrapInfo) -> *const libc::c_char = std::ptr::null(); {
         Ok(borrow_info(info)?.device_uuid.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()))
-        
+
     }
 }
 

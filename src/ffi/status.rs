@@ -76,11 +76,7 @@ pub(crate) const STATUS_NAMES: [(EtbStatus, &CStr); 20] = [
 
 /// The name of a status, or "ETB_UNKNOWN_STATUS".
 pub(crate) fn status_name(status: EtbStatus) -> &'static CStr {
-    STATUS_NAMES
-        .iter()
-        .find(|(s, _)| *s == status)
-        .map(|(_, n)| *n)
-        .unwrap_or(c"ETB_UNKNOWN_STATUS")
+    STATUS_NAMES.iter().find(|(s, _)| *s == status).map(|(_, n)| *n).unwrap_or(c"ETB_UNKNOWN_STATUS")
 }
 
 /// The status a core error kind maps to.

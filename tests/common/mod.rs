@@ -23,8 +23,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir()
-            .join(format!("etb-test-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)));
+        let dir = std::env::temp_dir().join(format!(
+            "etb-test-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
@@ -71,12 +74,7 @@ pub struct DevAgent {
 }
 
 pub fn agent_args(paths: &AgentPaths) -> Vec<OsString> {
-    vec![
-        "--command-queue".into(),
-        paths.command_queue.clone().into(),
-        "--state".into(),
-        paths.state.clone().into(),
-    ]
+    vec!["--command-queue".into(), paths.command_queue.clone().into(), "--state".into(), paths.state.clone().into()]
 }
 
 impl DevAgent {
@@ -174,7 +172,10 @@ pub fn remove_agent_leftovers(paths: &AgentPaths) {
 }
 
 /// Bootstraps the core against `paths` (AGENT_RANK=0, RANK=0).
-pub fn boot(paths: &AgentPaths, timeout: f64) -> etha_tensor_bus::Result<(etha_tensor_bus::Client, etha_tensor_bus::BootstrapInfo)> {
+pub fn boot(
+    paths: &AgentPaths,
+    timeout: f64,
+) -> etha_tensor_bus::Result<(etha_tensor_bus::Client, etha_tensor_bus::BootstrapInfo)> {
     let env = env_of(&[("AGENT_RANK", "0".into()), ("RANK", "0".into())]);
     let mut naming = |_rank: i64| Ok(paths.clone());
     etha_tensor_bus::bootstrap_client(etha_tensor_bus::BootstrapOptions {

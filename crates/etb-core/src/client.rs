@@ -12,17 +12,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::connection::{self, Connection, Settings};
-use crate::sys::process::process_alive;
-use crate::sys::process_watch::AgentWatch;
+use crate::cuda::{CuContext, CudaBinding};
+use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::command_queue::{CommandQueue, EnqueueError};
 use crate::protocol::commands::{Command, TransferKind, TRANSFER_SIGNAL};
 use crate::protocol::completion::CompletionSemaphore;
-use crate::cuda::{CuContext, CudaBinding};
-use crate::sys::worker_lock::WorkerLock;
-use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::naming::AgentPaths;
-use crate::sys::semaphore::WaitError;
 use crate::protocol::state_db::{pair_match_key, transfer_signal_key, unix_now, PairMatch, StateDb, StateError};
+use crate::sys::process::process_alive;
+use crate::sys::process_watch::AgentWatch;
+use crate::sys::semaphore::WaitError;
+use crate::sys::worker_lock::WorkerLock;
 use crate::timeout::{Deadline, Timeout};
 
 /// What a client shares with the completions it issued.
@@ -193,10 +193,7 @@ impl Client {
 
     /// The queue's semaphore counts (items, free slots).
     pub fn queue_semaphore_values(&self) -> Result<(i32, i32)> {
-        self.link()
-            .queue
-            .semaphore_values()
-            .map_err(|e| Error::new(ErrorKind::Ipc, e.text()))
+        self.link().queue.semaphore_values().map_err(|e| Error::new(ErrorKind::Ipc, e.text()))
     }
 
     /// The message at logical position `position` of the queue, if any.
@@ -265,7 +262,12 @@ impl Client {
     }
 
     /// Enqueues `command`, with a fresh completion semaphore unless `detached`.
-    fn issue(&self, command: &Command<'_>, deadline: &Deadline, detached: bool) -> Result<(Option<CompletionSemaphore>, Arc<Shared>)> {
+    fn issue(
+        &self,
+        command: &Command<'_>,
+        deadline: &Deadline,
+        detached: bool,
+    ) -> Result<(Option<CompletionSemaphore>, Arc<Shared>)> {
         let what = command.type_name();
         let link = self.link();
         link.shared.check_process()?;
@@ -357,7 +359,13 @@ impl Client {
     }
 
     /// `RegisterTensors`, always blocking. `tensors` are `(pair_name, payload)`.
-    pub fn register_tensors(&self, batch_id: &str, tensors: &[(&str, &[u8])], bucket_size: Option<i64>, timeout: Timeout) -> Result<()> {
+    pub fn register_tensors(
+        &self,
+        batch_id: &str,
+        tensors: &[(&str, &[u8])],
+        bucket_size: Option<i64>,
+        timeout: Timeout,
+    ) -> Result<()> {
         self.call(&Command::RegisterTensors { batch_id, tensors: tensors.to_vec(), bucket_size }, timeout)
     }
 

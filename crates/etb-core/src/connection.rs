@@ -183,7 +183,13 @@ fn state_error(path: &Path, last: StateError, secs: f64, origin: &str) -> Error 
     }
 }
 
-fn wait_for_queue(path: &Path, state_id: FileId, trust: TrustPolicy, deadline: &Deadline, origin: &str) -> Result<CommandQueue> {
+fn wait_for_queue(
+    path: &Path,
+    state_id: FileId,
+    trust: TrustPolicy,
+    deadline: &Deadline,
+    origin: &str,
+) -> Result<CommandQueue> {
     loop {
         let last = match CommandQueue::attach(path, Some(state_id), trust) {
             Ok(q) => return Ok(q),
@@ -211,13 +217,15 @@ fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &str) -> Error
             ErrorKind::Lmdb,
             format!("Agent command queue at {p} is still not a usable LMDB file after {secs:.3}s: {why}"),
         ),
-        AttachError::SameFileAsState => Error::new(
-            ErrorKind::Naming,
-            format!("the command queue path {p} is the state LMDB itself (same file)"),
-        ),
+        AttachError::SameFileAsState => {
+            Error::new(ErrorKind::Naming, format!("the command queue path {p} is the state LMDB itself (same file)"))
+        }
         AttachError::MissingSemaphores(names) => Error::new(
             ErrorKind::AgentNotFound,
-            format!("Agent command queue at {p} is not ready after {secs:.3}s: semaphore {} missing. {tail}", names.join(" and ")),
+            format!(
+                "Agent command queue at {p} is not ready after {secs:.3}s: semaphore {} missing. {tail}",
+                names.join(" and ")
+            ),
         ),
         AttachError::MissingFile => Error::new(
             ErrorKind::AgentNotFound,

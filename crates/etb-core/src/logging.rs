@@ -14,9 +14,6 @@ static INIT: Once = Once::new();
 pub fn init() {
     INIT.call_once(|| {
         let filter = std::env::var(LOG_ENV).unwrap_or_else(|_| "warn".to_string());
-        let _ = env_logger::Builder::new()
-            .parse_filters(&filter)
-            .target(env_logger::Target::Stderr)
-            .try_init();
+        let _ = env_logger::Builder::new().parse_filters(&filter).target(env_logger::Target::Stderr).try_init();
     });
 }

@@ -44,10 +44,23 @@ impl<'a> Consumer<'a> {
         let names = QueueNames::for_path(queue.path());
         let open = |n: &[u8]| NamedSemaphore::open_existing(n).map_err(|e| e.text());
         let record = match &faults.record {
-            Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|e| format!("{}: {e}", p.display()))?),
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| format!("{}: {e}", p.display()))?,
+            ),
             None => None,
         };
-        Ok(Consumer { items: open(&names.items)?, space: open(&names.space)?, queue, faults, record, signals: HashMap::new() })
+        Ok(Consumer {
+            items: open(&names.items)?,
+            space: open(&names.space)?,
+            queue,
+            faults,
+            record,
+            signals: HashMap::new(),
+        })
     }
 
     /// Waits up to `wait` for one command and handles it.
@@ -137,4 +150,3 @@ impl<'a> Consumer<'a> {
         Ok(Outcome::Continue)
     }
 }
-

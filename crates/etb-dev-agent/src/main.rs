@@ -48,7 +48,8 @@ fn run(opts: &Options) -> Result<(), String> {
         std::thread::sleep(delay);
     }
     queue_leader::clean_stale(&opts.paths.command_queue, &opts.paths.state);
-    let queue = if opts.create_queue { Some(queue_leader::QueueLeader::create(&opts.paths.command_queue)?) } else { None };
+    let queue =
+        if opts.create_queue { Some(queue_leader::QueueLeader::create(&opts.paths.command_queue)?) } else { None };
     let state = state_writer::StateWriter::create(&opts.paths.state)?;
     // Everything the agent opens is open before it says ready.
     let mut consumer = match &queue {

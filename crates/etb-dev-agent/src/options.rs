@@ -91,7 +91,10 @@ impl Options {
                 "--rank" => {
                     let v = args.next().ok_or("--rank needs a value")?;
                     rank = Some(
-                        v.to_str().and_then(|s| s.parse::<i64>().ok()).filter(|r| *r >= 0).ok_or(format!("--rank: {v:?}"))?,
+                        v.to_str()
+                            .and_then(|s| s.parse::<i64>().ok())
+                            .filter(|r| *r >= 0)
+                            .ok_or(format!("--rank: {v:?}"))?,
                     );
                 }
                 "--command-queue" => queue = Some(args.next().ok_or("--command-queue needs a path")?),

@@ -3,8 +3,10 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use etb_core::protocol::command_queue::{decode_u64, encode_u64, QueueNames, CAPACITY, DB_NAME, HEAD_KEY, MAP_SIZE, TAIL_KEY};
 use etb_core::lmdb::{Dbi, EnvOptions, Environment};
+use etb_core::protocol::command_queue::{
+    decode_u64, encode_u64, QueueNames, CAPACITY, DB_NAME, HEAD_KEY, MAP_SIZE, TAIL_KEY,
+};
 use etb_core::sys::semaphore::NamedSemaphore;
 
 /// As the deployed launch scripts do before starting an agent: delete every file whose name

@@ -24,7 +24,8 @@ fn python_float(v: f64) -> String {
 impl StateWriter {
     pub fn create(path: &Path) -> Result<StateWriter, String> {
         // The agent's own commits may skip fsync: the heartbeat is rewritten every millisecond.
-        let options = EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: AGENT_MAP_SIZE, max_dbs: 2 };
+        let options =
+            EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: AGENT_MAP_SIZE, max_dbs: 2 };
         let env = Environment::open(path, &options).map_err(|e| e.at(path).to_string())?;
         let dbi = env.create_db(DB_NAME).map_err(|e| e.at(path).to_string())?;
         Ok(StateWriter { path: path.to_owned(), env, dbi })
@@ -33,7 +34,9 @@ impl StateWriter {
     /// Writes `agent:heartbeat` = now - offset, and returns the value written.
     pub fn beat(&self, offset: f64) -> Result<String, String> {
         let value = python_float(unix_now() - offset);
-        self.env.write(|t| t.put(self.dbi, HEARTBEAT_KEY, value.as_bytes())).map_err(|e| e.at(&self.path).to_string())?;
+        self.env
+            .write(|t| t.put(self.dbi, HEARTBEAT_KEY, value.as_bytes()))
+            .map_err(|e| e.at(&self.path).to_string())?;
         Ok(value)
     }
 

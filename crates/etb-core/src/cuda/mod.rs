@@ -213,7 +213,14 @@ impl Drop for CudaBinding {
 /// The canonical text of a CUDA UUID.
 pub fn uuid_text(b: &[u8; 16]) -> String {
     let h: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("GPU-{}-{}-{}-{}-{}", h[0..4].concat(), h[4..6].concat(), h[6..8].concat(), h[8..10].concat(), h[10..16].concat())
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
 }
 
 fn c_text(buf: &[u8]) -> String {
@@ -256,7 +263,9 @@ fn try_bind(api: &'static Api, ordinal: i32, report: &mut CudaReport) -> Result<
         Err(pid) => {
             return Err(Error::new(
                 ErrorKind::Cuda,
-                format!("this process was forked from {pid} after CUDA was initialized there: CUDA cannot be used in it"),
+                format!(
+                    "this process was forked from {pid} after CUDA was initialized there: CUDA cannot be used in it"
+                ),
             ))
         }
     }
@@ -282,13 +291,19 @@ fn try_bind(api: &'static Api, ordinal: i32, report: &mut CudaReport) -> Result<
     let mut device = 0;
     api.call(&format!("cuDeviceGet({ordinal})"), unsafe { (api.device_get)(&mut device, ordinal) })?;
     let mut name = [0u8; 256];
-    api.call("cuDeviceGetName", unsafe { (api.device_get_name)(name.as_mut_ptr().cast(), name.len() as c_int, device) })?;
+    api.call("cuDeviceGetName", unsafe {
+        (api.device_get_name)(name.as_mut_ptr().cast(), name.len() as c_int, device)
+    })?;
     let mut bus = [0u8; 64];
-    api.call("cuDeviceGetPCIBusId", unsafe { (api.device_get_pci_bus_id)(bus.as_mut_ptr().cast(), bus.len() as c_int, device) })?;
+    api.call("cuDeviceGetPCIBusId", unsafe {
+        (api.device_get_pci_bus_id)(bus.as_mut_ptr().cast(), bus.len() as c_int, device)
+    })?;
     let mut uuid = [0u8; 16];
     api.call("cuDeviceGetUuid", unsafe { (api.device_get_uuid)(&mut uuid, device) })?;
     let mut context: CuContext = std::ptr::null_mut();
-    api.call(&format!("cuDevicePrimaryCtxRetain({ordinal})"), unsafe { (api.primary_ctx_retain)(&mut context, device) })?;
+    api.call(&format!("cuDevicePrimaryCtxRetain({ordinal})"), unsafe {
+        (api.primary_ctx_retain)(&mut context, device)
+    })?;
     // From here the binding owns the retain: dropping it on an error releases it.
     let binding = CudaBinding { api, device, context, owner_pid: std::process::id() };
     binding.make_current()?;
@@ -302,7 +317,8 @@ mod tests {
 
     #[test]
     fn uuid_is_canonical_lower_case() {
-        let b: [u8; 16] = [0xAB, 0xCD, 0xEF, 0x01, 0x23, 0x45, 0x67, 0x89, 0x0A, 0xBC, 0xDE, 0xF0, 0x12, 0x34, 0x56, 0x78];
+        let b: [u8; 16] =
+            [0xAB, 0xCD, 0xEF, 0x01, 0x23, 0x45, 0x67, 0x89, 0x0A, 0xBC, 0xDE, 0xF0, 0x12, 0x34, 0x56, 0x78];
         assert_eq!(uuid_text(&b), "GPU-abcdef01-2345-6789-0abc-def012345678");
     }
 

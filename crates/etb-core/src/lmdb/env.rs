@@ -205,10 +205,7 @@ impl Environment {
     }
 
     /// Runs `f` inside a write transaction and commits it if `f` succeeds; aborts otherwise.
-    pub fn write<T>(
-        &self,
-        f: impl FnOnce(&WriteTxn<'_>) -> Result<T, LmdbError>,
-    ) -> Result<T, LmdbError> {
+    pub fn write<T>(&self, f: impl FnOnce(&WriteTxn<'_>) -> Result<T, LmdbError>) -> Result<T, LmdbError> {
         let (txn, _shared) = self.begin(false)?;
         let mut guard = WriteTxn { txn, _env: self, done: false };
         let out = f(&guard)?;

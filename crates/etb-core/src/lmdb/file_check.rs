@@ -59,7 +59,11 @@ pub fn check_data_file(path: &Path, expected: Option<(u64, u64)>) -> Result<(), 
     let n = file.read_at(&mut first, 0).map_err(|e| format!("{}: {e}", path.display()))?;
     let psize = check_meta(&first[..n], 0).map_err(|e| format!("{} is not an LMDB file: {e}", path.display()))?;
     if meta.len() < 2 * u64::from(psize) {
-        return Err(format!("{} is not an LMDB file: {} bytes, less than two {psize}-byte pages", path.display(), meta.len()));
+        return Err(format!(
+            "{} is not an LMDB file: {} bytes, less than two {psize}-byte pages",
+            path.display(),
+            meta.len()
+        ));
     }
     let mut second = [0u8; 64];
     let n = file.read_at(&mut second, u64::from(psize)).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -101,12 +105,24 @@ mod tests {
         bad[40..44].copy_from_slice(&3000u32.to_ne_bytes());
         assert!(damaged("psize", &bad).contains("page size"));
         let random: Vec<u8> = (0..20000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        assert!(check_data_file(&{ std::fs::write(dir.join("random"), &random).unwrap(); dir.join("random") }, None).is_err());
+        assert!(check_data_file(
+            &{
+                std::fs::write(dir.join("random"), &random).unwrap();
+                dir.join("random")
+            },
+            None
+        )
+        .is_err());
         assert!(check_data_file(Path::new("/dev/zero"), None).is_err());
         assert!(check_data_file(&dir, None).is_err());
         let other = dir.join("other");
         std::fs::copy(&path, &other).unwrap();
-        let id = std::fs::metadata(&path).map(|m| { use std::os::unix::fs::MetadataExt; (m.dev(), m.ino()) }).unwrap();
+        let id = std::fs::metadata(&path)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            })
+            .unwrap();
         assert!(check_data_file(&other, Some(id)).unwrap_err().contains("replaced"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

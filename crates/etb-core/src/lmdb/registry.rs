@@ -65,11 +65,7 @@ impl<T: 'static> Registry<T> {
 
     /// The shared value for `id`, or a new one from `open` (called under the registry's lock,
     /// so that nothing else in this process opens or closes this file meanwhile).
-    pub fn get_or_open<E>(
-        &'static self,
-        id: FileId,
-        open: impl FnOnce() -> Result<T, E>,
-    ) -> Result<Lease<T>, E> {
+    pub fn get_or_open<E>(&'static self, id: FileId, open: impl FnOnce() -> Result<T, E>) -> Result<Lease<T>, E> {
         let mut entries = self.lock();
         if let Some(existing) = entries.map.get(&id) {
             return Ok(Lease { registry: self, id, value: Some(existing.clone()) });
@@ -145,8 +141,18 @@ mod tests {
     fn shared_until_the_last_lease() {
         let id = FileId { dev: 1, ino: 2 };
         let mut opened = 0;
-        let a = REG.get_or_open::<()>(id, || { opened += 1; Ok(Probe) }).unwrap();
-        let b = REG.get_or_open::<()>(id, || { opened += 1; Ok(Probe) }).unwrap();
+        let a = REG
+            .get_or_open::<()>(id, || {
+                opened += 1;
+                Ok(Probe)
+            })
+            .unwrap();
+        let b = REG
+            .get_or_open::<()>(id, || {
+                opened += 1;
+                Ok(Probe)
+            })
+            .unwrap();
         assert_eq!(opened, 1);
         assert!(REG.contains(id));
         drop(a);
@@ -176,7 +182,12 @@ mod tests {
         // Pretend this process is a child of the one that opened the entry.
         FORK_REG.entries.lock().unwrap().pid = 1;
         let mut opened = false;
-        let child = FORK_REG.get_or_open::<()>(id, || { opened = true; Ok(ForkProbe) }).unwrap();
+        let child = FORK_REG
+            .get_or_open::<()>(id, || {
+                opened = true;
+                Ok(ForkProbe)
+            })
+            .unwrap();
         assert!(opened, "the child must open its own, not reuse the parent's");
         assert_eq!(FORK_DROPS.load(Ordering::SeqCst), 0, "the parent's entry must not be closed");
         drop(child);

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use once_cell::sync::Lazy;
 
-use crate::lmdb::{lock_path, Dbi, EnvOptions, Environment, LmdbError};
 use crate::lmdb::registry::{FileId, Lease, Registry};
+use crate::lmdb::{lock_path, Dbi, EnvOptions, Environment, LmdbError};
 use crate::protocol::naming::file_stem;
 use crate::sys::semaphore::{NamedSemaphore, SemError, WaitError};
 use crate::sys::trust::{check_file, check_semaphore, Distrust, TrustPolicy};
@@ -179,7 +179,8 @@ impl CommandQueue {
         check_file(&lock_path(path), "agent command queue lock file", policy).map_err(distrust)?;
         let env = QUEUE_ENVS.get_or_open(id, || {
             crate::lmdb::file_check::check_data_file(path, Some((id.dev, id.ino))).map_err(AttachError::NotLmdb)?;
-            let options = EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: MAP_SIZE, max_dbs: 2 };
+            let options =
+                EnvOptions { read_only: false, no_lock: false, no_sync: true, map_size: MAP_SIZE, max_dbs: 2 };
             let env = Environment::open(path, &options).map_err(AttachError::Lmdb)?;
             if env.fd().ok().and_then(|fd| FileId::of_fd(fd).ok()) != Some(id) {
                 return Err(AttachError::MissingFile);

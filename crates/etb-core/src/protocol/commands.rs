@@ -24,8 +24,15 @@ impl TransferKind {
 /// One command, borrowing its fields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command<'a> {
-    Transfer { batch_id: &'a str, transfer_type: TransferKind },
-    RegisterTensors { batch_id: &'a str, tensors: Vec<(&'a str, &'a [u8])>, bucket_size: Option<i64> },
+    Transfer {
+        batch_id: &'a str,
+        transfer_type: TransferKind,
+    },
+    RegisterTensors {
+        batch_id: &'a str,
+        tensors: Vec<(&'a str, &'a [u8])>,
+        bucket_size: Option<i64>,
+    },
     InitPair {
         pair_name: &'a str,
         local_name: &'a str,
@@ -34,8 +41,13 @@ pub enum Command<'a> {
         mesh_shape_payload: Option<&'a [u8]>,
         placements_payload: Option<&'a [u8]>,
     },
-    QueryStatus { batch_id: &'a str, state_name: &'a str },
-    CleanupBatch { batch_id: &'a str },
+    QueryStatus {
+        batch_id: &'a str,
+        state_name: &'a str,
+    },
+    CleanupBatch {
+        batch_id: &'a str,
+    },
 }
 
 /// `state_name` of the only query the agent understands.

@@ -85,7 +85,11 @@ impl CompletionSemaphore {
 }
 
 pub(crate) fn ipc_error(name: &str, e: SemError) -> Error {
-    let hint = if e.errno == libc::EMFILE || e.errno == libc::ENFILE || e.errno == libc::ENOSPC || e.errno == libc::ENOMEM {
+    let hint = if e.errno == libc::EMFILE
+        || e.errno == libc::ENFILE
+        || e.errno == libc::ENOSPC
+        || e.errno == libc::ENOMEM
+    {
         " (each pending completion holds a semaphore in /dev/shm and a memory mapping: free completions you no longer need)"
     } else {
         ""

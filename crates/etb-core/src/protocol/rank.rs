@@ -179,8 +179,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-        let map: HashMap<String, OsString> =
-            pairs.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
+        let map: HashMap<String, OsString> = pairs.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
         move |name: &str| map.get(name).cloned()
     }
 
@@ -204,9 +203,27 @@ mod tests {
     #[test]
     fn parse_integer_rejects_everything_else() {
         for text in [
-            "", " ", "+", "-", "+-1", "--1", "1_000", "1.5", "1e3", "0x10", "1 2", "abc", "١", "٣",
-            "1\0", "9223372036854775808", "-9223372036854775809", "99999999999999999999", " + 1",
-            "\u{a0}1", "1\u{a0}",
+            "",
+            " ",
+            "+",
+            "-",
+            "+-1",
+            "--1",
+            "1_000",
+            "1.5",
+            "1e3",
+            "0x10",
+            "1 2",
+            "abc",
+            "١",
+            "٣",
+            "1\0",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999",
+            " + 1",
+            "\u{a0}1",
+            "1\u{a0}",
         ] {
             assert_eq!(parse_integer(text.as_bytes()), None, "{text:?}");
         }

@@ -12,12 +12,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use once_cell::sync::Lazy;
 
-use crate::sys::process::{lock_holder, probe_lock_file, LockProbe};
 use crate::lmdb::file_check;
-use crate::sys::trust::{check_file, Distrust, TrustPolicy};
 pub use crate::lmdb::lock_path;
-use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
 use crate::lmdb::registry::{FileId, Lease, Registry};
+use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
+use crate::sys::process::{lock_holder, probe_lock_file, LockProbe};
+use crate::sys::trust::{check_file, Distrust, TrustPolicy};
 
 pub const DB_NAME: &str = "pair_state";
 pub const HEARTBEAT_KEY: &[u8] = b"agent:heartbeat";
@@ -226,7 +226,8 @@ mod tests {
         assert_eq!(parse_heartbeat(b"1795856314.2741683"), Some(1795856314.2741683));
         assert_eq!(parse_heartbeat(b"1795856314"), Some(1795856314.0));
         assert_eq!(parse_heartbeat(b" 1.5e9 "), Some(1.5e9));
-        for bad in [&b""[..], b"abc", b"nan", b"NaN", b"inf", b"-inf", b"infinity", b"1e999", b"1,5", b"\xff", b"0x10"] {
+        for bad in [&b""[..], b"abc", b"nan", b"NaN", b"inf", b"-inf", b"infinity", b"1e999", b"1,5", b"\xff", b"0x10"]
+        {
             assert_eq!(parse_heartbeat(bad), None, "{bad:?}");
         }
     }

@@ -20,7 +20,10 @@ pub fn lstat(path: &Path) -> Result<libc::stat, i32> {
     stat_with(path, libc::lstat)
 }
 
-fn stat_with(path: &Path, f: unsafe extern "C" fn(*const libc::c_char, *mut libc::stat) -> i32) -> Result<libc::stat, i32> {
+fn stat_with(
+    path: &Path,
+    f: unsafe extern "C" fn(*const libc::c_char, *mut libc::stat) -> i32,
+) -> Result<libc::stat, i32> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| libc::EINVAL)?;
     // SAFETY: `libc::stat` is plain data, so all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };

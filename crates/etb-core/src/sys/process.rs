@@ -119,7 +119,8 @@ pub fn has_open_for_writing(pid: i32, dev: u64, ino: u64) -> bool {
 pub fn pick_agent(holders: &[i32], data_path: &Path) -> Result<i32, usize> {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(data_path) else { return Err(holders.len()) };
-    let writers: Vec<i32> = holders.iter().copied().filter(|&p| has_open_for_writing(p, meta.dev(), meta.ino())).collect();
+    let writers: Vec<i32> =
+        holders.iter().copied().filter(|&p| has_open_for_writing(p, meta.dev(), meta.ino())).collect();
     match writers.as_slice() {
         [one] => Ok(*one),
         _ => Err(holders.len()),
@@ -129,7 +130,10 @@ pub fn pick_agent(holders: &[i32], data_path: &Path) -> Result<i32, usize> {
 /// Whether process `pid` is alive: it exists and is not a zombie.
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|c| matches!(c, 'Z' | 'X')),
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|c| matches!(c, 'Z' | 'X')),
         Err(_) => process_exists(pid),
     }
 }

@@ -6,7 +6,7 @@
 //! (which `kill(pid, 0)` would still call alive). Where pidfds are missing, /proc/PID/stat's
 //! state and `kill(pid, 0)` stand in.
 
-use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Watches one agent process; `None` pid: unknown agent, never reported dead.
 #[derive(Debug)]
@@ -21,7 +21,10 @@ impl AgentWatch {
             // SAFETY: pidfd_open(pid, flags) has no memory arguments.
             let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p, 0) } as i32;
             if fd < 0 {
-                log::debug!("pidfd_open({p}) failed: {}; watching the agent through /proc", std::io::Error::last_os_error());
+                log::debug!(
+                    "pidfd_open({p}) failed: {}; watching the agent through /proc",
+                    std::io::Error::last_os_error()
+                );
                 None
             } else {
                 // SAFETY: a fresh descriptor we own; O_CLOEXEC is implied for pidfds.
@@ -49,7 +52,10 @@ impl AgentWatch {
         }
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             // "pid (comm) S ..." — the state follows the last ')'.
-            Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|s| matches!(s, 'Z' | 'X')),
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|s| matches!(s, 'Z' | 'X')),
             Err(_) => !crate::sys::process::process_exists(pid),
         }
     }

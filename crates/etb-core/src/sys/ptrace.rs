@@ -120,14 +120,18 @@ pub fn authorize(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
         }
     };
     // SAFETY: prctl with integer arguments only.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PTRACER, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    let rc =
+        unsafe { libc::prctl(libc::PR_SET_PTRACER, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
     if rc == 0 {
         log::debug!("prctl(PR_SET_PTRACER, {tracer:?}) done");
         return Ok(Outcome::Authorized);
     }
     let errno = last_errno();
     if errno == libc::EINVAL && !yama_dir.exists() {
-        log::debug!("prctl(PR_SET_PTRACER) answered EINVAL and {} does not exist: no Yama, no consent needed", yama_dir.display());
+        log::debug!(
+            "prctl(PR_SET_PTRACER) answered EINVAL and {} does not exist: no Yama, no consent needed",
+            yama_dir.display()
+        );
         return Ok(Outcome::NoYama);
     }
     Err(Error::new(

@@ -222,7 +222,10 @@ mod tests {
         assert_eq!(s.wait(&Timeout::After(Duration::ZERO).start(), &|| false), Err(WaitError::TimedOut));
         assert!(t.elapsed() < Duration::from_millis(5), "timeout 0 must not sleep");
         let t = Instant::now();
-        assert_eq!(s.wait(&Timeout::Never.start(), &|| t.elapsed() > Duration::from_millis(30)), Err(WaitError::GaveUp));
+        assert_eq!(
+            s.wait(&Timeout::Never.start(), &|| t.elapsed() > Duration::from_millis(30)),
+            Err(WaitError::GaveUp)
+        );
         std::thread::scope(|sc| {
             sc.spawn(|| {
                 std::thread::sleep(Duration::from_millis(20));

@@ -89,7 +89,8 @@ pub fn check_folder(path: &Path, what: &str, policy: TrustPolicy) -> Result<(), 
     let euid = unsafe { libc::geteuid() };
     let mode = st.st_mode & 0o7777;
     let sticky = mode & libc::S_ISVTX != 0;
-    let detail = || format!("the folder {} of {what} is owned by uid {} with mode {:04o}", folder.display(), st.st_uid, mode);
+    let detail =
+        || format!("the folder {} of {what} is owned by uid {} with mode {:04o}", folder.display(), st.st_uid, mode);
     if st.st_uid != euid && st.st_uid != 0 {
         return Err(Distrust::Permission(format!("{}: it must belong to this user (uid {euid}) or to root", detail())));
     }
@@ -189,10 +190,17 @@ mod tests {
         let other = if me == 12345 { 12346 } else { 12345 };
         if me != 0 || other != 0 {
             let e = check_owner_and_mode(&st(other, 0, 0o600), "f", p).unwrap_err();
-            assert!(matches!(&e, Distrust::Permission(m) if m.contains(&format!("uid {other}")) && m.contains("0600")), "{e:?}");
+            assert!(
+                matches!(&e, Distrust::Permission(m) if m.contains(&format!("uid {other}")) && m.contains("0600")),
+                "{e:?}"
+            );
         }
-        assert!(matches!(check_owner_and_mode(&st(me, 0, 0o666), "f", p), Err(Distrust::Permission(m)) if m.contains("every user")));
-        assert!(matches!(check_owner_and_mode(&st(me, my_gid, 0o660), "f", p), Err(Distrust::Permission(m)) if m.contains("group")));
+        assert!(
+            matches!(check_owner_and_mode(&st(me, 0, 0o666), "f", p), Err(Distrust::Permission(m)) if m.contains("every user"))
+        );
+        assert!(
+            matches!(check_owner_and_mode(&st(me, my_gid, 0o660), "f", p), Err(Distrust::Permission(m)) if m.contains("group"))
+        );
         let shared = TrustPolicy { allow_shared_group: true };
         assert!(check_owner_and_mode(&st(me, my_gid, 0o660), "f", shared).is_ok());
         let not_mine = (1..60000).find(|g| !our_groups().contains(g)).unwrap();
@@ -211,7 +219,9 @@ mod tests {
         assert!(check_file(&f, "file", p).is_ok());
         assert_eq!(check_file(&dir.join("none"), "file", p).unwrap_err(), Distrust::Missing);
         std::os::unix::fs::symlink(&f, dir.join("l")).unwrap();
-        assert!(matches!(check_file(&dir.join("l"), "file", p), Err(Distrust::Permission(m)) if m.contains("symbolic link")));
+        assert!(
+            matches!(check_file(&dir.join("l"), "file", p), Err(Distrust::Permission(m)) if m.contains("symbolic link"))
+        );
         let fifo = std::ffi::CString::new(dir.join("fifo").as_os_str().as_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         assert!(matches!(check_file(&dir.join("fifo"), "file", p), Err(Distrust::NotRegular(_))));

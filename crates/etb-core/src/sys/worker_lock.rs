@@ -84,7 +84,8 @@ pub fn acquire(state: &Path, shared: bool, policy: TrustPolicy) -> Result<Worker
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(permission(format!("worker lock file {}: {e}", path.display()))),
             }
-            check_file(&path, "worker lock file", policy).map_err(|d| permission(d.into_error().message().to_owned()))?
+            check_file(&path, "worker lock file", policy)
+                .map_err(|d| permission(d.into_error().message().to_owned()))?
         }
         Err(d) => {
             return Err(permission(format!(
@@ -97,7 +98,8 @@ pub fn acquire(state: &Path, shared: bool, policy: TrustPolicy) -> Result<Worker
     let mut created = false;
     let lease = HELD.get_or_open(id, || {
         created = true;
-        let file = options(false).open(&path).map_err(|e| permission(format!("worker lock file {}: {e}", path.display())))?;
+        let file =
+            options(false).open(&path).map_err(|e| permission(format!("worker lock file {}: {e}", path.display())))?;
         if FileId::of_fd(file.as_raw_fd()).ok() != Some(id) {
             return Err(permission(format!("worker lock file {} was replaced while opening it", path.display())));
         }
@@ -122,7 +124,10 @@ mod tests {
 
     #[test]
     fn lock_file_name() {
-        assert_eq!(lock_file_path(Path::new("/tmp/agent_rank3_state.lmdb")), Path::new("/tmp/.agent_rank3_state.lmdb.worker"));
+        assert_eq!(
+            lock_file_path(Path::new("/tmp/agent_rank3_state.lmdb")),
+            Path::new("/tmp/.agent_rank3_state.lmdb.worker")
+        );
     }
 
     #[test]
