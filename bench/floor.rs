@@ -51,7 +51,7 @@ fn main() {
     let (queue, state, n) = (Path::new(&args[1]), Path::new(&args[2]), args[3].parse::<usize>().unwrap());
     let stem = queue.file_stem().unwrap().to_string_lossy().into_owned();
     let (q, s) = (c(queue), c(state));
-    let lock = c(&Path::new(&format!("{}-lock", state.display())).to_path_buf());
+    let lock = c(Path::new(&format!("{}-lock", state.display())));
     let worker = c(&state.with_file_name(format!(".{}.floor", state.file_name().unwrap().to_string_lossy())));
     let sems = [CString::new(format!("/cq_{stem}")).unwrap(), CString::new(format!("/cq_space_{stem}")).unwrap()];
     let mut parts: Vec<(&str, Vec<f64>)> = [
@@ -66,6 +66,7 @@ fn main() {
     .map(|name| (name, Vec::with_capacity(n)))
     .collect();
     for _ in 0..n {
+        // SAFETY: system calls on NUL-terminated paths that live for the loop, out-pointers to locals, and LMDB calls in the order its documentation requires; every handle is closed before the next iteration.
         unsafe {
             // File checks: both files exist (stat), the state lock file can be written (open).
             let t = Instant::now();
@@ -110,6 +111,7 @@ fn main() {
             libc::close(fd);
         }
     }
+    // SAFETY: a NUL-terminated path that outlives the call.
     unsafe { libc::unlink(worker.as_ptr()) };
     let mut total = 0.0;
     let mut items = Vec::new();

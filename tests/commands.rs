@@ -174,10 +174,9 @@ fn agent_failing_after_acknowledging_is_not_success() {
     let _ = agent.child.wait();
     // Posted-then-exited races with our check: either we saw the death right away, or the
     // next call does.
-    if r.is_ok() {
-        assert_eq!(c.cleanup_batch("b", t(5.0)).unwrap_err().kind(), ErrorKind::AgentDied);
-    } else {
-        assert_eq!(r.unwrap_err().kind(), ErrorKind::AgentDied);
+    match r {
+        Ok(()) => assert_eq!(c.cleanup_batch("b", t(5.0)).unwrap_err().kind(), ErrorKind::AgentDied),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::AgentDied),
     }
     drop(c);
     remove_agent_leftovers(&paths);

@@ -42,9 +42,11 @@ fn forked_child_cannot_use_the_parent_client() {
             }
             Err(_) => code |= 16,
         }
+        // SAFETY: _exit ends the forked child without running the parent's destructors.
         unsafe { libc::_exit(code) };
     }
     let mut status = 0;
+    // SAFETY: waits for the child forked above; out-pointer to a local.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     assert!(libc::WIFEXITED(status), "child crashed");
     assert_eq!(
@@ -54,7 +56,7 @@ fn forked_child_cannot_use_the_parent_client() {
     );
     // The parent's completion semaphore survived the child, and the parent's client works.
     assert!(std::path::Path::new(&sem_file).exists(), "the child removed the parent's semaphore");
-    assert_eq!(pending.poll().unwrap(), false);
+    assert!(!pending.poll().unwrap());
     c.cleanup_batch("fork-parent", t).unwrap();
     assert!(c.heartbeat_age().unwrap() < 5.0);
     drop(pending);

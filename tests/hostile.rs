@@ -54,15 +54,18 @@ fn now() -> f64 {
 
 fn mkfifo(p: &Path) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }
 
 fn chown(p: &Path, uid: u32) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::lchown(c.as_ptr(), uid, uid) }, 0, "chown {}", p.display());
 }
 
 fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
@@ -209,6 +212,7 @@ fn agent_process_of_another_user() {
     let e = boot(&paths, 2.0).err().expect("an agent of another user must be refused");
     assert_eq!(e.kind(), ErrorKind::Permission, "{e}");
     assert!(e.message().contains("uid 65534") && e.message().contains(&agent.id().to_string()), "{e}");
+    // SAFETY: signals a child this test spawned and has not reaped yet.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let _ = agent.wait();
     common::remove_agent_leftovers(&paths);

@@ -78,7 +78,7 @@ fn integer_text() -> impl Strategy<Value = (i64, Vec<u8>)> {
         } else if plus {
             text.push(b'+');
         }
-        text.extend(std::iter::repeat(b'0').take(zeros));
+        text.extend(std::iter::repeat_n(b'0', zeros));
         text.extend_from_slice(i128::from(v).unsigned_abs().to_string().as_bytes());
         text.extend_from_slice(&post);
         (v, text)

@@ -285,9 +285,24 @@ def python_tests(binaries):
     count("Python interop (pytest, ctypes, py-lmdb/msgspec/posix_ipc stand-in agent)", passed, failed)
 
 
+def code_gates():
+    """The code-health gates: the tree is formatted (rustfmt.toml) and clippy-clean, with every
+    unsafe block documented. Each is one result."""
+    out = run(["cargo", "fmt", "--all", "--check"])
+    if out.returncode != 0:
+        show(out)
+    count("cargo fmt --check", int(out.returncode == 0), int(out.returncode != 0))
+    out = run(["cargo", "clippy", "--workspace", "--all-targets", "--quiet", "--",
+               "-D", "warnings", "-D", "clippy::undocumented_unsafe_blocks"], timeout=1200)
+    if out.returncode != 0:
+        show(out)
+    count("cargo clippy -D warnings -D clippy::undocumented_unsafe_blocks", int(out.returncode == 0), int(out.returncode != 0))
+
+
 def main():
     started = time.monotonic()
     before = ipc_snapshot()
+    code_gates()
     if cargo_tests():
         binaries = c_tests()
         sanitizer_and_valgrind_tests()

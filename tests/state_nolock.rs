@@ -29,6 +29,7 @@ fn unwritable_lock_file_falls_back_to_nolock() {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
     if pid == 0 {
+        // SAFETY: in the forked child (single-threaded copy of this test): dropping privileges has no memory-safety preconditions.
         let code = unsafe {
             if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
                 10
@@ -41,9 +42,11 @@ fn unwritable_lock_file_falls_back_to_nolock() {
                 }
             }
         };
+        // SAFETY: _exit ends the forked child without running the parent's destructors.
         unsafe { libc::_exit(code) };
     }
     let mut status = 0;
+    // SAFETY: waits for the child forked above; out-pointer to a local.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     assert!(libc::WIFEXITED(status), "child crashed: {status}");
     assert_eq!(

@@ -69,6 +69,7 @@ fn load() -> std::result::Result<Api, String> {
     let shown = path.display().to_string();
     // SAFETY: loading the CUDA driver runs its initializers, as any CUDA program does.
     let lib = unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_LOCAL | libc::RTLD_NOLOAD) }
+        // SAFETY: as above: the second try loads the driver if it was not loaded yet.
         .or_else(|_| unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_LOCAL) })
         .map_err(|e| format!("the CUDA driver {shown} could not be loaded: {e}"))?;
     let lib: libloading::Library = lib.into();
@@ -83,6 +84,7 @@ fn load() -> std::result::Result<Api, String> {
                     found = unsafe { lib.get::<*const ()>(concat!($name, "\0").as_bytes()) }
                         .ok()
                         .filter(|s| !(**s).is_null())
+                        // SAFETY: the symbol's address is non-NULL and is that entry point; the field's fn type is its C signature, and fn pointers have the size of a data pointer.
                         .map(|s| unsafe { std::mem::transmute_copy(&*s) });
                 }
             )+
@@ -122,9 +124,10 @@ impl Api {
     fn describe(&self, code: CuResult) -> String {
         let text = |f: Option<unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult>| {
             let mut p: *const c_char = std::ptr::null();
-            // SAFETY: the driver writes a pointer to a static string, or leaves NULL.
             match f {
+                // SAFETY: the driver writes a pointer to a static string, or leaves NULL.
                 Some(f) if unsafe { f(code, &mut p) } == 0 && !p.is_null() => {
+                    // SAFETY: the driver returned success and a non-NULL pointer to a static NUL-terminated string.
                     Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
                 }
                 _ => None,
@@ -174,6 +177,7 @@ pub struct CudaBinding {
 // SAFETY: a CUcontext is a handle usable from any thread (cuCtxSetCurrent is per thread); the
 // release happens once, in Drop.
 unsafe impl Send for CudaBinding {}
+// SAFETY: as for Send: the handle has no thread affinity; every method takes &self and the driver is thread-safe.
 unsafe impl Sync for CudaBinding {}
 
 impl CudaBinding {
@@ -198,6 +202,7 @@ impl Drop for CudaBinding {
                 let mut current: CuContext = std::ptr::null_mut();
                 // SAFETY: out-pointer to a local; setting NULL is always valid.
                 if unsafe { get(&mut current) } == 0 && current == self.context {
+                    // SAFETY: setting no context current is always valid; only this thread's current context changes.
                     unsafe { (self.api.ctx_set_current)(std::ptr::null_mut()) };
                 }
             }
@@ -273,11 +278,14 @@ fn try_bind(api: &'static Api, ordinal: i32, report: &mut CudaReport) -> Result<
     // and buffers of the sizes passed.
     let mut version = 0;
     // Asked before cuInit (it needs none), so that logs have it even when cuInit fails.
+    // SAFETY: out-pointer to a local c_int; cuDriverGetVersion needs no cuInit.
     if unsafe { (api.driver_get_version)(&mut version) } == 0 {
         report.driver_version = version;
     }
+    // SAFETY: cuInit takes only its flags (0).
     api.call(&format!("cuInit(0) of {}", api.path), unsafe { (api.init)(0) })?;
     let mut count = 0;
+    // SAFETY: out-pointer to a local c_int.
     api.call("cuDeviceGetCount", unsafe { (api.device_get_count)(&mut count) })?;
     if ordinal >= count {
         return Err(Error::new(
@@ -289,18 +297,23 @@ fn try_bind(api: &'static Api, ordinal: i32, report: &mut CudaReport) -> Result<
         ));
     }
     let mut device = 0;
+    // SAFETY: out-pointer to a local CUdevice; the ordinal is below the device count.
     api.call(&format!("cuDeviceGet({ordinal})"), unsafe { (api.device_get)(&mut device, ordinal) })?;
     let mut name = [0u8; 256];
+    // SAFETY: a 256-byte local buffer, its length passed; the device came from cuDeviceGet.
     api.call("cuDeviceGetName", unsafe {
         (api.device_get_name)(name.as_mut_ptr().cast(), name.len() as c_int, device)
     })?;
     let mut bus = [0u8; 64];
+    // SAFETY: a 64-byte local buffer, its length passed; the device came from cuDeviceGet.
     api.call("cuDeviceGetPCIBusId", unsafe {
         (api.device_get_pci_bus_id)(bus.as_mut_ptr().cast(), bus.len() as c_int, device)
     })?;
     let mut uuid = [0u8; 16];
+    // SAFETY: out-pointer to a local 16-byte CUuuid; the device came from cuDeviceGet.
     api.call("cuDeviceGetUuid", unsafe { (api.device_get_uuid)(&mut uuid, device) })?;
     let mut context: CuContext = std::ptr::null_mut();
+    // SAFETY: out-pointer to a local CUcontext; the retain is released by the binding's Drop.
     api.call(&format!("cuDevicePrimaryCtxRetain({ordinal})"), unsafe {
         (api.primary_ctx_retain)(&mut context, device)
     })?;

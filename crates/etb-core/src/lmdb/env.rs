@@ -92,6 +92,7 @@ pub struct Environment {
 // SAFETY: an MDB_env may be used from any thread; transactions are opened with MDB_NOTLS and
 // each transaction object stays on the thread that made it (it never leaves a method here).
 unsafe impl Send for Environment {}
+// SAFETY: as for Send: every method takes &self, and LMDB's environment calls are thread-safe.
 unsafe impl Sync for Environment {}
 
 /// A named database handle, valid for the environment that opened it.

@@ -22,6 +22,7 @@ pub struct NamedSemaphore {
 
 // SAFETY: sem_t operations are thread-safe; the handle is only closed in Drop.
 unsafe impl Send for NamedSemaphore {}
+// SAFETY: as for Send: sem_wait, sem_post and sem_getvalue may run on several threads at once.
 unsafe impl Sync for NamedSemaphore {}
 
 type SemClockwait = unsafe extern "C" fn(*mut libc::sem_t, libc::clockid_t, *const libc::timespec) -> libc::c_int;
@@ -32,6 +33,7 @@ static SEM_CLOCKWAIT: once_cell::sync::Lazy<Option<SemClockwait>> = once_cell::s
     // SAFETY: dlsym with a NUL-terminated name; a non-NULL result is glibc's sem_clockwait, whose
     // C signature SemClockwait matches.
     let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"sem_clockwait".as_ptr()) };
+    // SAFETY: a non-NULL dlsym result for sem_clockwait is that function, whose C signature SemClockwait matches.
     (!f.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, SemClockwait>(f) })
 });
 
@@ -151,6 +153,8 @@ impl NamedSemaphore {
         let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: out-pointer to a local.
         unsafe { libc::clock_gettime(clock, &mut now) };
+        // tv_nsec is a c_long: i64 here, i32 on 32-bit targets.
+        #[allow(clippy::unnecessary_cast)]
         let total = now.tv_nsec as i64 + slice.subsec_nanos() as i64;
         let abs = libc::timespec {
             tv_sec: now.tv_sec + slice.as_secs() as libc::time_t + (total / 1_000_000_000) as libc::time_t,

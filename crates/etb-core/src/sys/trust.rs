@@ -172,6 +172,7 @@ mod tests {
     use super::*;
 
     fn st(uid: u32, gid: u32, mode: u32) -> libc::stat {
+        // SAFETY: libc::stat is plain data: all-zero bytes are a valid value.
         let mut s: libc::stat = unsafe { std::mem::zeroed() };
         s.st_uid = uid;
         s.st_gid = gid;
@@ -181,7 +182,9 @@ mod tests {
 
     #[test]
     fn owner_and_mode_rules() {
+        // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
+        // SAFETY: getegid has no preconditions.
         let my_gid = unsafe { libc::getegid() };
         let p = TrustPolicy::default();
         assert!(check_owner_and_mode(&st(me, 0, 0o600), "f", p).is_ok());
@@ -223,12 +226,14 @@ mod tests {
             matches!(check_file(&dir.join("l"), "file", p), Err(Distrust::Permission(m)) if m.contains("symbolic link"))
         );
         let fifo = std::ffi::CString::new(dir.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         assert!(matches!(check_file(&dir.join("fifo"), "file", p), Err(Distrust::NotRegular(_))));
         std::fs::create_dir(dir.join("d")).unwrap();
         std::fs::set_permissions(dir.join("d"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         assert!(matches!(check_file(&dir.join("d"), "file", p), Err(Distrust::NotRegular(_))));
         std::fs::remove_dir_all(&dir).unwrap();
+        // SAFETY: geteuid has no preconditions.
         assert_eq!(process_euid(std::process::id() as i32), Some(unsafe { libc::geteuid() }));
         assert!(check_agent_process(std::process::id() as i32).is_ok());
     }

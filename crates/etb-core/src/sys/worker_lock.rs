@@ -112,7 +112,9 @@ pub fn acquire(state: &Path, shared: bool, policy: TrustPolicy) -> Result<Worker
         }
         Ok(Held { _file: file, shared })
     })?;
-    if !created && !(lease.shared && shared) {
+    // A lease this call did not create is another client's in this process: only two shared
+    // locks may coexist.
+    if !(created || lease.shared && shared) {
         return Err(busy(state, &format!("another client in this process, pid {}", std::process::id())));
     }
     Ok(WorkerLock { _lease: lease })
