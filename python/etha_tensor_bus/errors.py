@@ -62,5 +62,7 @@ _CLASSES = {
 
 
 def error_for(status, message):
-    """The exception for a failed status."""
+    """The exception for a failed status. Where the C library's message names its own function
+    for what to do next, the Python method is named instead."""
+    message = message.replace("(etb_client_reconnect)", "(client.reconnect())")
     return _CLASSES.get(status, TensorBusError)(status, message)

@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Once;
 
 use super::status::{status_name, status_of, EtbStatus, ETB_ERR_NULL_ARGUMENT, ETB_ERR_PANIC, ETB_OK};
-use etb_core::error::Error;
+use etb_core::error::{Error, ErrorKind};
 
 /// Writes one exported function: `#[no_mangle] pub [unsafe] extern "C" fn`, with its body run
 /// inside the panic boundary under the function's own name (for messages). The body is a block
@@ -82,9 +82,16 @@ impl FfiError {
     }
 }
 
+/// The C name of what a core message tells the caller to do, added where it helps.
+const RECONNECT: &str = " (etb_client_reconnect)";
+
 impl From<Error> for FfiError {
     fn from(e: Error) -> Self {
-        FfiError { status: status_of(e.kind()), message: e.message().to_owned() }
+        let mut message = e.message().to_owned();
+        if e.kind() == ErrorKind::AgentDied && message.ends_with("reconnect the client once a new agent runs") {
+            message.push_str(RECONNECT);
+        }
+        FfiError { status: status_of(e.kind()), message }
     }
 }
 
@@ -195,6 +202,17 @@ mod tests {
         assert_eq!(s, ETB_ERR_PANIC);
         assert!(last().starts_with("ETB_ERR_PANIC: etb_test: internal error: boom"), "{}", last());
         assert_eq!(value("etb_test", -1, || -> Result<i32, FfiError> { panic!("x") }), -1);
+    }
+
+    #[test]
+    fn agent_died_names_the_c_reconnect_function() {
+        let e = Error::new(
+            ErrorKind::AgentDied,
+            "Transfer: the agent process (pid 7) has exited; reconnect the client once a new agent runs",
+        );
+        assert!(FfiError::from(e).message.ends_with("once a new agent runs (etb_client_reconnect)"));
+        let other = Error::new(ErrorKind::Timeout, "reconnect the client once a new agent runs");
+        assert!(!FfiError::from(other).message.contains("etb_client_reconnect"));
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl Shared {
             ErrorKind::AgentDied,
             format!(
                 "{what}: the agent process (pid {}) has exited; its pairs and batches are gone: \
-                 bootstrap again once a new agent runs",
+                 reconnect the client once a new agent runs",
                 self.watch.pid().map_or("unknown".to_string(), |p| p.to_string())
             ),
         )
@@ -237,7 +237,7 @@ impl Client {
             Some(b) => b.make_current(),
             None => Err(Error::new(
                 ErrorKind::Cuda,
-                "this client is not bound to a GPU (no driver or device at bootstrap, or ETB_CUDA_SKIP)",
+                "this client is not bound to a GPU (no driver or device at bootstrap, or the CUDA mode was skip)",
             )),
         }
     }
@@ -250,7 +250,7 @@ impl Client {
             Err(StateError::Lmdb(e)) => Err(e.at(&self.paths.state)),
             Err(e) => Err(Error::new(
                 ErrorKind::AgentNotResponding,
-                format!("agent heartbeat in {} unreadable: {e:?}", self.paths.state.display()),
+                format!("agent heartbeat in {} unreadable: {e}", self.paths.state.display()),
             )),
         }
     }

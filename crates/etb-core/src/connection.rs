@@ -117,7 +117,7 @@ fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: 
             Ok(()) => return Ok(state.expect("set when the heartbeat was read")),
             Err(e) => e,
         };
-        log::trace!("state not ready: {last:?}");
+        log::trace!("state not ready: {last}");
         let permanent = match &last {
             StateError::Lmdb(e) => e.is_permanent(),
             StateError::Missing(kind) => *kind == std::io::ErrorKind::PermissionDenied,

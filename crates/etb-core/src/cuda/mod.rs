@@ -241,7 +241,7 @@ pub fn bind(ordinal: i32, mode: CudaMode) -> Result<(Option<CudaBinding>, CudaRe
     let api = match api() {
         Ok(api) => api,
         Err(why) if mode == CudaMode::Require => {
-            return Err(Error::new(ErrorKind::Cuda, format!("{why}; CUDA is required (ETB_CUDA_REQUIRE)")))
+            return Err(Error::new(ErrorKind::Cuda, format!("{why}; the CUDA mode is require, so bootstrap fails")))
         }
         Err(why) => {
             log::debug!("{why}: going on without CUDA");

@@ -78,7 +78,7 @@ pub struct EnvOptions {
 }
 
 /// An open LMDB environment. Dropping it closes it (and with it every `fcntl` lock this process
-/// holds on its lock file: never open the same file twice in one process, see `lmdb_registry`).
+/// holds on its lock file: never open the same file twice in one process, see `lmdb::registry`).
 #[derive(Debug)]
 pub struct Environment {
     env: *mut ffi::MDB_env,

@@ -6,9 +6,11 @@
 //! and its post would block every later opener), and never writes at attach time. The
 //! existence of `/cq_{stem}` and `/cq_space_{stem}` means the leader finished initializing.
 
+use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use once_cell::sync::Lazy;
 
@@ -163,10 +165,11 @@ impl CommandQueue {
             Distrust::Permission(m) => AttachError::Permission(m),
         };
         let st = check_file(path, "agent command queue LMDB", policy).map_err(distrust)?;
-        if st.st_mode & 0o044 != 0 {
+        if st.st_mode & 0o044 != 0 && first_warning_for(path) {
             log::warn!(
                 "the command queue {} is readable by {} (mode {:04o}): every command, CUDA IPC handles \
-                 included, can be read there; the agent should create it with mode 0600",
+                 included, can be read there; start the agent under `umask 077` so that it creates its files \
+                 with mode 0600 (said once per process and file)",
                 path.display(),
                 if st.st_mode & 0o004 != 0 { "every user" } else { "its group" },
                 st.st_mode & 0o7777
@@ -275,9 +278,26 @@ impl CommandQueue {
     }
 }
 
+/// Whether the readable-queue warning has not been given yet for `path` in this process (and
+/// records that it now is): py-lmdb creates the agent's files with mode 0644, so without this
+/// every bootstrap, and every poll of a reconnect, would repeat it.
+fn first_warning_for(path: &Path) -> bool {
+    static WARNED: Lazy<Mutex<HashSet<PathBuf>>> = Lazy::new(|| Mutex::new(HashSet::new()));
+    WARNED.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readable_queue_warning_is_given_once_per_path() {
+        let a = Path::new("/nonexistent/etb-unit-warn-once/a_command.lmdb");
+        let b = Path::new("/nonexistent/etb-unit-warn-once/b_command.lmdb");
+        assert!(first_warning_for(a));
+        assert!(!first_warning_for(a));
+        assert!(first_warning_for(b));
+    }
 
     #[test]
     fn names_come_from_the_stem() {

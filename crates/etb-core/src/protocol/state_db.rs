@@ -87,6 +87,23 @@ pub enum StateError {
     Permission(String),
 }
 
+/// For messages and log lines, in words.
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateError::Missing(kind) => write!(f, "the state file cannot be found ({kind})"),
+            StateError::Lmdb(e) => write!(f, "LMDB: {}", e.text()),
+            StateError::NoDatabase => f.write_str("the state LMDB has no 'pair_state' database yet"),
+            StateError::NoHeartbeat => f.write_str("the heartbeat is missing"),
+            StateError::BadHeartbeat(v) => write!(f, "the heartbeat {v:?} is not a finite number of seconds"),
+            StateError::Stale(age) if *age < 0.0 => write!(f, "the heartbeat lies {:.3}s in the future", -age),
+            StateError::Stale(age) => write!(f, "the heartbeat is {age:.3}s old"),
+            StateError::NotLmdb(why) => write!(f, "not a usable LMDB file: {why}"),
+            StateError::Permission(why) => f.write_str(why),
+        }
+    }
+}
+
 /// A worker's read-only handle on the state LMDB.
 pub struct StateDb {
     env: Lease<StateEnv>,
@@ -133,7 +150,7 @@ impl StateDb {
                 Err(Distrust::NotRegular(m)) => return Err(StateError::NotLmdb(m)),
                 Err(Distrust::Permission(m)) => return Err(StateError::Permission(m)),
             }
-            // Open the lock file before LMDB does: see agent_process.
+            // Open the lock file before LMDB does: see sys::process.
             let LockProbe { writable, file: lock_file } = probe_lock_file(&lock_path(path));
             if !writable {
                 log::warn!(

@@ -3,7 +3,7 @@
 //! open, to tell live processes from dead ones).
 //!
 //! Ask *before* this process opens its own environment on that file: closing any descriptor of
-//! a file drops every `fcntl` lock the process holds on it. `lmdb_registry` guarantees that.
+//! a file drops every `fcntl` lock the process holds on it. `lmdb::registry` guarantees that.
 
 use std::fs::File;
 use std::path::Path;

@@ -25,6 +25,16 @@ pub enum Tracer {
     Pid(i32),
 }
 
+/// For messages: "PR_SET_PTRACER_ANY" or "pid 1234".
+impl std::fmt::Display for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tracer::Any => f.write_str("PR_SET_PTRACER_ANY"),
+            Tracer::Pid(pid) => write!(f, "pid {pid}"),
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -123,7 +133,7 @@ pub fn authorize(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
     let rc =
         unsafe { libc::prctl(libc::PR_SET_PTRACER, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
     if rc == 0 {
-        log::debug!("prctl(PR_SET_PTRACER, {tracer:?}) done");
+        log::debug!("prctl(PR_SET_PTRACER, {tracer}) done");
         return Ok(Outcome::Authorized);
     }
     let errno = last_errno();
@@ -136,7 +146,7 @@ pub fn authorize(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
     }
     Err(Error::new(
         ErrorKind::Ptrace,
-        format!("prctl(PR_SET_PTRACER, {tracer:?}) failed: {} (errno {errno})", errno_text(errno)),
+        format!("prctl(PR_SET_PTRACER, {tracer}) failed: {} (errno {errno})", errno_text(errno)),
     ))
 }
 
