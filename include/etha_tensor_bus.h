@@ -29,6 +29,13 @@
  *  - timeout_s: finite >= 0 or INFINITY; one deadline covers the wait for queue space and the
  *    wait for the completion; 0 makes one non-blocking attempt at each. Past it:
  *    ETB_ERR_QUEUE_FULL (nothing enqueued) or ETB_ERR_TIMEOUT (enqueued, not acknowledged).
+ *  - A command succeeds only when the agent posted its completion AND was seen to survive it
+ *    (the agent posts also for a command that failed, then ends): it wrote a heartbeat after
+ *    dequeuing the command, or dequeued a later one. Seen dead first (its process exited, or its
+ *    files were removed): ETB_ERR_AGENT_DIED. Neither before the deadline: ETB_ERR_TIMEOUT, the
+ *    outcome unknown. When the agent's pid is unknown, only its files' removal shows death.
+ *  - Payloads of etb_client_register_tensors and etb_client_init_pair must look like pickles
+ *    (0x80, a protocol 2..5, ..., STOP '.'), else ETB_ERR_INVALID_ARGUMENT and nothing enqueued.
  *  - An agent that exits during a wait gives ETB_ERR_AGENT_DIED at once (within ~10 ms), and so
  *    does every later call until etb_client_reconnect succeeds.
  */
@@ -466,7 +473,8 @@ EtbStatus etb_client_reconnect(const struct EtbClient *client, double timeout_s)
  * (this can take minutes: size `timeout_s` for it). Succeeds only if the agent then records the
  * pair as matched (`pair:{pair_name}/state:match`), else `ETB_ERR_PAIR_NOT_MATCHED`.
  * `expected_world_size` must be >= 1. The payloads are the pickled mesh shape and placements,
- * or NULL/0 for none.
+ * or NULL/0 for none; a payload that does not look like a pickle is `ETB_ERR_INVALID_ARGUMENT`
+ * (nothing enqueued). A timeout says the agent is waiting for the pair's peers.
  * Blocks as the command conventions at the top of the header say; thread-safe.
  *
  * # Safety
@@ -486,7 +494,9 @@ EtbStatus etb_client_init_pair(const struct EtbClient *client,
 
 /**
  * Sends `RegisterTensors` and waits for it. `tensors` points to `tensor_count` entries (NULL
- * only when the count is 0); `bucket_size` <= 0 sends nil (the agent's default).
+ * only when the count is 0); `bucket_size` <= 0 sends nil (the agent's default). Every
+ * payload must look like a pickle (`ForkingPickler.dumps(tensor)`, or a payload this library
+ * made): else `ETB_ERR_INVALID_ARGUMENT` and nothing is enqueued (the agent would die on it).
  * Blocks as the command conventions at the top of the header say; thread-safe.
  *
  * # Safety
@@ -575,8 +585,9 @@ EtbStatus etb_client_transfer_detached(const struct EtbClient *client,
                                        double timeout_s);
 
 /**
- * Waits until the agent acknowledges the command, at most `timeout_s` (rules as above):
- * `ETB_OK` (also on every later call), `ETB_ERR_TIMEOUT`, `ETB_ERR_AGENT_DIED`, or
+ * Waits until the agent acknowledges the command and is seen to survive it, at most
+ * `timeout_s` (rules as above): `ETB_OK` (also on every later call), `ETB_ERR_TIMEOUT`
+ * (the post not seen, or seen but survival not shown yet), `ETB_ERR_AGENT_DIED`, or
  * `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
  * NULL `completion`: `ETB_ERR_NULL_ARGUMENT`.
  *
@@ -586,8 +597,8 @@ EtbStatus etb_client_transfer_detached(const struct EtbClient *client,
 EtbStatus etb_completion_wait(struct EtbCompletion *completion, double timeout_s);
 
 /**
- * Tells, without blocking, whether the agent has acknowledged the command: writes
- * `*done_out` (required) on success. `ETB_ERR_AGENT_DIED` when the agent exited first;
+ * Tells, without blocking, whether the agent has acknowledged the command and was seen to
+ * survive it (true only once proven): writes `*done_out` (required) on success. `ETB_ERR_AGENT_DIED` when the agent exited first;
  * `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
  * NULL `completion` or `done_out`: `ETB_ERR_NULL_ARGUMENT`.
  *
@@ -595,7 +606,8 @@ EtbStatus etb_completion_wait(struct EtbCompletion *completion, double timeout_s
  * `completion` is NULL or a live completion not used by another thread during the call;
  * `done_out` is NULL or writable.
  */
-EtbStatus etb_completion_poll(struct EtbCompletion *completion, bool *done_out);
+EtbStatus etb_completion_poll(struct EtbCompletion *completion,
+                              bool *done_out);
 
 /**
  * Releases a completion and removes its semaphore from /dev/shm, whether or not the command

@@ -63,7 +63,7 @@ def cargo_tests():
         show(out)
         count("cargo build", 0, 1)
         return False
-    out = run(["cargo", "test", "--workspace", "--quiet", "--", "--test-threads", "4"], timeout=1200)
+    out = run(["cargo", "test", "--workspace", "--no-fail-fast", "--quiet", "--", "--test-threads", "4"], timeout=1200)
     show(out)
     passed = sum(int(m) for m in re.findall(r"test result: \w+\. (\d+) passed", out.stdout))
     failed = sum(int(m) for m in re.findall(r"(\d+) failed;", out.stdout))

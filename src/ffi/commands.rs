@@ -13,6 +13,10 @@
 //!   one deadline covers the wait for queue space and the wait for the completion; 0 makes one
 //!   non-blocking attempt at each. Past it: `ETB_ERR_QUEUE_FULL` (nothing was enqueued) or
 //!   `ETB_ERR_TIMEOUT` (enqueued, not acknowledged).
+//! - Success means the agent survived: after the agent posts a completion (it posts also for a
+//!   command that failed, then ends), the call waits, within the same deadline, until the agent
+//!   wrote a heartbeat after dequeuing the command or dequeued a later one (`ETB_OK`), or is seen
+//!   dead (`ETB_ERR_AGENT_DIED`); at the deadline the outcome is unknown (`ETB_ERR_TIMEOUT`).
 //! - If the agent process exits during a wait, the call returns `ETB_ERR_AGENT_DIED` at once
 //!   (within about 10 ms), and so does every later call on this client.
 
@@ -69,7 +73,8 @@ ffi_fn! {
     /// (this can take minutes: size `timeout_s` for it). Succeeds only if the agent then records the
     /// pair as matched (`pair:{pair_name}/state:match`), else `ETB_ERR_PAIR_NOT_MATCHED`.
     /// `expected_world_size` must be >= 1. The payloads are the pickled mesh shape and placements,
-    /// or NULL/0 for none.
+    /// or NULL/0 for none; a payload that does not look like a pickle is `ETB_ERR_INVALID_ARGUMENT`
+    /// (nothing enqueued). A timeout says the agent is waiting for the pair's peers.
     /// Blocks as the command conventions at the top of the header say; thread-safe.
     ///
     /// # Safety
@@ -100,7 +105,9 @@ ffi_fn! {
 
 ffi_fn! {
     /// Sends `RegisterTensors` and waits for it. `tensors` points to `tensor_count` entries (NULL
-    /// only when the count is 0); `bucket_size` <= 0 sends nil (the agent's default).
+    /// only when the count is 0); `bucket_size` <= 0 sends nil (the agent's default). Every
+    /// payload must look like a pickle (`ForkingPickler.dumps(tensor)`, or a payload this library
+    /// made): else `ETB_ERR_INVALID_ARGUMENT` and nothing is enqueued (the agent would die on it).
     /// Blocks as the command conventions at the top of the header say; thread-safe.
     ///
     /// # Safety
@@ -238,8 +245,9 @@ ffi_fn! {
 }
 
 ffi_fn! {
-    /// Waits until the agent acknowledges the command, at most `timeout_s` (rules as above):
-    /// `ETB_OK` (also on every later call), `ETB_ERR_TIMEOUT`, `ETB_ERR_AGENT_DIED`, or
+    /// Waits until the agent acknowledges the command and is seen to survive it, at most
+    /// `timeout_s` (rules as above): `ETB_OK` (also on every later call), `ETB_ERR_TIMEOUT`
+    /// (the post not seen, or seen but survival not shown yet), `ETB_ERR_AGENT_DIED`, or
     /// `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
     /// NULL `completion`: `ETB_ERR_NULL_ARGUMENT`.
     ///
@@ -252,8 +260,8 @@ ffi_fn! {
 }
 
 ffi_fn! {
-    /// Tells, without blocking, whether the agent has acknowledged the command: writes
-    /// `*done_out` (required) on success. `ETB_ERR_AGENT_DIED` when the agent exited first;
+    /// Tells, without blocking, whether the agent has acknowledged the command and was seen to
+    /// survive it (true only once proven): writes `*done_out` (required) on success. `ETB_ERR_AGENT_DIED` when the agent exited first;
     /// `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
     /// NULL `completion` or `done_out`: `ETB_ERR_NULL_ARGUMENT`.
     ///

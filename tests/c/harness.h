@@ -59,12 +59,13 @@ static long long g_next_rank;
 
 static inline long long fresh_rank(void) { return g_next_rank++; }
 
-/* Starts etb-dev-agent for `rank` with extra arguments (NULL-terminated); waits for its
+/* Starts etb-dev-agent for `rank` with up to four extra arguments (NULL for none); waits for its
  * "ready" line unless wait_ready is 0. Returns pid 0 on failure. */
-static inline Agent start_agent(long long rank, int wait_ready, const char *a1, const char *a2) {
+static inline Agent start_agent4(long long rank, int wait_ready, const char *a1, const char *a2, const char *a3,
+                                 const char *a4) {
     Agent agent;
     char rank_text[32];
-    const char *argv[12];
+    const char *argv[14];
     int n = 0, pipefd[2];
     posix_spawn_file_actions_t fa;
     agent.pid = 0;
@@ -78,6 +79,8 @@ static inline Agent start_agent(long long rank, int wait_ready, const char *a1, 
     argv[n++] = "--die-with-parent";
     if (a1) argv[n++] = a1;
     if (a2) argv[n++] = a2;
+    if (a3) argv[n++] = a3;
+    if (a4) argv[n++] = a4;
     argv[n] = NULL;
     if (!argv[0] || pipe(pipefd) != 0) return agent;
     posix_spawn_file_actions_init(&fa);
@@ -97,6 +100,11 @@ static inline Agent start_agent(long long rank, int wait_ready, const char *a1, 
     }
     close(pipefd[0]);
     return agent;
+}
+
+/* start_agent4 with up to two extra arguments. */
+static inline Agent start_agent(long long rank, int wait_ready, const char *a1, const char *a2) {
+    return start_agent4(rank, wait_ready, a1, a2, NULL, NULL);
 }
 
 /* Stops an agent cleanly (it removes its files and semaphores) and waits for it. */

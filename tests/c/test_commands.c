@@ -44,8 +44,10 @@ static int t_every_command(void) {
     Agent agent = start_agent(rank, 1, NULL, NULL);
     EtbClient *c;
     EtbTensorPayload tensors[2];
-    const uint8_t data[3] = {1, 2, 3};
-    const uint8_t mesh[2] = {0x80, 0x04};
+    /* Payloads must look like pickles: pickle.dumps(b"\x01\x02", 3), pickle.dumps((2, 4), 3). */
+    const uint8_t data[] = {0x80, 0x03, 'C', 0x02, 0x01, 0x02, 'q', 0x00, '.'};
+    const uint8_t mesh[] = {0x80, 0x03, 'K', 0x02, 'K', 0x04, 0x86, 'q', 0x00, '.'};
+    const uint8_t none[] = {0x80, 0x04, 'N', '.'};
     bool signal = true, done = false;
     EtbCompletion *comp = NULL;
     char long_id[301];
@@ -57,8 +59,8 @@ static int t_every_command(void) {
     tensors[0].data = data;
     tensors[0].len = sizeof data;
     tensors[1].pair_name = "weights";
-    tensors[1].data = NULL;
-    tensors[1].len = 0;
+    tensors[1].data = none;
+    tensors[1].len = sizeof none;
     EXPECT(etb_client_register_tensors(c, "step_0", tensors, 2, 1 << 20, 5.0), ETB_OK);
     EXPECT(etb_client_query_transfer_signal(c, "step_0", 5.0, &signal), ETB_OK);
     CHECK(!signal, "absent signal must read false");
@@ -186,6 +188,131 @@ static int t_null_and_bad_arguments(void) {
     return nothing_left(rank);
 }
 
+/* pickle.dumps(b"\x01\x02", 3) */
+static const uint8_t PICKLE[] = {0x80, 0x03, 'C', 0x02, 0x01, 0x02, 'q', 0x00, '.'};
+
+/* Runs command `ty` against an agent that fails it after posting and dies 1.2 s later: the
+ * call must say ETB_ERR_AGENT_DIED (never ETB_OK), naming the pid and etb_client_reconnect. */
+static int dying(const char *ty, int keep_files) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent4(rank, 1, "--fail-on", ty, "--fail-delay", keep_files ? "1.2" : "1.3");
+    EtbClient *c;
+    EtbCompletion *comp = NULL;
+    EtbTensorPayload tensor;
+    bool signal = false, done = false;
+    EtbStatus s = ETB_OK;
+    char pid_text[32];
+    double t0;
+    CHECK(agent.pid > 0, "agent did not start");
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    tensor.pair_name = "p";
+    tensor.data = PICKLE;
+    tensor.len = sizeof PICKLE;
+    t0 = now_s();
+    if (strcmp(ty, "InitPair") == 0) s = etb_client_init_pair(c, "p", "a", "b", 1, NULL, 0, NULL, 0, 10.0);
+    if (strcmp(ty, "RegisterTensors") == 0) s = etb_client_register_tensors(c, "b", &tensor, 1, 0, 10.0);
+    if (strcmp(ty, "QueryStatus") == 0) s = etb_client_query_transfer_signal(c, "b", 10.0, &signal);
+    if (strcmp(ty, "CleanupBatch") == 0) s = etb_client_cleanup_batch(c, "b", 10.0);
+    if (strcmp(ty, "Transfer") == 0 && keep_files) s = etb_client_transfer(c, "b", ETB_TRANSFER_SEND, 10.0);
+    if (strcmp(ty, "Transfer") == 0 && !keep_files) {
+        EXPECT(etb_client_transfer_async(c, "b", ETB_TRANSFER_SEND, 10.0, &comp), ETB_OK);
+        while (now_s() - t0 < 10.0) {
+            s = etb_completion_poll(comp, &done);
+            if (s != ETB_OK || done) break;
+            {
+                struct timespec ms = {0, 1000000};
+                nanosleep(&ms, NULL);
+            }
+        }
+        CHECK(!done, "poll reported done for a command the agent failed");
+        EXPECT(etb_completion_wait(comp, 10.0), ETB_ERR_AGENT_DIED);
+        etb_completion_free(comp);
+    }
+    CHECK(s == ETB_ERR_AGENT_DIED, "%s: got %s (%s)", ty, etb_status_name(s), etb_last_error_message());
+    CHECK(now_s() - t0 > 1.1, "%s: decided before the agent died", ty);
+    snprintf(pid_text, sizeof pid_text, "pid %d", (int)agent.pid);
+    CHECK(strncmp(etb_last_error_message(), "ETB_ERR_AGENT_DIED: etb_", 24) == 0, "%s", etb_last_error_message());
+    CHECK(strstr(etb_last_error_message(), pid_text) != NULL, "%s", etb_last_error_message());
+    CHECK(strstr(etb_last_error_message(), "pairs and batches are gone") != NULL, "%s", etb_last_error_message());
+    CHECK(strstr(etb_last_error_message(), "(etb_client_reconnect)") != NULL, "%s", etb_last_error_message());
+    waitpid(agent.pid, NULL, 0);
+    etb_client_close(c);
+    if (keep_files) {
+        /* A killed agent's leftovers: removed here, as its launch script would. */
+        char p[256];
+        const char *fmts[] = {"/tmp/agent_rank%lld_command.lmdb", "/tmp/agent_rank%lld_command.lmdb-lock",
+                              "/tmp/agent_rank%lld_state.lmdb", "/tmp/agent_rank%lld_state.lmdb-lock",
+                              "/dev/shm/sem.cq_agent_rank%lld_command", "/dev/shm/sem.cq_space_agent_rank%lld_command",
+                              "/dev/shm/sem.cq_ready_agent_rank%lld_command"};
+        size_t i;
+        for (i = 0; i < sizeof fmts / sizeof fmts[0]; i++) {
+            snprintf(p, sizeof p, fmts[i], rank);
+            unlink(p);
+        }
+    }
+    return nothing_left(rank) && our_semaphores() == 0;
+}
+
+static int t_dying_init_pair(void) { return dying("InitPair", 0); }
+static int t_dying_register_tensors(void) { return dying("RegisterTensors", 0); }
+static int t_dying_transfer_async(void) { return dying("Transfer", 0); }
+static int t_dying_transfer_files_kept(void) { return dying("Transfer", 1); }
+static int t_dying_query(void) { return dying("QueryStatus", 0); }
+static int t_dying_cleanup(void) { return dying("CleanupBatch", 0); }
+
+static int t_non_pickles_refused(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, "--no-dequeue", NULL);
+    EtbClient *c;
+    EtbTensorPayload tensors[2];
+    const uint8_t raw[8] = {0, 0, 128, 63, 0, 0, 0, 64}; /* two float32: a tensor's raw bytes */
+    const uint8_t truncated[] = {0x80, 0x03, 'C', 0x02, 0x01, 0x02, 'q', 0x00};
+    const uint8_t empty[1] = {0};
+    CHECK(agent.pid > 0, "agent did not start");
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    tensors[0].pair_name = "p";
+    tensors[0].data = PICKLE;
+    tensors[0].len = sizeof PICKLE;
+    tensors[1].pair_name = "p";
+    tensors[1].data = raw;
+    tensors[1].len = sizeof raw;
+    EXPECT(etb_client_register_tensors(c, "g", tensors, 2, 0, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(etb_last_error_message(), "etb_client_register_tensors: RegisterTensors payload 1") != NULL, "%s",
+          etb_last_error_message());
+    CHECK(strstr(etb_last_error_message(), "ForkingPickler.dumps(tensor)") != NULL, "%s", etb_last_error_message());
+    tensors[1].data = truncated;
+    tensors[1].len = sizeof truncated;
+    EXPECT(etb_client_register_tensors(c, "g", tensors, 2, 0, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    tensors[1].data = empty;
+    tensors[1].len = 0;
+    EXPECT(etb_client_register_tensors(c, "g", tensors, 2, 0, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_init_pair(c, "g", "a", "b", 1, raw, sizeof raw, NULL, 0, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_init_pair(c, "g", "a", "b", 1, NULL, 0, truncated, sizeof truncated, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    /* Nothing was enqueued: a pickle is, and its call then times out (nobody dequeues). */
+    EXPECT(etb_client_register_tensors(c, "g", tensors, 1, 0, 0.05), ETB_ERR_TIMEOUT);
+    etb_client_close(c);
+    stop_agent(&agent);
+    return nothing_left(rank) && our_semaphores() == 0;
+}
+
+static int t_init_pair_timeout_names_the_peers(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, "--never-ack", "InitPair");
+    EtbClient *c;
+    CHECK(agent.pid > 0, "agent did not start");
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(etb_client_init_pair(c, "weights", "train", "infer", 4, NULL, 0, NULL, 0, 0.2), ETB_ERR_TIMEOUT);
+    CHECK(strstr(etb_last_error_message(), "waiting for the peers of pair \"weights\"") != NULL, "%s",
+          etb_last_error_message());
+    CHECK(strstr(etb_last_error_message(), "init_pair with the same pair name") != NULL, "%s", etb_last_error_message());
+    etb_client_close(c);
+    stop_agent(&agent);
+    return nothing_left(rank) && our_semaphores() == 0;
+}
+
 static int t_completion_after_close(void) {
     long long rank = fresh_rank();
     Agent agent = start_agent(rank, 1, "--never-ack", "Transfer");
@@ -216,6 +343,14 @@ int main(void) {
     run_case("agent_death", t_agent_death);
     run_case("null_and_bad_arguments", t_null_and_bad_arguments);
     run_case("completion_after_close", t_completion_after_close);
+    run_case("dying_agent_init_pair", t_dying_init_pair);
+    run_case("dying_agent_register_tensors", t_dying_register_tensors);
+    run_case("dying_agent_transfer_async_poll_and_wait", t_dying_transfer_async);
+    run_case("dying_agent_transfer_files_kept", t_dying_transfer_files_kept);
+    run_case("dying_agent_query", t_dying_query);
+    run_case("dying_agent_cleanup", t_dying_cleanup);
+    run_case("non_pickle_payloads_refused", t_non_pickles_refused);
+    run_case("init_pair_timeout_names_the_peers", t_init_pair_timeout_names_the_peers);
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

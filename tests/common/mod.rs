@@ -159,6 +159,15 @@ pub fn our_completion_semaphores(filter: &str) -> Vec<String> {
         .collect()
 }
 
+/// Removes a killed agent's leftovers when dropped, also when the test panics first.
+pub struct LeftoversGuard(pub AgentPaths);
+
+impl Drop for LeftoversGuard {
+    fn drop(&mut self) {
+        remove_agent_leftovers(&self.0);
+    }
+}
+
 /// Removes what a killed agent left behind (its files and queue semaphores).
 pub fn remove_agent_leftovers(paths: &AgentPaths) {
     for p in [&paths.command_queue, &paths.state] {

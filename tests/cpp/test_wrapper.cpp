@@ -112,8 +112,10 @@ static int t_commands() {
         } catch (const etb::Error &e) {
             CHECK(e.status() == ETB_ERR_PAIR_NOT_MATCHED, "status %d", e.status());
         }
-        const uint8_t data[2] = {1, 2};
-        c.register_tensors("b", {{"p", data, sizeof data}, {"p", nullptr, 0}}, int64_t{1} << 20);
+        // Payloads must look like pickles: pickle.dumps(b"\x01\x02", 3) and pickle.dumps(None, 4).
+        const uint8_t data[] = {0x80, 0x03, 'C', 0x02, 0x01, 0x02, 'q', 0x00, '.'};
+        const uint8_t none[] = {0x80, 0x04, 'N', '.'};
+        c.register_tensors("b", {{"p", data, sizeof data}, {"p", none, sizeof none}}, int64_t{1} << 20);
         c.transfer("b", etb::TransferKind::Send);
         CHECK(c.query_transfer_signal("b"), "signal after send");
         etb::Completion done = c.transfer_async("b", etb::TransferKind::Recv);

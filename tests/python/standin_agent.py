@@ -12,13 +12,21 @@ after the close: the worker must remove it). On SIGUSR1 it prints one status lin
 and tail, semaphore values); on SIGTERM or SIGINT it exits cleanly, destroying the queue and the
 state as the agent's clean exit does.
 
+Each loop turn is the agent's: write the heartbeat, dequeue (1 ms wait), handle. So after every
+command it survives it beats once before its next dequeue, and after one that fails (--fail-on,
+or --unpickle and a payload that is not a pickle) it posts the completion, writes no heartbeat,
+waits --fail-delay, destroys its queue and state as the launch scripts' `finally` does (unless
+--keep-files), and exits 3: the real agent's failure path (docs/protocol.md section 5).
+
     standin_agent.py (--rank N | --command-queue PATH --state PATH) [--no-queue] [--sync]
                      [--exit-after SECS] [--no-dequeue] [--exit-on TYPE] [--never-ack TYPE]
-                     [--stall-heartbeat] [--record PATH]
+                     [--fail-on TYPE] [--fail-delay SECS] [--keep-files] [--unpickle]
+                     [--hold TYPE SECS] [--stall-heartbeat] [--record PATH]
 """
 import argparse
 import os
 import pathlib
+import pickle
 import signal
 import struct
 import sys
@@ -179,6 +187,12 @@ def main(argv=None):
     p.add_argument("--no-dequeue", action="store_true")
     p.add_argument("--exit-on", help="exit (as a crash: files kept) on receiving this command type")
     p.add_argument("--never-ack", help="never post the completion of this command type")
+    p.add_argument("--fail-on", help="post this command type's completion, then die as the agent does")
+    p.add_argument("--fail-delay", type=float, default=0.0, help="seconds the failing agent lives after the post")
+    p.add_argument("--keep-files", action="store_true", help="a failing agent leaves its files (as a kill would)")
+    p.add_argument("--unpickle", action="store_true",
+                   help="unpickle every payload (pickle.loads) as the agent does; one that fails is a failure")
+    p.add_argument("--hold", nargs=2, metavar=("TYPE", "SECS"), help="handle TYPE for SECS before posting")
     p.add_argument("--stall-heartbeat", action="store_true")
     p.add_argument("--record", help="append each decoded command as a JSON line")
     a = p.parse_args(argv)
@@ -215,13 +229,31 @@ def main(argv=None):
         with state.begin(write=True, db=state_db) as txn:
             txn.put(key.encode(), ENCODER.encode(value))
 
+    def payloads(cmd):
+        if isinstance(cmd, RegisterTensors):
+            return [data for _, data in cmd.tensors]
+        if isinstance(cmd, InitPair):
+            return [x for x in (cmd.mesh_shape_payload, cmd.placements_payload) if x is not None]
+        return []
+
     def handle(cmd):
+        """Handles one command; returns False when it failed (after posting, as the agent)."""
         if record:
             record.write(msgspec.json.encode(cmd) + b"\n")
             record.flush()
         kind = type(cmd).__name__
         if kind == a.exit_on:
             os._exit(3)
+        failed = kind == a.fail_on
+        if a.unpickle:
+            for data in payloads(cmd):
+                try:
+                    pickle.loads(data)
+                except Exception as e:  # the agent's ForkingPickler.loads raises, the agent dies
+                    print(f"{kind}: payload does not unpickle: {e!r}", file=sys.stderr, flush=True)
+                    failed = True
+        if a.hold and a.hold[0] == kind:
+            time.sleep(float(a.hold[1]))
         if isinstance(cmd, InitPair):
             put_state(f"pair:{cmd.pair_name}/state:match", "matched")
         elif isinstance(cmd, Transfer):
@@ -235,15 +267,30 @@ def main(argv=None):
                 sem = posix_ipc.Semaphore(cmd.semaphore_name)
             except posix_ipc.ExistentialError:
                 # The worker gave up on it (a timeout, or a completion freed unwaited) and removed
-                # it. Whether the real agent tolerates this is not known: see the closing notes.
+                # it: the agent logs a warning and goes on (docs/protocol.md section 5).
                 print(f"completion semaphore {cmd.semaphore_name} is gone", file=sys.stderr, flush=True)
-                return
+                return not failed
             sem.release()
             sem.close()
             try:
                 sem.unlink()  # refused after close by posix_ipc 1.3.2, as in the reference
             except Exception:
                 pass
+        return not failed
+
+    def die():
+        """The agent after a command raised: no heartbeat, then the launch script's finally."""
+        time.sleep(a.fail_delay)
+        if not a.keep_files:
+            if queue:
+                queue.destroy()
+            state.close()
+            for suffix in ("", "-lock"):
+                try:
+                    os.remove(state_path + suffix)
+                except FileNotFoundError:
+                    pass
+        os._exit(3)
 
     started = time.monotonic()
     while not stop and (a.exit_after is None or time.monotonic() - started < a.exit_after):
@@ -253,8 +300,8 @@ def main(argv=None):
         cmd = queue.dequeue() if queue and not a.no_dequeue else None
         if cmd is None and (not queue or a.no_dequeue):
             time.sleep(0.001)
-        if cmd is not None:
-            handle(cmd)
+        if cmd is not None and not handle(cmd):
+            die()
         if not a.stall_heartbeat:
             beat()
 

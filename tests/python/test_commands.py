@@ -4,6 +4,7 @@ every field equal, and the agent's effects are seen by our calls."""
 import ctypes
 import math
 import os
+import pickle
 import signal
 import sys
 import time
@@ -70,10 +71,13 @@ def test_every_command_decodes_field_for_field(lib, session):
     s = session()
     c = s.client
     before = time.time()
-    mesh, placements = b"\x80\x04\x95mesh", b""
-    assert lib.etb_client_init_pair(c, b"weights", b"train", b"infer", 4, mesh, len(mesh), placements, 0, 10.0) == OK, err(lib)
-    tensors = (TensorPayload * 2)(TensorPayload(b"weights", ctypes.cast(ctypes.c_char_p(b"\x01\x02\x03"), P), 3),
-                                  TensorPayload("bias-ß".encode(), None, 0))
+    # Payloads must look like pickles (the agent unpickles them): real ones, made here.
+    mesh, placements = pickle.dumps((2, 4), 3), pickle.dumps(("shard", 0), 4)
+    assert lib.etb_client_init_pair(c, b"weights", b"train", b"infer", 4, mesh, len(mesh), placements,
+                                    len(placements), 10.0) == OK, err(lib)
+    t1, t2 = pickle.dumps(b"\x01\x02\x03", 3), pickle.dumps(None, 2)
+    tensors = (TensorPayload * 2)(TensorPayload(b"weights", ctypes.cast(ctypes.c_char_p(t1), P), len(t1)),
+                                  TensorPayload("bias-ß".encode(), ctypes.cast(ctypes.c_char_p(t2), P), len(t2)))
     assert lib.etb_client_register_tensors(c, "step-ü".encode(), tensors, 2, 1 << 25, 10.0) == OK, err(lib)
     assert lib.etb_client_register_tensors(c, b"empty", None, 0, 0, 10.0) == OK, err(lib)
     signal_out = ctypes.c_bool(True)
@@ -97,7 +101,7 @@ def test_every_command_decodes_field_for_field(lib, session):
     got = s.commands()
     want = [
         proto.InitPair("weights", "train", 4, "infer", mesh, placements),
-        proto.RegisterTensors("step-ü", [("weights", b"\x01\x02\x03"), ("bias-ß", b"")], 1 << 25),
+        proto.RegisterTensors("step-ü", [("weights", t1), ("bias-ß", t2)], 1 << 25),
         proto.RegisterTensors("empty", [], None),
         proto.QueryStatus("b1", "transfer_signal"),
         proto.Transfer("b1", "send"),
@@ -249,3 +253,129 @@ def test_null_and_bad_arguments(lib, session):
     lib.etb_completion_free(None)
     assert s.commands() == [], "no bad call reached the queue"
     assert our_semaphores() == []
+
+
+def _pickle_payload(data):
+    return TensorPayload(b"p", ctypes.cast(ctypes.c_char_p(data), P), len(data))
+
+
+def _run(lib, c, kind):
+    """Issues one command of `kind` (with a real pickle as its payload); returns its status."""
+    data = pickle.dumps(b"\x01\x02", 3)
+    if kind == "InitPair":
+        return lib.etb_client_init_pair(c, b"p", b"a", b"b", 1, data, len(data), None, 0, 10.0)
+    if kind == "RegisterTensors":
+        return lib.etb_client_register_tensors(c, b"b", (TensorPayload * 1)(_pickle_payload(data)), 1, 0, 10.0)
+    if kind == "Transfer":
+        return lib.etb_client_transfer(c, b"b", SEND, 10.0)
+    if kind == "QueryStatus":
+        return lib.etb_client_query_transfer_signal(c, b"b", 10.0, ctypes.byref(ctypes.c_bool()))
+    if kind == "CleanupBatch":
+        return lib.etb_client_cleanup_batch(c, b"b", 10.0)
+    comp, done = P(), ctypes.c_bool(False)
+    assert lib.etb_client_transfer_async(c, b"b", SEND, 10.0, ctypes.byref(comp)) == OK, err(lib)
+    try:
+        if kind == "async wait":
+            return lib.etb_completion_wait(comp, 10.0)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            status = lib.etb_completion_poll(comp, ctypes.byref(done))
+            if status != OK or done.value:
+                return status
+            time.sleep(0.001)
+        return TIMEOUT
+    finally:
+        lib.etb_completion_free(comp)
+
+
+def _after_death(s):
+    s.agent.proc.wait()
+    s.close()
+    s.client = None
+    proto.clean_stale(*s.agent.paths)  # what a --keep-files agent left, as its launch script would
+    assert our_semaphores() == []
+    assert leftovers(s.rank) == []
+
+
+KINDS = ["InitPair", "RegisterTensors", "Transfer", "QueryStatus", "CleanupBatch", "async wait", "async poll"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_command_the_agent_failed_after_posting_is_agent_died(lib, session, kind):
+    """The Python stand-in dies as the agent does: it posts, writes no heartbeat, lives 1.2 s,
+    then its launch script's clean-up removes the files, then it exits."""
+    fail_on = "Transfer" if kind.startswith("async") else kind
+    s = session("--fail-on", fail_on, "--fail-delay", "1.2")
+    t0 = time.monotonic()
+    status = _run(lib, s.client, kind)
+    assert status == AGENT_DIED, (kind, lib.etb_status_name(status), err(lib))
+    assert time.monotonic() - t0 > 1.1, "decided before the agent died"
+    message = err(lib)
+    assert message.startswith("ETB_ERR_AGENT_DIED: etb_"), message
+    assert f"pid {s.agent.pid}" in message and "pairs and batches are gone" in message, message
+    assert message.endswith("reconnect the client once a new agent runs (etb_client_reconnect)"), message
+    _after_death(s)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_command_the_agent_survived_is_ok(lib, session, kind):
+    s = session("--unpickle")
+    assert _run(lib, s.client, kind) == OK, err(lib)
+
+
+def test_a_killed_agent_that_kept_its_files_is_seen_by_its_exit(lib, session):
+    s = session("--fail-on", "Transfer", "--fail-delay", "1.2", "--keep-files")
+    assert _run(lib, s.client, "Transfer") == AGENT_DIED, err(lib)
+    _after_death(s)
+
+
+def test_pipelined_commands_prove_the_first_while_the_next_is_held(lib, session):
+    import threading
+
+    s = session("--hold", "CleanupBatch", "1.5")
+    comp = P()
+    assert lib.etb_client_transfer_async(s.client, b"pipe", SEND, 10.0, ctypes.byref(comp)) == OK, err(lib)
+    finished = threading.Event()
+    result = []
+
+    def blocking():
+        result.append(lib.etb_client_cleanup_batch(s.client, b"pipe", 10.0))
+        finished.set()
+
+    thread = threading.Thread(target=blocking)
+    thread.start()
+    assert lib.etb_completion_wait(comp, 10.0) == OK, err(lib)
+    assert not finished.is_set(), "the first command was proven only after the held one ended"
+    lib.etb_completion_free(comp)
+    thread.join()
+    assert result == [OK]
+
+
+@pytest.mark.parametrize("payload", [b"", os.urandom(64), b"\x00\x00\x80?\x00\x00\x00@", pickle.dumps((2, 4), 3)[:-1]],
+                         ids=["empty", "random", "tensor bytes", "truncated pickle"])
+def test_non_pickle_payloads_are_refused_before_the_queue(lib, session, payload):
+    """What would kill the agent (it unpickles every payload) never reaches it."""
+    s = session("--unpickle")
+    before = s.agent.status()
+    good = pickle.dumps(1, 3)
+    bad = ctypes.c_char_p(payload)
+    tensors = (TensorPayload * 2)(_pickle_payload(good), TensorPayload(b"p", ctypes.cast(bad, P), len(payload)))
+    assert lib.etb_client_register_tensors(s.client, b"g", tensors, 2, 0, 1.0) == INVALID_ARGUMENT, err(lib)
+    assert "RegisterTensors payload 1" in err(lib) and "ForkingPickler.dumps(tensor)" in err(lib), err(lib)
+    assert "agent would have died" in err(lib)
+    assert lib.etb_client_init_pair(s.client, b"g", b"a", b"b", 1, payload, len(payload), None, 0, 1.0) == INVALID_ARGUMENT
+    assert lib.etb_client_init_pair(s.client, b"g", b"a", b"b", 1, None, 0, payload, len(payload), 1.0) == INVALID_ARGUMENT
+    assert s.agent.status().split()[:3] == before.split()[:3], "the queue's head and tail moved"
+    # A pickle is accepted, and the agent, which unpickles it, survives it.
+    assert lib.etb_client_register_tensors(s.client, b"g", tensors, 1, 0, 5.0) == OK, err(lib)
+    assert s.commands()[-1] == proto.RegisterTensors("g", [("p", good)], None, s.commands()[-1].timestamp,
+                                                     s.commands()[-1].semaphore_name)
+
+
+def test_an_init_pair_timeout_says_the_agent_waits_for_its_peers(lib, session):
+    s = session("--never-ack", "InitPair")
+    assert lib.etb_client_init_pair(s.client, b"weights", b"train", b"infer", 4, None, 0, None, 0, 0.2) == TIMEOUT
+    message = err(lib)
+    for part in ['waiting for the peers of pair "weights"', 'local "train"', 'remote "infer"', "world size 4",
+                 "init_pair with the same pair name"]:
+        assert part in message, (part, message)

@@ -3,6 +3,7 @@ shared library shipped inside it), run against etb-dev-agent (ETB_DEV_AGENT). Ru
 tests/run_all.py from that environment, not from .venv."""
 import inspect
 import os
+import pickle
 import pathlib
 import signal
 import subprocess
@@ -86,8 +87,9 @@ def test_bootstrap_and_commands(agent):
     with pytest.raises(ValueError):
         bootstrap_client(cuda_mode="sometimes")
     with client:
-        client.init_pair("w", "train", "infer", 2, device_mesh=b"\x80\x04", placements=None)
-        batch = client.register_tensors("step", [(b"\x01\x02", "w"), (b"", "w")], bucket_size=1 << 20)
+        client.init_pair("w", "train", "infer", 2, device_mesh=pickle.dumps((2,), 3), placements=None)
+        batch = client.register_tensors("step", [(pickle.dumps(b"\x01\x02", 3), "w"), (pickle.dumps(None, 4), "w")],
+                                        bucket_size=1 << 20)
         assert batch.batch_id == "step" and batch.pair_names == ["w", "w"]
         assert batch.transfer("send", blocking=True) is None
         assert batch.query_transfer_signal() is True
@@ -166,6 +168,7 @@ def test_naming_callable_exception_reaches_the_caller(agent):
     (("--never-ack", "CleanupBatch"), "TIMEOUT", TimeoutError),
     (("--unmatched",), "PAIR_NOT_MATCHED", None),
     (("--exit-on", "CleanupBatch"), "AGENT_DIED", ConnectionError),
+    (("--fail-on", "CleanupBatch", "--fail-delay", "1.2"), "AGENT_DIED", ConnectionError),
 ])
 def test_command_exceptions(agent, fault, status, builtin):
     p = agent(*fault)
@@ -177,12 +180,16 @@ def test_command_exceptions(agent, fault, status, builtin):
             else:
                 client.cleanup_batch("b", timeout=0.2 if status == "TIMEOUT" else 30.0)
         assert e.value.status == errors.STATUS[status], e.value.message
+        if status == "AGENT_DIED":
+            # The Python binding names its own method for what to do next.
+            assert e.value.message.endswith("reconnect the client once a new agent runs (client.reconnect())"), e.value.message
         if builtin:
             assert isinstance(e.value, builtin)
         else:
             assert not isinstance(e.value, (ValueError, ConnectionError, TimeoutError, PermissionError))
     if status == "AGENT_DIED":
         p.wait()
+        # An --exit-on agent leaves its files; a --fail-on one removed them: clean up either way.
         rank = os.environ["AGENT_RANK"]
         subprocess.run([AGENT, "--rank", rank, "--exit-after", "0"], stdout=subprocess.DEVNULL, check=True)
 

@@ -168,6 +168,17 @@ fn state_error(path: &Path, last: StateError, secs: f64, origin: &str) -> Error 
                 StateError::Stale(age) if age < 0.0 => {
                     format!("Heartbeat lies {:.3}s in the future", -age)
                 }
+                StateError::Stale(age) if state_writer(path) == StateWriter::Gone => {
+                    return Error::new(
+                        ErrorKind::AgentNotResponding,
+                        format!(
+                            "Agent at {p} is gone: its heartbeat is too old ({age:.1}s) and no process (in this pid \
+                             namespace) holds the state LMDB's lock with the file open for writing, so the agent \
+                             that wrote these files has exited and left them behind (waited {secs:.3}s). Start the \
+                             agent again (its launch script clears the old files). {hint}"
+                        ),
+                    );
+                }
                 StateError::Stale(age) => {
                     format!("Heartbeat is too old ({age:.3}s; fresh means under {HEARTBEAT_FRESH_SECS}s)")
                 }
@@ -276,6 +287,32 @@ fn identify_agent(state: &StateDb, path: &Path) -> std::result::Result<i32, Stri
                 .to_string(),
             n => format!("none, or more than one, of the {n} holders of the state LMDB's lock has the state file open for writing (pids {})", join_pids(&pids)),
         }),
+    }
+}
+
+/// Whether the process that writes an agent's state file is still there, judged by LMDB's lock
+/// on the state's lock file: the one "agent gone, files left" check, for bootstrap's messages
+/// and the node tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateWriter {
+    /// A process holding the lock has the state file open for writing: the agent.
+    Alive(i32),
+    /// No process of this pid namespace (other than this one) holds the lock with the state
+    /// file open for writing: the agent that wrote the files is gone.
+    Gone,
+    /// `/proc/locks` or the files cannot be read: unknown.
+    Unknown,
+}
+
+/// Looks for the state file's writer among the holders of its LMDB lock (reads `/proc/locks`:
+/// milliseconds, so never on a hot path).
+pub fn state_writer(state_path: &Path) -> StateWriter {
+    use std::os::unix::fs::MetadataExt;
+    let Holders::Pids(pids) = lock_holders(&lock_path(state_path)) else { return StateWriter::Unknown };
+    let Ok(meta) = std::fs::metadata(state_path) else { return StateWriter::Unknown };
+    match pids.into_iter().find(|&pid| has_open_for_writing(pid, meta.dev(), meta.ino())) {
+        Some(pid) => StateWriter::Alive(pid),
+        None => StateWriter::Gone,
     }
 }
 

@@ -60,6 +60,16 @@ impl Deadline {
         self.at.map(|at| at.saturating_duration_since(Instant::now()))
     }
 
+    /// This deadline, or `step` from now if that comes first (for a wait in short slices).
+    pub fn capped(&self, step: Duration) -> Deadline {
+        let soon = Instant::now().checked_add(step);
+        let at = match (self.at, soon) {
+            (Some(at), Some(soon)) => Some(at.min(soon)),
+            (at, soon) => at.or(soon),
+        };
+        Deadline { start: self.start, at }
+    }
+
     pub fn expired(&self) -> bool {
         matches!(self.remaining(), Some(d) if d.is_zero())
     }

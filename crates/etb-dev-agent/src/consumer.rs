@@ -21,6 +21,9 @@ pub enum Outcome {
     Continue,
     /// Exit now, as a crash would (no clean-up).
     Crash,
+    /// The command failed after its completion was posted: die as the agent does (no heartbeat,
+    /// then the launch script's clean-up, then exit).
+    Fail,
 }
 
 pub struct Consumer<'a> {
@@ -113,7 +116,9 @@ impl<'a> Consumer<'a> {
             return Ok(Outcome::Crash);
         }
         if let Some(delay) = self.faults.ack_delay {
-            std::thread::sleep(delay);
+            if self.faults.ack_delay_on.as_deref().is_none_or(|t| t == ty) {
+                std::thread::sleep(delay);
+            }
         }
         match ty.as_str() {
             "InitPair" if !self.faults.unmatched => {
@@ -145,7 +150,7 @@ impl<'a> Consumer<'a> {
         }
         if self.faults.fail_on.as_deref() == Some(ty.as_str()) {
             // The agent acknowledges a failed command, then re-raises and ends.
-            return Ok(Outcome::Crash);
+            return Ok(Outcome::Fail);
         }
         Ok(Outcome::Continue)
     }

@@ -69,9 +69,25 @@ fn run(opts: &Options) -> Result<(), String> {
         let paused = opts.faults.pause_dequeue.is_some_and(|d| started.elapsed() < d);
         match &mut consumer {
             Some(c) if !paused => {
-                if let consumer::Outcome::Crash = c.step(Duration::from_millis(1), &state)? {
+                match c.step(Duration::from_millis(1), &state)? {
+                    consumer::Outcome::Continue => {}
                     // As a crash: nothing cleaned up.
-                    std::process::exit(3);
+                    consumer::Outcome::Crash => std::process::exit(3),
+                    consumer::Outcome::Fail => {
+                        // As the agent whose command raised: no heartbeat after the post, then
+                        // its launch script's `finally` (queue and state destroyed), then exit.
+                        if let Some(d) = opts.faults.fail_delay {
+                            std::thread::sleep(d);
+                        }
+                        if !opts.keep_files {
+                            drop(consumer.take());
+                            if let Some(q) = queue {
+                                q.destroy();
+                            }
+                            state.destroy();
+                        }
+                        std::process::exit(3);
+                    }
                 }
             }
             _ => std::thread::sleep(Duration::from_millis(1)),

@@ -22,11 +22,15 @@ fault injection (TYPE: InitPair, RegisterTensors, Transfer, QueryStatus, Cleanup
   --no-dequeue             never consume commands (a stopped consumer)
   --pause-dequeue SECS     consume commands only SECS after start
   --exit-on TYPE           crash (exit 3, files kept) on receiving TYPE, before acknowledging
-  --fail-on TYPE           acknowledge TYPE, then crash (the agent's failure path)
+  --fail-on TYPE           acknowledge TYPE, then die as the real agent does when a command raises:
+                           no heartbeat after the post, --fail-delay, then its launch script's
+                           clean-up (files and semaphores removed, unless --keep-files), exit 3
+  --fail-delay SECS        with --fail-on: how long the dying agent lives after posting (default 0)
   --never-ack TYPE         handle TYPE but never post its completion
   --never-unlink           post completions but never unlink them (posix_ipc 1.3.2's defect)
   --unmatched              InitPair never records the pair as matched
-  --ack-delay SECS         wait before acknowledging each command
+  --ack-delay SECS         wait before acknowledging each command (no heartbeat meanwhile)
+  --ack-delay-on TYPE      apply --ack-delay to commands of TYPE only
   --record PATH            append one line per command: type, batch or pair, transfer type, semaphore";
 
 #[derive(Default)]
@@ -39,6 +43,8 @@ pub struct Faults {
     pub never_unlink: bool,
     pub unmatched: bool,
     pub ack_delay: Option<Duration>,
+    pub ack_delay_on: Option<String>,
+    pub fail_delay: Option<Duration>,
     pub record: Option<std::path::PathBuf>,
 }
 
@@ -114,6 +120,8 @@ impl Options {
                 "--exit-on" => o.faults.exit_on = Some(text("--exit-on", args.next())?),
                 "--fail-on" => o.faults.fail_on = Some(text("--fail-on", args.next())?),
                 "--never-ack" => o.faults.never_ack = Some(text("--never-ack", args.next())?),
+                "--ack-delay-on" => o.faults.ack_delay_on = Some(text("--ack-delay-on", args.next())?),
+                "--fail-delay" => o.faults.fail_delay = Some(duration("--fail-delay", args.next())?),
                 "--ack-delay" => o.faults.ack_delay = Some(duration("--ack-delay", args.next())?),
                 "--record" => o.faults.record = Some(args.next().ok_or("--record needs a path")?.into()),
                 "--help" | "-h" => return Err("help".into()),

@@ -217,12 +217,18 @@ impl CommandQueue {
     /// Enqueues one message (PROTOCOL section 3): waits for a free slot until `deadline`
     /// (giving up at once when `give_up` says so), then in one write transaction reads the
     /// tail, puts the message at its slot and the tail + 1, commits, and posts `/cq_{stem}`.
+    /// Returns the message's logical position (the tail it was written at).
     ///
     /// Commits do not fsync (`MDB_NOSYNC` on our handle): the queue is transient IPC between two
     /// live processes, and deployments clear it whenever an agent starts (PROTOCOL section 6),
     /// so a command surviving a power cut would be discarded anyway. The agent's own commits
     /// keep whatever durability it chose.
-    pub fn enqueue(&self, message: &[u8], deadline: &Deadline, give_up: &dyn Fn() -> bool) -> Result<(), EnqueueError> {
+    pub fn enqueue(
+        &self,
+        message: &[u8],
+        deadline: &Deadline,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<u64, EnqueueError> {
         match self.space.wait(deadline, give_up) {
             Ok(()) => {}
             Err(WaitError::TimedOut) => return Err(EnqueueError::Full),
@@ -236,15 +242,15 @@ impl CommandQueue {
             // The semaphores can drift from the ring (an agent restarted over an uncleared
             // queue): never overwrite an unconsumed slot.
             if tail.wrapping_sub(head) >= CAPACITY {
-                return Ok(false);
+                return Ok(None);
             }
             t.put(dbi, &slot_key(tail), message)?;
             t.put(dbi, TAIL_KEY, &encode_u64(tail.wrapping_add(1)))?;
-            Ok(true)
+            Ok(Some(tail))
         });
-        match written {
-            Ok(true) => {}
-            Ok(false) => {
+        let position = match written {
+            Ok(Some(position)) => position,
+            Ok(None) => {
                 // The transaction wrote nothing (it is committed empty): give the slot back.
                 let _ = self.space.post();
                 return Err(EnqueueError::Full);
@@ -253,13 +259,18 @@ impl CommandQueue {
                 let _ = self.space.post();
                 return Err(EnqueueError::Lmdb(e));
             }
-        }
+        };
         if let Err(e) = self.items.post() {
             // The command is committed: the agent will find it (it polls its queue every
             // millisecond), so this is not a failure of the call.
             log::warn!("command enqueued, but waking the agent failed: {}", e.text());
         }
-        Ok(())
+        Ok(position)
+    }
+
+    /// The queue's head: the logical position of the next command the agent will dequeue.
+    pub fn head(&self) -> Result<u64, LmdbError> {
+        self.env.env.read(|t| Ok(t.get(self.env.dbi, HEAD_KEY)?.as_deref().and_then(decode_u64).unwrap_or(0)))?
     }
 
     /// The message stored at logical position `position`, if any (for diagnostics and tests).
