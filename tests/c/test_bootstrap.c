@@ -199,6 +199,30 @@ static int t_no_agent(void) {
     return 1;
 }
 
+/* No agent at our rank, one at another: the message lists where the agents are (default
+ * naming); with a naming callback it says they cannot be listed and names `etb status`. */
+static int t_agents_found_elsewhere(void) {
+    long long rank = fresh_rank(), other = fresh_rank();
+    Agent agent = start_agent(other, 1, NULL, NULL);
+    char rank_text[32], want[64];
+    Naming n;
+    CHECK(agent.pid > 0, "agent did not start");
+    snprintf(rank_text, sizeof rank_text, "%lld", rank);
+    set_env(NULL, rank_text, NULL, NULL); /* agent rank = RANK + 0 = rank: nobody there */
+    if (!expect_status(NULL, NULL, 0.05, ETB_ERR_AGENT_NOT_FOUND)) { stop_agent(&agent); return 0; }
+    CHECK(strstr(etb_last_error_message(), "agents found in /tmp: ranks ") != NULL, "%s", etb_last_error_message());
+    snprintf(want, sizeof want, "%lld", other);
+    /* Ranks listed as ranges: ours is the last of the fresh ones, so it appears as itself. */
+    CHECK(strstr(strstr(etb_last_error_message(), "agents found in /tmp"), want) != NULL, "%s", etb_last_error_message());
+    memset(&n, 0, sizeof n);
+    n.rank = rank;
+    if (!expect_status(naming_cb, &n, 0.05, ETB_ERR_AGENT_NOT_FOUND)) { stop_agent(&agent); return 0; }
+    CHECK(strstr(etb_last_error_message(), "cannot list") != NULL, "%s", etb_last_error_message());
+    CHECK(strstr(etb_last_error_message(), "etb status --state") != NULL, "%s", etb_last_error_message());
+    stop_agent(&agent);
+    return nothing_left(other);
+}
+
 static int t_stale_heartbeat(void) {
     long long rank = fresh_rank();
     Agent agent = start_agent(rank, 1, "--heartbeat-offset", "60");
@@ -400,6 +424,7 @@ int main(void) {
         run_case("agent_started_after_worker", t_agent_after_worker);
         run_case("no_agent_times_out", t_no_agent);
         run_case("stale_heartbeat", t_stale_heartbeat);
+        run_case("agents_found_elsewhere", t_agents_found_elsewhere);
         run_case("missing_queue", t_missing_queue);
         run_case("bad_environment", t_bad_environment);
         run_case("bad_timeouts", t_bad_timeouts);

@@ -73,6 +73,16 @@ def test_install_layout(installed):
     assert not (p / "lib64").exists()
 
 
+def test_the_node_tool_is_installed_in_bin(installed, tmp_path):
+    etb = installed["prefix"] / "bin" / "etb"
+    assert etb.is_file() and os.access(etb, os.X_OK)
+    tpl = (f"{tmp_path}/x{{rank}}_state.lmdb", f"{tmp_path}/x{{rank}}_command.lmdb")
+    out = subprocess.run([etb, "status", "--state", tpl[0], "--queue", tpl[1], "--json"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == '{"agents":[]}', out
+    assert subprocess.run([etb], capture_output=True, timeout=30).returncode == 2, "usage error"
+
+
 def test_soname_exports_and_no_runpath(installed):
     real = installed["prefix"] / "lib" / f"libetha_tensor_bus.so.{VERSION}"
     dyn = readelf_dynamic(real)

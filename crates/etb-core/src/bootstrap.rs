@@ -56,9 +56,9 @@ pub struct BootstrapInfo {
     pub cuda: CudaReport,
 }
 
-/// How the rank was found, for error messages.
-fn rank_origin(r: &RankInfo) -> String {
-    match r.method {
+/// How the rank and the paths were found, for error messages.
+pub fn rank_origin(r: &RankInfo, default_naming: bool) -> connection::Origin {
+    let text = match r.method {
         Method::Direct => format!("agent rank {} from AGENT_RANK", r.agent_rank),
         Method::Offset => format!(
             "agent rank {} = RANK {} + AGENT_RANK_OFFSET {}",
@@ -66,21 +66,29 @@ fn rank_origin(r: &RankInfo) -> String {
             r.global_rank,
             r.rank_offset.unwrap_or(0)
         ),
+    };
+    connection::Origin {
+        text,
+        agent_rank: r.agent_rank,
+        global_rank: (r.method == Method::Offset).then_some(r.global_rank),
+        rank_offset: r.rank_offset,
+        default_naming,
     }
 }
 
 /// Runs the whole bootstrap.
 pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, BootstrapInfo)> {
     let ranks = rank::resolve(options.env)?;
+    let default_naming = options.path_naming.is_none();
     let paths = match options.path_naming {
         Some(naming) => naming(ranks.agent_rank)?,
         None => AgentPaths::default_for_rank(ranks.agent_rank),
     }
     .validate()?;
     let deadline = options.connection_timeout.start();
-    let origin = rank_origin(&ranks);
+    let origin = rank_origin(&ranks, default_naming);
 
-    let settings = Settings { trust: options.trust, ptrace_mode: options.ptrace_mode };
+    let settings = Settings { trust: options.trust, ptrace_mode: options.ptrace_mode, default_naming };
     let connection = connection::connect(&paths, settings.trust, &deadline, &origin)?;
     let worker_lock = worker_lock::acquire(&paths.state, options.share_agent, settings.trust)?;
     connection::authorize_agent(&connection.agent, settings.ptrace_mode);

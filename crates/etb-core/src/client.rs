@@ -299,7 +299,13 @@ impl Client {
             return Ok(current.shared.watch.pid());
         }
         let deadline = timeout.start();
-        let origin = format!("reconnect to agent rank {}", self.agent_rank);
+        let origin = connection::Origin {
+            text: format!("reconnect to agent rank {}", self.agent_rank),
+            agent_rank: self.agent_rank,
+            global_rank: None,
+            rank_offset: None,
+            default_naming: self.settings.default_naming,
+        };
         let (old_pid, old_state) = (start.shared.watch.pid(), start.state.file_id());
         // A dead agent's files stay behind with a heartbeat younger than 5 s for a while: a new
         // agent is a live process other than the old one (verified as the state's writer), or,

@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::lmdb::lock_path;
 use crate::lmdb::registry::FileId;
 use crate::protocol::command_queue::{AttachError, CommandQueue};
-use crate::protocol::naming::AgentPaths;
+use crate::protocol::naming::{rank_ranges, AgentPaths, NamingTemplate};
 use crate::protocol::state_db::{StateDb, StateError, HEARTBEAT_FRESH_SECS};
 use crate::sys::process::{has_open_for_writing, lock_holders, pick_agent, Holders};
 use crate::sys::ptrace::{self, Tracer};
@@ -80,11 +80,31 @@ pub struct Connection {
 pub struct Settings {
     pub trust: TrustPolicy,
     pub ptrace_mode: PtraceMode,
+    /// The paths follow the default naming (for messages: other agents can be listed then).
+    pub default_naming: bool,
 }
 
-/// Validates the agent (state, fresh heartbeat, queue, process) within `deadline`. `origin` says
-/// how the paths were found (for messages).
-pub fn connect(paths: &AgentPaths, trust: TrustPolicy, deadline: &Deadline, origin: &str) -> Result<Connection> {
+/// How the agent's paths were found, for messages.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// In words, e.g. "agent rank 3 = RANK 3 + AGENT_RANK_OFFSET 0".
+    pub text: String,
+    pub agent_rank: i64,
+    /// `RANK`, when the agent rank is `RANK + AGENT_RANK_OFFSET`.
+    pub global_rank: Option<i64>,
+    pub rank_offset: Option<i64>,
+    /// The default naming (`/tmp/agent_rank{N}_*`), not a naming callback.
+    pub default_naming: bool,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Validates the agent (state, fresh heartbeat, queue, process) within `deadline`.
+pub fn connect(paths: &AgentPaths, trust: TrustPolicy, deadline: &Deadline, origin: &Origin) -> Result<Connection> {
     let state = wait_for_state(&paths.state, trust, deadline, origin)?;
     log::trace!("state ready after {:.3} ms", deadline.elapsed_secs() * 1e3);
     let queue = wait_for_queue(&paths.command_queue, state.file_id(), trust, deadline, origin)?;
@@ -102,7 +122,7 @@ pub fn connect(paths: &AgentPaths, trust: TrustPolicy, deadline: &Deadline, orig
     Ok(Connection { state, queue, agent })
 }
 
-fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: &str) -> Result<StateDb> {
+fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: &Origin) -> Result<StateDb> {
     let mut state: Option<StateDb> = None;
     loop {
         let attempt = match &state {
@@ -139,7 +159,8 @@ fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: 
     }
 }
 
-fn state_error(path: &Path, last: StateError, secs: f64, origin: &str) -> Error {
+/// The error bootstrap reports when the state LMDB was not ready by its deadline (`last` says why).
+pub fn state_error(path: &Path, last: StateError, secs: f64, origin: &Origin) -> Error {
     let p = path.display();
     let hint = format!("Check AGENT_RANK, or RANK and AGENT_RANK_OFFSET ({origin}).");
     match last {
@@ -149,7 +170,10 @@ fn state_error(path: &Path, last: StateError, secs: f64, origin: &str) -> Error 
         ),
         StateError::Missing(_) => Error::new(
             ErrorKind::AgentNotFound,
-            format!("Agent LMDB not found at {p} after {secs:.3}s. Please ensure the agent process is running. {hint}"),
+            format!(
+                "Agent LMDB not found at {p} after {secs:.3}s. Please ensure the agent process is running. {hint} {}",
+                agents_elsewhere(origin)
+            ),
         ),
         StateError::Lmdb(e) => Error::new(
             ErrorKind::Lmdb,
@@ -199,7 +223,7 @@ fn wait_for_queue(
     state_id: FileId,
     trust: TrustPolicy,
     deadline: &Deadline,
-    origin: &str,
+    origin: &Origin,
 ) -> Result<CommandQueue> {
     loop {
         let last = match CommandQueue::attach(path, Some(state_id), trust) {
@@ -217,7 +241,8 @@ fn wait_for_queue(
     }
 }
 
-fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &str) -> Error {
+/// The error bootstrap reports when the command queue could not be attached by its deadline.
+pub fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &Origin) -> Error {
     let p = path.display();
     let tail = format!(
         "The agent creates its queue before its state, so it may have crashed, or it uses another queue path ({origin})."
@@ -288,6 +313,40 @@ fn identify_agent(state: &StateDb, path: &Path) -> std::result::Result<i32, Stri
             n => format!("none, or more than one, of the {n} holders of the state LMDB's lock has the state file open for writing (pids {})", join_pids(&pids)),
         }),
     }
+}
+
+/// Where the other agents of this node are, for a bootstrap that found none at its path: computed
+/// once, at the deadline (it lists a folder).
+fn agents_elsewhere(origin: &Origin) -> String {
+    if !origin.default_naming {
+        return "A naming callback chose this path, so the library cannot list the node's other agents: \
+                `etb status --state TEMPLATE --queue TEMPLATE` with the job's naming lists them."
+            .to_string();
+    }
+    let template = NamingTemplate::default();
+    let found: Vec<i64> = template.scan().into_iter().filter(|&r| r != origin.agent_rank).collect();
+    let folder = Path::new(&template.state).parent().map_or_else(String::new, |f| f.display().to_string());
+    let Some(&first) = found.first() else {
+        return format!("No other agent's state file is in {folder} either.");
+    };
+    let mut text = format!(
+        "No agent for rank {} there; agents found in {folder}: ranks {}",
+        origin.agent_rank,
+        rank_ranges(&found)
+    );
+    // A job whose ranks start at 0 and uses the agents from `first` on has that offset.
+    if let (Some(global), offset) = (origin.global_rank, origin.rank_offset.unwrap_or(0)) {
+        if first != offset && found.contains(&(global + first)) {
+            if offset == 0 {
+                text.push_str(&format!(": is AGENT_RANK_OFFSET={first} missing?"));
+            } else {
+                text.push_str(&format!(": is AGENT_RANK_OFFSET={first} meant (it is {offset})?"));
+            }
+            return text;
+        }
+    }
+    text.push('.');
+    text
 }
 
 /// Whether the process that writes an agent's state file is still there, judged by LMDB's lock

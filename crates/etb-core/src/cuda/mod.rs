@@ -119,6 +119,12 @@ fn api() -> std::result::Result<&'static Api, String> {
     DRIVER.get_or_init(load).as_ref().map_err(Clone::clone)
 }
 
+/// Loads the driver as bootstrap would (once per process; no `cuInit`) and says which library it
+/// is, or why it cannot be loaded: for diagnostics (`etb doctor`).
+pub fn probe_driver() -> std::result::Result<String, String> {
+    api().map(|a| a.path.clone())
+}
+
 impl Api {
     /// "CUDA_ERROR_NO_DEVICE (100): no CUDA-capable device is detected", as the driver says it.
     fn describe(&self, code: CuResult) -> String {

@@ -289,6 +289,44 @@ impl CommandQueue {
     }
 }
 
+/// Why [`read_positions`] could not read a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// The data file or its lock file does not exist.
+    Missing,
+    /// Owner, mode or a symlink: not trusted, so not opened.
+    Untrusted(String),
+    /// Not a usable LMDB file (refused before LMDB saw it), or LMDB refused it.
+    NotLmdb(String),
+}
+
+/// The queue's head and tail, read as any LMDB reader would (read-only, taking a reader slot in
+/// its lock file), without its semaphores, after the same trust and pre-open checks as a
+/// worker's attach: it never creates a file nor opens a write transaction. For a process that
+/// does not have the queue open itself (a tool such as `etb status`): opening an environment a
+/// second time in one process would drop that process's locks on it.
+pub fn read_positions(path: &Path, policy: TrustPolicy) -> Result<(u64, u64), ReadError> {
+    let distrust = |d: Distrust| match d {
+        Distrust::Missing => ReadError::Missing,
+        Distrust::NotRegular(m) => ReadError::NotLmdb(m),
+        Distrust::Permission(m) => ReadError::Untrusted(m),
+    };
+    let st = check_file(path, "agent command queue LMDB", policy).map_err(distrust)?;
+    // LMDB would create a missing lock file (even read-only): look first.
+    check_file(&lock_path(path), "agent command queue lock file", policy).map_err(distrust)?;
+    crate::lmdb::file_check::check_data_file(path, Some((st.st_dev, st.st_ino))).map_err(ReadError::NotLmdb)?;
+    let options = EnvOptions { read_only: true, no_lock: false, no_sync: false, map_size: 0, max_dbs: 2 };
+    let env = Environment::open(path, &options).map_err(|e| ReadError::NotLmdb(e.text()))?;
+    let dbi = env.open_db(DB_NAME).map_err(|e| ReadError::NotLmdb(e.text()))?;
+    let read = env
+        .read(|t| -> Result<(u64, u64), LmdbError> {
+            let get = |key| Ok(t.get(dbi, key)?.as_deref().and_then(decode_u64).unwrap_or(0));
+            Ok((get(HEAD_KEY)?, get(TAIL_KEY)?))
+        })
+        .and_then(|r| r);
+    read.map_err(|e| ReadError::NotLmdb(e.text()))
+}
+
 /// Whether the readable-queue warning has not been given yet for `path` in this process (and
 /// records that it now is): py-lmdb creates the agent's files with mode 0644, so without this
 /// every bootstrap, and every poll of a reconnect, would repeat it.

@@ -41,7 +41,8 @@ pub struct WorkerLock {
     _lease: Lease<Held>,
 }
 
-fn busy(state: &Path, who: &str) -> Error {
+/// The error of a second worker of one agent (`who` names the first).
+pub fn busy(state: &Path, who: &str) -> Error {
     Error::new(
         ErrorKind::AgentBusy,
         format!(
@@ -56,6 +57,18 @@ fn busy(state: &Path, who: &str) -> Error {
 /// The pid holding a conflicting lock on `file`, if any.
 fn holder(file: &File, shared: bool) -> Option<i32> {
     crate::sys::fs::conflicting_lock_holder(file, !shared, Range::WHOLE).ok().flatten()
+}
+
+/// The pid of a worker holding the worker lock of the agent whose state LMDB is `state` (any
+/// lock on the file), for inspection by a process that holds none itself. Never creates the
+/// file; `None` when it is missing, unreadable, or unlocked.
+pub fn holder_of(state: &Path) -> Option<i32> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(lock_file_path(state))
+        .ok()?;
+    crate::sys::fs::conflicting_lock_holder(&file, true, Range::WHOLE).ok().flatten()
 }
 
 /// Serializes acquisitions, so that a descriptor of a lock file is only ever opened where it is
