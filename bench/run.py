@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 AGENT = [sys.executable, str(ROOT / "tests" / "python" / "standin_agent.py")]
 REF = [sys.executable, str(ROOT / "bench" / "reference_client.py")]
 OURS = str(ROOT / "build" / "bench" / "ours")
-_rank = [os.getpid() * 100]
+_rank = [os.getpid() * 1000]  # pid * 1000 + k, as every test's ranks (tests/leak_check.py)
 
 
 class Agent:
@@ -68,8 +68,25 @@ def remove_completions(pid):
                 pass
 
 
+def register(pid):
+    """Puts a process of this benchmark run in the test run's ledger, when the test suite runs it
+    (tests/leak_check.py: its names are then checked for leaks)."""
+    ledger = os.environ.get("ETB_TEST_LEDGER")
+    if ledger:
+        with open(ledger, "a") as f:
+            f.write(f"{pid}\n")
+
+
+def run_captured(argv, env, timeout=1200):
+    """subprocess.run(capture_output=True, text=True), with the child registered."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    register(proc.pid)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def run_json(argv, env, stdin=None):
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
+    proc = run_captured(argv, env)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv}: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -95,6 +112,7 @@ def connect_latency(root, argv_for, runs):
     for _ in range(runs):
         proc = subprocess.Popen(argv_for(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 env=dict(os.environ, AGENT_RANK=str(_rank[0] + 1), RANK="0", ETB_BENCH_ROOT=root))
+        register(proc.pid)
         assert proc.stdout.readline().strip() == "waiting"
         time.sleep(0.05)
         agent = Agent(root)
@@ -110,6 +128,7 @@ def connect_latency(root, argv_for, runs):
 
 
 def main():
+    register(os.getpid())
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", required=True)
     ap.add_argument("--quick", action="store_true")
@@ -172,15 +191,13 @@ def main():
         def roundtrip_on(root):
             def roundtrip(agent):
                 env = dict(agent.env(root), ETB_LOG="etb_core::client=debug")
-                proc = subprocess.run([OURS, "roundtrip", str(50 if q else 500)], env=env, capture_output=True,
-                                      text=True, timeout=1200)
+                proc = run_captured([OURS, "roundtrip", str(50 if q else 500)], env)
                 if proc.returncode != 0:
                     raise RuntimeError(proc.stderr[-2000:])
                 ours = json.loads(proc.stdout.strip().splitlines()[-1])
                 proofs = [float(m) for m in re.findall(r"survival proven ([0-9.]+) us after the post", proc.stderr)]
                 ours["survival_check"] = summary(proofs, "us")
-                ref_proc = subprocess.run([*REF, "roundtrip", agent.cq, agent.st, str(20 if q else 300)],
-                                          env=agent.env(root), capture_output=True, text=True, timeout=1200)
+                ref_proc = run_captured([*REF, "roundtrip", agent.cq, agent.st, str(20 if q else 300)], agent.env(root))
                 return {"ours": ours, "reference": json.loads(ref_proc.stdout.strip().splitlines()[-1])}
             return with_agent(root, [], roundtrip)
         R["roundtrip"] = roundtrip_on(disk)
@@ -192,6 +209,7 @@ def main():
             agent = Agent(disk, "--never-ack", "Transfer")
             try:
                 proc = subprocess.Popen([OURS, "death"], stdout=subprocess.PIPE, text=True, env=agent.env(disk))
+                register(proc.pid)
                 assert proc.stdout.readline().strip() == "waiting"
                 time.sleep(0.1 + random.random() * 0.01)
                 killed = time.time()
@@ -207,6 +225,7 @@ def main():
         try:
             proc = subprocess.Popen([*REF, "death", agent.cq, agent.st, "1", str(ref_timeout)], stdout=subprocess.PIPE,
                                     text=True, env=agent.env(disk))
+            register(proc.pid)
             assert proc.stdout.readline().strip() == "waiting"
             time.sleep(0.1)
             agent.proc.send_signal(signal.SIGKILL)
@@ -233,6 +252,8 @@ def main():
             def procs(ag, k=k):
                 env = dict(ag.env(disk), ETB_BENCH_SHARE="1")
                 ps = [subprocess.Popen([OURS, "enqueue", str(n_total // k)], stdout=subprocess.PIPE, text=True, env=env) for _ in range(k)]
+                for p in ps:
+                    register(p.pid)
                 outs = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in ps]
                 return sum(o["n"] for o in outs) / max(o["seconds"] for o in outs)
             scaling["processes"][k] = with_agent(disk, ["--no-dequeue"], procs)

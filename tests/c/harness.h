@@ -57,7 +57,25 @@ typedef struct Agent {
 
 static long long g_next_rank;
 
-static inline long long fresh_rank(void) { return g_next_rank++; }
+/* Adds this process's pid to the test run's ledger (ETB_TEST_LEDGER, tests/leak_check.py), so
+ * that the suite's leak check knows the names it makes (ranks are pid * 1000 + k). */
+static inline void register_in_ledger(void) {
+    static int done;
+    const char *ledger = getenv("ETB_TEST_LEDGER");
+    FILE *f;
+    if (done || !ledger) return;
+    done = 1;
+    f = fopen(ledger, "a");
+    if (f) {
+        fprintf(f, "%d\n", (int)getpid());
+        fclose(f);
+    }
+}
+
+static inline long long fresh_rank(void) {
+    register_in_ledger();
+    return g_next_rank++;
+}
 
 /* Starts etb-dev-agent for `rank` with up to four extra arguments (NULL for none); waits for its
  * "ready" line unless wait_ready is 0. Returns pid 0 on failure. */

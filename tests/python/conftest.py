@@ -26,65 +26,26 @@ def library_path():
     return path
 
 
-NAMING_FN = ctypes.CFUNCTYPE(
-    # The buffers are raw pointers (c_void_p): c_char_p would hand the callback a *copy* as bytes.
-    ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p
-)
+# The package's own ctypes declarations: one table of signatures and structs, not a second one.
+sys.path.insert(0, str(ROOT / "python"))
+from etha_tensor_bus import _native  # noqa: E402
 
-
-class BootstrapOptions(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_uint32), ("path_naming_fn", NAMING_FN), ("user_data", ctypes.c_void_p),
-                ("connection_timeout_s", ctypes.c_double), ("cuda_mode", ctypes.c_int32), ("reserved0", ctypes.c_uint32), ("ptrace_mode", ctypes.c_int32),
-                ("allow_shared_group", ctypes.c_uint32), ("allow_shared_agent", ctypes.c_uint32)]
-
-
-class TensorPayload(ctypes.Structure):
-    _fields_ = [("pair_name", ctypes.c_char_p), ("data", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+NAMING_FN = _native.NAMING_FN
+BootstrapOptions = _native.BootstrapOptions
+TensorPayload = _native.TensorPayload
 
 
 def load_library():
-    lib = ctypes.CDLL(library_path())
-    P = ctypes.c_void_p
-    S = ctypes.c_char_p
-    D = ctypes.c_double
-    I32 = ctypes.c_int32
-    sigs = {
-        "etb_bootstrap_client": (ctypes.c_int32, [NAMING_FN, P, ctypes.c_double, ctypes.POINTER(P), ctypes.POINTER(P)]),
-        "etb_client_close": (None, [P]),
-        "etb_bootstrap_options_init": (None, [ctypes.POINTER(BootstrapOptions)]),
-        "etb_bootstrap_client_ex": (I32, [ctypes.POINTER(BootstrapOptions), ctypes.POINTER(P), ctypes.POINTER(P)]),
-        "etb_setup_ptrace_pid": (I32, [I32]),
-        "etb_client_heartbeat_age": (ctypes.c_int32, [P, ctypes.POINTER(ctypes.c_double)]),
-        "etb_info_agent_rank": (ctypes.c_int64, [P]),
-        "etb_info_global_rank": (ctypes.c_int64, [P]),
-        "etb_info_has_rank_offset": (ctypes.c_bool, [P]),
-        "etb_info_rank_offset": (ctypes.c_int64, [P]),
-        "etb_info_device": (ctypes.c_char_p, [P]),
-        "etb_info_device_index": (ctypes.c_int32, [P]),
-        "etb_info_command_queue_path": (ctypes.c_char_p, [P]),
-        "etb_info_state_path": (ctypes.c_char_p, [P]),
-        "etb_info_method": (ctypes.c_char_p, [P]),
-        "etb_info_agent_pid": (ctypes.c_int32, [P]),
-        "etb_info_free": (None, [P]),
-        "etb_setup_ptrace": (ctypes.c_int32, []),
-        "etb_status_name": (ctypes.c_char_p, [ctypes.c_int32]),
-        "etb_last_error_message": (ctypes.c_char_p, []),
-        "etb_version": (ctypes.c_char_p, []),
-        "etb_client_init_pair": (I32, [P, S, S, S, ctypes.c_int64, P, ctypes.c_size_t, P, ctypes.c_size_t, D]),
-        "etb_client_register_tensors": (I32, [P, S, ctypes.POINTER(TensorPayload), ctypes.c_size_t, ctypes.c_int64, D]),
-        "etb_client_transfer": (I32, [P, S, I32, D]),
-        "etb_client_query_transfer_signal": (I32, [P, S, D, ctypes.POINTER(ctypes.c_bool)]),
-        "etb_client_cleanup_batch": (I32, [P, S, D]),
-        "etb_client_transfer_async": (I32, [P, S, I32, D, ctypes.POINTER(P)]),
-        "etb_client_transfer_detached": (I32, [P, S, I32, D]),
-        "etb_completion_wait": (I32, [P, D]),
-        "etb_completion_poll": (I32, [P, ctypes.POINTER(ctypes.c_bool)]),
-        "etb_completion_free": (None, [P]),
-    }
-    for name, (restype, argtypes) in sigs.items():
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = restype, argtypes
-    return lib
+    return _native.load(library_path())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def in_the_ledger():
+    """This pytest process makes names: the suite's leak check must know its pid."""
+    ledger = os.environ.get("ETB_TEST_LEDGER")
+    if ledger:
+        with open(ledger, "a") as f:
+            f.write(f"{os.getpid()}\n")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,60 @@
+"""The package's ctypes declarations (etha_tensor_bus._native) against the header: every struct's
+size and field offsets as a C compiler lays them out, and the status table against the
+library's own etb_status_name."""
+import ctypes
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT, _native
+
+from etha_tensor_bus import errors as sys_errors  # noqa: E402
+
+STRUCTS = {"EtbBootstrapOptions": _native.BootstrapOptions, "EtbTensorPayload": _native.TensorPayload}
+
+
+def c_layout(tmp_path):
+    """sizeof and offsetof of every field, as printed by a C program compiled against the header."""
+    cc = shutil.which("cc")
+    if not cc:
+        pytest.skip("no C compiler")
+    lines = ['#include <stddef.h>', '#include <stdio.h>', '#include "etha_tensor_bus.h"', "int main(void) {"]
+    for c_name, cls in STRUCTS.items():
+        lines.append(f'    printf("{c_name} size %zu\\n", sizeof({c_name}));')
+        for field, _ in cls._fields_:
+            lines.append(f'    printf("{c_name}.{field} %zu\\n", offsetof({c_name}, {field}));')
+    lines += ["    return 0;", "}"]
+    src = tmp_path / "layout.c"
+    src.write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "layout"
+    subprocess.run([cc, "-std=c11", "-Wall", "-Werror", f"-I{ROOT / 'include'}", str(src), "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    return dict(line.rsplit(" ", 1) for line in out.splitlines())
+
+
+def test_struct_sizes_and_offsets_match_the_header(tmp_path):
+    c = c_layout(tmp_path)
+    for c_name, cls in STRUCTS.items():
+        assert int(c[f"{c_name} size"]) == ctypes.sizeof(cls), c_name
+        for field, _ in cls._fields_:
+            assert int(c[f"{c_name}.{field}"]) == getattr(cls, field).offset, f"{c_name}.{field}"
+    assert int(c["EtbBootstrapOptions size"]) == 56, "the size the header documents for 64-bit Linux"
+
+
+def test_every_field_of_the_header_structs_is_declared(tmp_path):
+    """A field added to a C struct but not to the ctypes one would shift nothing but be missing."""
+    header = (ROOT / "include" / "etha_tensor_bus.h").read_text()
+    for c_name, cls in STRUCTS.items():
+        body = header.split(f"typedef struct {c_name} {{")[1].split(f"}} {c_name};")[0]
+        fields = re.findall(r"(\w+);\s*$", body, re.M)
+        assert fields == [f for f, _ in cls._fields_], c_name
+
+
+def test_status_table_matches_etb_status_name(lib):
+    for name, code in sys_errors.STATUS.items():
+        assert lib.etb_status_name(code).decode() == ("ETB_OK" if name == "OK" else f"ETB_ERR_{name}"), name
+    codes = set(sys_errors.STATUS.values())
+    assert codes == set(range(len(codes))), "numbers are never skipped"
+    assert lib.etb_status_name(len(codes)).decode() == "ETB_UNKNOWN_STATUS", "a published status is missing here"
