@@ -8,6 +8,8 @@
  *   ours enqueue N [THREADS]  N detached transfers (split over THREADS) into a queue nobody reads
  *   ours issue N              N transfer_async + completion_free
  *   ours roundtrip N          N blocking transfers against a consuming agent
+ *   ours payloads N           N CUDA tensor payloads, (1024, 1024) bfloat16, each in its own
+ *                             allocation of the fake CUDA driver (ETB_CUDA_DRIVER_PATH), made and freed
  *   ours death                prints "waiting", then a blocking transfer the agent never
  *                             acknowledges; prints the wall time at which it returned
  *   ours footprint LIB        resident memory before and after dlopen(LIB) and a bootstrap
@@ -17,6 +19,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "etha_tensor_bus.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,6 +163,48 @@ int main(int argc, char **argv) {
         printf("{\"n\": %d, \"median\": %.3f, \"p10\": %.3f, \"p90\": %.3f, \"unit\": \"us\", \"our_side_us\": %.3f}\n", n,
                t[n / 2] * 1e6, t[n / 10] * 1e6, t[(n * 9) / 10] * 1e6, enqueue_only / 200 * 1e6);
         etb_client_close(c);
+    } else if (strcmp(mode, "payloads") == 0) {
+        /* The fake driver's allocator: the same library the library itself loaded. */
+        void *fake = dlopen(getenv("ETB_CUDA_DRIVER_PATH"), RTLD_NOW | RTLD_LOCAL);
+        unsigned long long (*alloc)(int, unsigned long long, int) = NULL;
+        void (*release)(unsigned long long) = NULL;
+        const int64_t shape[2] = {1024, 1024};
+        EtbPayload **made = calloc((size_t)n, sizeof *made);
+        EtbClient *c;
+        EtbCudaTensor ct;
+        double total = 0;
+        if (fake) {
+            *(void **)(&alloc) = dlsym(fake, "fake_cuda_alloc");
+            *(void **)(&release) = dlsym(fake, "fake_cuda_free");
+        }
+        if (!alloc || !release || !made) {
+            fprintf(stderr, "payloads: ETB_CUDA_DRIVER_PATH must name the fake driver\n");
+            return 1;
+        }
+        setenv("LOCAL_RANK", "0", 1);
+        c = boot(NULL);
+        for (i = 0; i < n; i++) {
+            double t0;
+            etb_cuda_tensor_init(&ct);
+            ct.dtype = ETB_DTYPE_BFLOAT16;
+            ct.data = alloc(0, 2u << 20, 0);
+            ct.ndim = 2;
+            ct.shape = shape;
+            t0 = mono();
+            if (etb_client_cuda_tensor_payload(c, &ct, &made[i]) != ETB_OK) {
+                fprintf(stderr, "payload: %s\n", etb_last_error_message());
+                return 1;
+            }
+            total += mono() - t0;
+            /* The fake's table is small: its entry goes, the payload (holding nothing of it) stays. */
+            release(ct.data);
+        }
+        for (i = 0; i < n; i++) etb_payload_free(made[i]);
+        free(made);
+        etb_client_close(c);
+        printf("{\"n\": %d, \"seconds\": %.6f, \"per_s\": %.1f, \"us_each\": %.3f}\n", n, total, n / total,
+               total / n * 1e6);
+        return 0;
     } else if (strcmp(mode, "death") == 0) {
         EtbClient *c = boot(NULL);
         EtbStatus s;

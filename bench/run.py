@@ -203,6 +203,16 @@ def main():
         R["roundtrip"] = roundtrip_on(disk)
         R["roundtrip_shm"] = roundtrip_on(shm)
 
+        # 6b. Native CUDA tensor payloads (the fake CUDA driver), beside the floor of a Python worker:
+        # ForkingPickler.dumps of shared CPU tensors with the agent's torch, in the same run.
+        fake, torch_python = os.environ.get("ETB_BENCH_FAKE_CUDA"), os.environ.get("ETB_BENCH_TORCH_PYTHON")
+        if fake and torch_python:
+            count = 50 if q else 1000
+            ours = with_agent(disk, [], lambda ag: run_json([OURS, "payloads", str(count)],
+                                                            dict(ag.env(disk), ETB_CUDA_DRIVER_PATH=fake)))
+            dumps = run_json([torch_python, str(ROOT / "bench" / "torch_dumps.py"), str(count)], dict(os.environ))
+            R["payloads"] = {"ours": ours, "torch_dumps": dumps}
+
         # 7. Agent death during a wait.
         deaths = []
         for i in range(2 if q else 10):
@@ -293,6 +303,11 @@ def report(R):
         row(label, r["ours"]["median"], r["reference"]["median"], "us", ">= 1.2x; our share < 10%",
             extra=f"our side {r['ours']['our_side_us']:.1f} us = {share:.1f}%; survival check {sc['median']:.1f} us "
                   f"(p90 {sc['p90']:.1f}) of it")
+    if "payloads" in R:
+        pl = R["payloads"]
+        row("CUDA tensor payload, (1024, 1024) bf16", pl["ours"]["us_each"], pl["torch_dumps"]["us_each"], "us",
+            "report both", extra=f"ours {pl['ours']['per_s']:,.0f}/s (fake driver); ForkingPickler.dumps of a shared "
+                                 f"CPU tensor {pl['torch_dumps']['per_s']:,.0f}/s (torch {pl['torch_dumps']['torch']})")
     d = R["death"]
     row("agent death -> error (median)", d["ours"]["median"], d["reference"]["median"], "ms", "< 100 ms", extra=d["reference"]["note"])
     f = R["footprint"]

@@ -10,7 +10,12 @@ scripts/setup-venv.sh
 target=$(scripts/build.sh --release)
 cargo build --release --quiet --example bench-floor
 mkdir -p build/bench
-cc -O2 -std=c11 -Wall -Wextra -Werror -Iinclude bench/ours.c -L"$target" -letha_tensor_bus -lpthread \
+cc -O2 -std=c11 -Wall -Wextra -Werror -Iinclude bench/ours.c -L"$target" -letha_tensor_bus -lpthread -ldl \
    -Wl,-rpath,"$target" -o build/bench/ours
 cc -O2 -std=c11 -Wall -Wextra -Werror bench/footprint.c -ldl -o build/bench/footprint
+# The native payloads' figure: the fake CUDA driver, and the agent's torch for the floor beside it.
+cc -O2 -std=c11 -shared -fPIC tests/fake_cuda/fake_cuda.c -lpthread -o build/bench/libfakecuda.so
+export ETB_BENCH_FAKE_CUDA=$PWD/build/bench/libfakecuda.so
+ETB_BENCH_TORCH_PYTHON=$(scripts/setup-torch-venv.sh) && export ETB_BENCH_TORCH_PYTHON \
+    || echo "bench: no torch environment: the payload figure is left out" >&2
 exec .venv/bin/python bench/run.py --target "$target" "$@"

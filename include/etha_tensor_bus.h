@@ -8,7 +8,7 @@
  *  - Functions that can fail return an EtbStatus: ETB_OK (0) or an ETB_ERR_* code. The details
  *    of the last failure on the calling thread are in etb_last_error_message().
  *  - Out-pointers are written only on success.
- *  - Handles (EtbClient, EtbBootstrapInfo, EtbCompletion) are made by the library, owned by the
+ *  - Handles (EtbClient, EtbBootstrapInfo, EtbCompletion, EtbPayload) are made by the library, owned by the
  *    caller, and released by their own _close/_free function, which accepts NULL. Releasing
  *    twice or using after release is undefined behaviour.
  *  - A function that may run on several threads at once on a handle takes it `const`
@@ -63,6 +63,21 @@
 #define ETB_VERSION_PATCH 0
 
 /**
+ * `Shard(dim)`.
+ */
+#define ETB_PLACEMENT_SHARD 0
+
+/**
+ * `Replicate()`.
+ */
+#define ETB_PLACEMENT_REPLICATE 1
+
+/**
+ * `Partial(reduce_op)`.
+ */
+#define ETB_PLACEMENT_PARTIAL 2
+
+/**
  * What `etb_bootstrap_client` found out. Opaque; read through the `etb_info_*` accessors,
  * released with `etb_info_free`. Immutable: the accessors may be called from any thread at once.
  */
@@ -81,6 +96,14 @@ typedef struct EtbClient EtbClient;
  * independent of its client's lifetime.
  */
 typedef struct EtbCompletion EtbCompletion;
+
+/**
+ * An owned, immutable byte string to put in a command. Opaque; made by the `etb_*_payload`
+ * functions (a box owned by the caller), released by `etb_payload_free`. It outlives the client
+ * that made it (and the client's reconnects): it holds its own references. Immutable: its
+ * accessors may run on several threads at once.
+ */
+typedef struct EtbPayload EtbPayload;
 
 /**
  * A path naming callback: writes the agent's command-queue LMDB path and state LMDB path for
@@ -184,6 +207,71 @@ typedef struct EtbTensorPayload {
 typedef int32_t EtbTransferKind;
 
 /**
+ * A dtype, numbered for the C ABI after torch's dtypes; numbers are never reused.
+ */
+typedef int32_t EtbDtype;
+
+/**
+ * A tensor in device memory, for `etb_client_cuda_tensor_payload`. Extensible like
+ * `EtbBootstrapOptions`: fill it with `etb_cuda_tensor_init`, then set the fields. 48 bytes on
+ * 64-bit Linux.
+ */
+typedef struct EtbCudaTensor {
+    /**
+     * `sizeof(EtbCudaTensor)` as the caller knows it.
+     */
+    uint32_t struct_size;
+    /**
+     * An `ETB_DTYPE_*`.
+     */
+    EtbDtype dtype;
+    /**
+     * The device address of the first element (a `CUdeviceptr`); 0 only when the tensor has no
+     * elements.
+     */
+    uint64_t data;
+    /**
+     * 0..=64.
+     */
+    uint32_t ndim;
+    /**
+     * 0: the caller has synchronized (`stream` is ignored). 1: the agent must first wait for the
+     * work queued so far on `stream`.
+     */
+    int32_t wait_on_stream;
+    /**
+     * `ndim` sizes, each >= 0 (NULL only when `ndim` is 0).
+     */
+    const int64_t *shape;
+    /**
+     * `ndim` strides in elements, each >= 0, or NULL for contiguous row-major.
+     */
+    const int64_t *strides;
+    /**
+     * A `CUstream`: NULL is CUDA's legacy default stream; `CU_STREAM_PER_THREAD` is allowed.
+     */
+    void *stream;
+} EtbCudaTensor;
+
+/**
+ * A DTensor placement for `etb_placements_payload`.
+ */
+typedef struct EtbPlacement {
+    /**
+     * `ETB_PLACEMENT_SHARD`, `ETB_PLACEMENT_REPLICATE` or `ETB_PLACEMENT_PARTIAL`.
+     */
+    int32_t kind;
+    /**
+     * The shard dimension (`ETB_PLACEMENT_SHARD`; negative dims count from the end, as in torch).
+     */
+    int32_t dim;
+    /**
+     * The reduction of `ETB_PLACEMENT_PARTIAL`, NUL-terminated UTF-8; NULL means `"sum"`.
+     */
+    const char *reduce_op;
+} EtbPlacement;
+
+/**
  * Bind to `cuda:{LOCAL_RANK}` when a CUDA driver and that device exist; otherwise go on
  * unbound. In a process that has not touched CUDA yet this costs the first `cuInit` and a new
  * primary context (typically a few hundred milliseconds and a few hundred MiB of GPU memory);
@@ -227,6 +315,66 @@ typedef int32_t EtbTransferKind;
  * This worker receives the batch.
  */
 #define ETB_TRANSFER_RECV 1
+
+/**
+ * `torch.float32`
+ */
+#define ETB_DTYPE_FLOAT32 0
+
+/**
+ * `torch.float64`
+ */
+#define ETB_DTYPE_FLOAT64 1
+
+/**
+ * `torch.float16`
+ */
+#define ETB_DTYPE_FLOAT16 2
+
+/**
+ * `torch.bfloat16`
+ */
+#define ETB_DTYPE_BFLOAT16 3
+
+/**
+ * `torch.uint8`
+ */
+#define ETB_DTYPE_UINT8 4
+
+/**
+ * `torch.int8`
+ */
+#define ETB_DTYPE_INT8 5
+
+/**
+ * `torch.int16`
+ */
+#define ETB_DTYPE_INT16 6
+
+/**
+ * `torch.int32`
+ */
+#define ETB_DTYPE_INT32 7
+
+/**
+ * `torch.int64`
+ */
+#define ETB_DTYPE_INT64 8
+
+/**
+ * `torch.bool`
+ */
+#define ETB_DTYPE_BOOL 9
+
+/**
+ * `torch.float8_e4m3fn`
+ */
+#define ETB_DTYPE_FLOAT8_E4M3FN 10
+
+/**
+ * `torch.float8_e5m2`
+ */
+#define ETB_DTYPE_FLOAT8_E5M2 11
 
 /**
  * Success.
@@ -815,6 +963,135 @@ const char *etb_last_error_message(void);
  * Takes no pointer argument (nothing can be NULL).
  */
 const char *etb_version(void);
+
+/**
+ * Fills `*tensor` with this version's `struct_size` and zeroes every other byte. NULL is
+ * ignored (and recorded as the thread's last error). Thread-safe; does not block.
+ *
+ * # Safety
+ * `tensor` is NULL or points to `sizeof(EtbCudaTensor)` writable bytes.
+ */
+void etb_cuda_tensor_init(struct EtbCudaTensor *tensor);
+
+/**
+ * The bytes the agent's `ForkingPickler.loads` turns into a tensor of `tensor`'s dtype, shape
+ * and strides aliasing the caller's memory (a pickle of
+ * `torch.multiprocessing.reductions.rebuild_cuda_tensor`), written to `*payload_out` (owned by
+ * the caller: release with `etb_payload_free`). Uses the client's CUDA binding and context,
+ * made current on the calling thread for the call and restored after, so any thread may call.
+ *
+ * Checks, in this order: NULL arguments (`ETB_ERR_NULL_ARGUMENT`); `struct_size`; the
+ * client's binding (an unbound client is `ETB_ERR_CUDA`, saying why it is unbound, also for
+ * a tensor with no elements); then the fields (`ETB_ERR_INVALID_ARGUMENT`: unknown dtype, ndim
+ * over 64, negative sizes or strides, a span that overflows 64 bits, `wait_on_stream` not 0 or
+ * 1) and the memory: only device memory from `cuMemAlloc`/`cudaMalloc` on the client's device;
+ * host, managed, virtual-memory (`cuMemCreate`) or pool (`cudaMallocAsync`) memory, memory of
+ * another device, a pointer the driver does not know, or a span past the end of its
+ * allocation is `ETB_ERR_INVALID_ARGUMENT` saying what was found and what to use instead. A
+ * driver that lacks an entry point, or a driver call that fails: `ETB_ERR_CUDA`. Nothing is
+ * allocated on failure.
+ *
+ * The IPC handle is the one of the allocation holding `data` (the same bytes for every
+ * payload of that allocation); the storage runs from `data` to the allocation's end. With
+ * `wait_on_stream`, an interprocess event is recorded on `stream` and lives with the payload.
+ * The payload holds a reference-counter slot: `etb_payload_in_use` tells when no consumer
+ * holds the memory any more. **Keep the memory allocated and unchanged while
+ * `etb_payload_in_use` says true**: freeing or reusing it while the agent still maps it is
+ * undefined behaviour on the GPU (the agent reads or writes whatever lives there then).
+ * Thread-safe.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `tensor` is NULL or points to `tensor->struct_size`
+ * readable bytes whose `shape` (and `strides`, when not NULL) point to `ndim` readable
+ * int64s; `stream`, when waited on, is a stream of the client's context; `payload_out` is
+ * NULL or writable.
+ */
+EtbStatus etb_client_cuda_tensor_payload(const struct EtbClient *client,
+                                         const struct EtbCudaTensor *tensor,
+                                         struct EtbPayload **payload_out);
+
+/**
+ * What the reference sends for `tuple(device_mesh.mesh.shape)`: a tuple of the `ndims` ints
+ * at `dims` (ndims >= 1, every dim >= 1, else `ETB_ERR_INVALID_ARGUMENT`), written to
+ * `*payload_out` (release with `etb_payload_free`). Needs no client and no GPU. Thread-safe.
+ *
+ * # Safety
+ * `dims` is NULL or points to `ndims` readable int64s; `payload_out` is NULL or writable.
+ */
+EtbStatus etb_mesh_shape_payload(const int64_t *dims,
+                                 size_t ndims,
+                                 struct EtbPayload **payload_out);
+
+/**
+ * A tuple of `torch.distributed.tensor.placement_types` objects equal to `Shard(dim)`,
+ * `Replicate()` and `Partial(reduce_op)`, written as constructor calls so that the same bytes
+ * unpickle on torch 2.10 through 2.15; `count` 0 gives the empty tuple (`placements` may then
+ * be NULL). An unknown kind or an empty `reduce_op` is `ETB_ERR_INVALID_ARGUMENT`. Written to
+ * `*payload_out` (release with `etb_payload_free`). Needs no client and no GPU. Thread-safe.
+ *
+ * # Safety
+ * `placements` is NULL or points to `count` readable entries whose `reduce_op` is NULL or
+ * NUL-terminated; `payload_out` is NULL or writable.
+ */
+EtbStatus etb_placements_payload(const struct EtbPlacement *placements,
+                                 size_t count,
+                                 struct EtbPayload **payload_out);
+
+/**
+ * The payload's bytes: owned by the payload, valid until `etb_payload_free`. NULL when
+ * `payload` is NULL. Thread-safe.
+ *
+ * # Safety
+ * `payload` is NULL or a live payload.
+ */
+const uint8_t *etb_payload_data(const struct EtbPayload *payload);
+
+/**
+ * The payload's length in bytes; 0 when `payload` is NULL. Thread-safe.
+ *
+ * # Safety
+ * `payload` is NULL or a live payload.
+ */
+size_t etb_payload_len(const struct EtbPayload *payload);
+
+/**
+ * For a CUDA tensor payload, whether a consumer still holds the memory: torch decrements the
+ * payload's reference-counter slot when its tensor dies (e.g. after `CleanupBatch`). False for
+ * every other payload, and for a tensor with no elements. When a consumer already holds a
+ * storage for the same allocation and offset, torch reuses it and gives the new payload's slot
+ * back at once: the memory is free only when *every* payload made for it reads false. Writes
+ * `*in_use_out` (required). In a process forked after the payload was made: `ETB_ERR_FORKED`.
+ * One atomic load; thread-safe.
+ *
+ * # Safety
+ * `payload` is NULL or a live payload; `in_use_out` is NULL or writable.
+ */
+EtbStatus etb_payload_in_use(const struct EtbPayload *payload, bool *in_use_out);
+
+/**
+ * Releases a payload: its bytes, and for a CUDA tensor payload its event and its
+ * reference-counter slot (given back; reused only once it reads 0). NULL is accepted and
+ * ignored. In a process forked after it was made it only forgets it. Freeing twice or using
+ * it afterwards is undefined behaviour. Does not block.
+ * Thread-safety: no other thread may use this payload during or after the free.
+ *
+ * # Safety
+ * `payload` is NULL or a payload from this library not yet freed; the caller gives it up.
+ */
+void etb_payload_free(struct EtbPayload *payload);
+
+/**
+ * torch's name of a dtype (e.g. `"bfloat16"`), a static string; NULL if `dtype` is not an
+ * `ETB_DTYPE_*`. Thread-safe.
+ * Takes no pointer argument (nothing can be NULL).
+ */
+const char *etb_dtype_name(EtbDtype dtype);
+
+/**
+ * Bytes per element of a dtype; 0 if `dtype` is not an `ETB_DTYPE_*`. Thread-safe.
+ * Takes no pointer argument (nothing can be NULL).
+ */
+size_t etb_dtype_size(EtbDtype dtype);
 
 #ifdef __cplusplus
 }  // extern "C"

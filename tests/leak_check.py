@@ -8,7 +8,8 @@ that made it, directly or as a rank (ranks are pid * 1000 + k):
 - completion semaphores: `sem.command_{kind}_{context}_{pid}_{32 hex}` (the pid field);
 - agent files and queue semaphores: `agent_rank{N}_*`, `sem.cq*_agent_rank{N}_command`,
   `etb-test-{tag}-{pid}-{k}`, `sem.cq*_etb_test_{tag}_{pid}_{k}_command`, `etb-lmdb-unit-*-{pid}`,
-  `sem.etb_unit_*_{pid}`: a number in the name, or that number // 1000;
+  `sem.etb_unit_*_{pid}`, reference-counter files `etb_rc_{pid}_{n}`: a number in the name, or
+  that number // 1000;
 - the benchmark's and the demo's folders (`etb-bench-*`, `etb-demo-*`): always ours.
 
 A name that appeared during the run is a leak of ours when it is attributed to a pid in the
@@ -19,7 +20,7 @@ import os
 import pathlib
 import re
 
-SHM_PREFIXES = ("sem.cq_", "sem.command_", "sem.etb_", "etb-bench-")
+SHM_PREFIXES = ("sem.cq_", "sem.command_", "sem.etb_", "etb-bench-", "etb_rc_")
 TMP_PREFIXES = ("agent_rank", "etb-test-", "etb-lmdb-unit-", "etb-demo-", "etb-bench-")
 ALWAYS_OURS = ("etb-bench-", "etb-demo-")
 COMPLETION = re.compile(r"^sem\.command_.*_(\d+)_[0-9a-f]{32}$")

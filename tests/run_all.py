@@ -248,6 +248,22 @@ def interop_matrix(env):
                      env)
 
 
+def torch_tests(c_build):
+    """The native payloads against the real torch, pinned to the agent's 2.11.0, in the virtual
+    environment scripts/setup-torch-venv.sh makes once per machine (about 5 GB the first time)."""
+    made = run(["scripts/setup-torch-venv.sh"], timeout=3000)
+    if made.returncode != 0:
+        summarize("make the torch 2.11.0 venv (scripts/setup-torch-venv.sh)", "exit", made)
+        return
+    python = made.stdout.strip().splitlines()[-1]
+    if not c_build:
+        record("native payloads against torch 2.11.0", 0, 1, why="the fake CUDA driver was not built")
+        return
+    env = dict(os.environ, ETB_LIBRARY_PATH=str(TARGET / "libetha_tensor_bus.so"),
+               ETB_DEV_AGENT=str(TARGET / "etb-dev-agent"), ETB_FAKE_CUDA=str(c_build / "libfakecuda_default.so"))
+    pytest_suite("native payloads against torch 2.11.0 (pytest, fake CUDA driver)", python, "tests/torch", env)
+
+
 def packaging_tests():
     """CMake install, SONAME, pkg-config and find_package consumers, relocation."""
     pytest_suite("packaging (CMake install, pkg-config, find_package, relocation)", sys.executable,
@@ -318,6 +334,7 @@ def main():
             rust_under_valgrind(binaries)
         env = python_tests(c_build)
         interop_matrix(env)
+        torch_tests(c_build)
         packaging_tests()
         python_package_tests()
         fuzz_smoke()

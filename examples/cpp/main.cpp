@@ -27,7 +27,7 @@ int main(int argc, char **argv) {
                   << "  heartbeat age      = " << client.heartbeat_age() * 1e3 << " ms\n";
         return 0;
     } catch (const etb::Error &e) {
-        std::cerr << "bootstrap failed (" << etb_status_name(e.status()) << "): " << e.what() << "\n";
+        std::cerr << "bootstrap failed: " << e.what() << "\n";  // what() starts with the status name
         return 1;
     }
 }

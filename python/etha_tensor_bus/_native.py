@@ -25,6 +25,15 @@ class TensorPayload(ctypes.Structure):
     _fields_ = [("pair_name", S), ("data", P), ("len", SIZE)]
 
 
+class CudaTensor(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("dtype", I32), ("data", ctypes.c_uint64), ("ndim", ctypes.c_uint32),
+                ("wait_on_stream", I32), ("shape", ctypes.POINTER(I64)), ("strides", ctypes.POINTER(I64)), ("stream", P)]
+
+
+class Placement(ctypes.Structure):
+    _fields_ = [("kind", I32), ("dim", I32), ("reduce_op", S)]
+
+
 _SIGNATURES = {
     "etb_bootstrap_client": (I32, [NAMING_FN, P, D, ctypes.POINTER(P), ctypes.POINTER(P)]),
     "etb_bootstrap_options_init": (None, [ctypes.POINTER(BootstrapOptions)]),
@@ -65,6 +74,16 @@ _SIGNATURES = {
     "etb_completion_wait": (I32, [P, D]),
     "etb_completion_poll": (I32, [P, ctypes.POINTER(ctypes.c_bool)]),
     "etb_completion_free": (None, [P]),
+    "etb_cuda_tensor_init": (None, [ctypes.POINTER(CudaTensor)]),
+    "etb_client_cuda_tensor_payload": (I32, [P, ctypes.POINTER(CudaTensor), ctypes.POINTER(P)]),
+    "etb_mesh_shape_payload": (I32, [ctypes.POINTER(I64), SIZE, ctypes.POINTER(P)]),
+    "etb_placements_payload": (I32, [ctypes.POINTER(Placement), SIZE, ctypes.POINTER(P)]),
+    "etb_payload_data": (ctypes.POINTER(ctypes.c_uint8), [P]),
+    "etb_payload_len": (SIZE, [P]),
+    "etb_payload_in_use": (I32, [P, ctypes.POINTER(ctypes.c_bool)]),
+    "etb_payload_free": (None, [P]),
+    "etb_dtype_name": (S, [I32]),
+    "etb_dtype_size": (SIZE, [I32]),
 }
 
 

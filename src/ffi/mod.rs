@@ -7,7 +7,7 @@
 //! - Out-pointers are written only on success.
 //! - Strings returned as `const char *` are owned by the library; each function says how long
 //!   they live. Strings passed in are borrowed for the call only.
-//! - Handles (`EtbClient`, `EtbBootstrapInfo`, `EtbCompletion`) are created by the library and
+//! - Handles (`EtbClient`, `EtbBootstrapInfo`, `EtbCompletion`, `EtbPayload`) are created by the library and
 //!   released with their own `_close`/`_free` function, which accepts NULL; releasing one twice,
 //!   or using it after release, is undefined behaviour.
 //! - A function that may run on several threads at once on a handle takes it `const`.
@@ -20,6 +20,7 @@ pub mod commands;
 pub mod info;
 pub mod misc;
 pub mod naming;
+pub mod payload;
 pub mod status;
 
 pub use bootstrap::*;
@@ -27,4 +28,5 @@ pub use commands::*;
 pub use info::*;
 pub use misc::*;
 pub use naming::*;
+pub use payload::*;
 pub use status::*;

@@ -12,7 +12,8 @@ from conftest import ROOT, _native
 
 from etha_tensor_bus import errors as sys_errors  # noqa: E402
 
-STRUCTS = {"EtbBootstrapOptions": _native.BootstrapOptions, "EtbTensorPayload": _native.TensorPayload}
+STRUCTS = {"EtbBootstrapOptions": _native.BootstrapOptions, "EtbTensorPayload": _native.TensorPayload,
+           "EtbCudaTensor": _native.CudaTensor, "EtbPlacement": _native.Placement}
 
 
 def c_layout(tmp_path):
@@ -41,6 +42,7 @@ def test_struct_sizes_and_offsets_match_the_header(tmp_path):
         for field, _ in cls._fields_:
             assert int(c[f"{c_name}.{field}"]) == getattr(cls, field).offset, f"{c_name}.{field}"
     assert int(c["EtbBootstrapOptions size"]) == 56, "the size the header documents for 64-bit Linux"
+    assert int(c["EtbCudaTensor size"]) == 48, "the size the header documents for 64-bit Linux"
 
 
 def test_every_field_of_the_header_structs_is_declared(tmp_path):

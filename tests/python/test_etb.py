@@ -312,6 +312,11 @@ def test_gc_removes_only_dead_workers_semaphores(tmp_path):
     queue_sem = f"/cq_gc_test_{tag}_command"
     posix_ipc.Semaphore(queue_sem, posix_ipc.O_CREX, mode=0o600).close()
     foreign = _leak(tag)
+    # A native worker that died holding payloads leaves its reference-counter file.
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    rc_file = f"/dev/shm/etb_rc_{dead_pid}_0"
+    pathlib.Path(rc_file).write_bytes(bytes(80064))
     try:
         assert holder.stdout.readline().strip() == "ok"
         # As an unprivileged user: root's semaphores are another user's, kept and counted.
@@ -333,7 +338,10 @@ def test_gc_removes_only_dead_workers_semaphores(tmp_path):
         assert mapped not in doc["removed"] and _exists(mapped), "a mapped semaphore was removed"
         assert doc["kept_live"] >= 2
         assert _exists(queue_sem), "a queue semaphore was touched"
+        assert f"/etb_rc_{dead_pid}_0" in doc["removed"] and not os.path.exists(rc_file), doc
     finally:
+        if os.path.exists(rc_file):
+            os.remove(rc_file)
         holder.kill()
         holder.wait()
         for n in [live, mapped, queue_sem, foreign, *dead]:

@@ -1,4 +1,5 @@
-//! `etb gc`: removes the completion semaphores that dead workers left in /dev/shm.
+//! `etb gc`: removes the completion semaphores that dead workers left in /dev/shm, and the
+//! reference-counter files (`/etb_rc_{pid}_{n}`) of native workers that died with payloads.
 //!
 //! The reference worker client leaks one per command it ever sent (docs/protocol.md section 5).
 //! A semaphore is removed only when all of these hold:
@@ -31,6 +32,16 @@ pub fn completion_pid(file_name: &str) -> Option<i32> {
     }
     let (_, pid) = rest.rsplit_once('_')?;
     if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|&p: &i32| p > 0)
+}
+
+/// The pid in a reference-counter file's name (`etb_rc_{pid}_{n}`), if it has that form.
+pub fn ref_counter_pid(file_name: &str) -> Option<i32> {
+    let (pid, n) = file_name.strip_prefix("etb_rc_")?.split_once('_')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
         return None;
     }
     pid.parse().ok().filter(|&p: &i32| p > 0)
@@ -73,7 +84,7 @@ pub fn collect(dry_run: bool) -> GcReport {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_str()?.to_string();
-            let pid = completion_pid(&name)?;
+            let pid = completion_pid(&name).or_else(|| ref_counter_pid(&name))?;
             let meta = std::fs::symlink_metadata(e.path()).ok()?;
             meta.file_type().is_file().then_some((name, pid, meta.uid()))
         })
@@ -95,7 +106,7 @@ pub fn collect(dry_run: bool) -> GcReport {
         if uid != euid {
             report.removed_foreign += 1;
         }
-        report.removed.push(format!("/{}", &file["sem.".len()..]));
+        report.removed.push(format!("/{}", file.strip_prefix("sem.").unwrap_or(&file)));
     }
     report
 }
@@ -140,5 +151,8 @@ mod tests {
         assert_eq!(completion_pid(&format!("sem.command_x_{hex}")), None);
         assert_eq!(completion_pid(&format!("sem.command_x_0_{hex}")), None);
         assert_eq!(completion_pid(&format!("command_x_12_{hex}")), None);
+        assert_eq!(ref_counter_pid("etb_rc_4242_3"), Some(4242));
+        assert_eq!(ref_counter_pid("etb_rc_4242"), None);
+        assert_eq!(ref_counter_pid("torch_4242_3"), None);
     }
 }

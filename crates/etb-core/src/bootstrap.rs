@@ -94,6 +94,7 @@ pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, Bootst
     connection::authorize_agent(&connection.agent, settings.ptrace_mode);
     // Only once the agent is validated: a missing agent never costs a CUDA initialization.
     let (cuda_binding, cuda) = cuda::bind(ranks.local_rank, options.cuda_mode)?;
+    let unbound = cuda.unbound_reason.clone().unwrap_or_default();
 
     let info = BootstrapInfo {
         agent_rank: ranks.agent_rank,
@@ -113,5 +114,5 @@ pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, Bootst
         connection.agent,
         deadline.elapsed_secs() * 1e3
     );
-    Ok((Client::new(ranks.agent_rank, paths, connection, cuda_binding, worker_lock, settings), info))
+    Ok((Client::new(ranks.agent_rank, paths, connection, cuda_binding, unbound, worker_lock, settings), info))
 }

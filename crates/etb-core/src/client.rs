@@ -16,11 +16,13 @@ use crate::connection::{self, Connection, Settings};
 use crate::cuda::{CuContext, CudaBinding};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lmdb::registry::FileId;
+use crate::payload::cuda_tensor::CudaTensor;
+use crate::payload::Payload;
 use crate::protocol::command_queue::{CommandQueue, EnqueueError};
 use crate::protocol::commands::{Command, TransferKind, TRANSFER_SIGNAL};
 use crate::protocol::completion::CompletionSemaphore;
 use crate::protocol::naming::AgentPaths;
-use crate::protocol::payload::{check_pickle, warn_if_not_shared};
+use crate::protocol::payload_check::{check_pickle, warn_if_not_shared};
 use crate::protocol::state_db::{
     pair_match_key, transfer_signal_key, unix_now, PairMatch, StateDb, StateError, HEARTBEAT_KEY,
 };
@@ -227,6 +229,8 @@ fn unproven_error(what: &str, deadline: &Deadline) -> Error {
 struct Stable {
     /// Released after the agent's environments are closed.
     cuda: Option<CudaBinding>,
+    /// Why `cuda` is `None` (from bootstrap), for the errors of calls that need the GPU.
+    cuda_unbound: String,
     /// One worker per agent: held for the client's lifetime (the lock file outlives agents).
     _worker_lock: WorkerLock,
 }
@@ -266,6 +270,7 @@ impl Client {
         paths: AgentPaths,
         connection: Connection,
         cuda: Option<CudaBinding>,
+        cuda_unbound: String,
         worker_lock: WorkerLock,
         settings: Settings,
     ) -> Client {
@@ -274,7 +279,7 @@ impl Client {
             link: RwLock::new(Arc::new(Link::new(connection, &paths))),
             paths,
             reconnecting: Mutex::new(()),
-            stable: ManuallyDrop::new(Stable { cuda, _worker_lock: worker_lock }),
+            stable: ManuallyDrop::new(Stable { cuda, cuda_unbound, _worker_lock: worker_lock }),
             owner_pid: std::process::id(),
             settings,
         }
@@ -387,13 +392,30 @@ impl Client {
     /// Makes the client's context current on the calling thread.
     pub fn bind_current_thread(&self) -> Result<()> {
         self.check_process()?;
-        match &self.stable.cuda {
-            Some(b) => b.make_current(),
-            None => Err(Error::new(
-                ErrorKind::Cuda,
-                "this client is not bound to a GPU (no driver or device at bootstrap, or the CUDA mode was skip)",
-            )),
-        }
+        self.binding()?.make_current()
+    }
+
+    /// `Ok` when the client is bound to a GPU; else `Cuda`, saying why it is not (`Forked` in a
+    /// forked child).
+    pub fn check_cuda_bound(&self) -> Result<()> {
+        self.check_process()?;
+        self.binding().map(|_| ())
+    }
+
+    /// The client's GPU binding, or why it has none.
+    fn binding(&self) -> Result<&CudaBinding> {
+        self.stable.cuda.as_ref().ok_or_else(|| {
+            Error::new(ErrorKind::Cuda, format!("this client is not bound to a GPU: {}", self.stable.cuda_unbound))
+        })
+    }
+
+    /// A CUDA tensor payload of memory on the client's device (`payload::cuda_tensor`), made
+    /// with the client's context current on the calling thread for the call. Checks the binding
+    /// first, then the tensor's fields, then its memory. The payload outlives the client.
+    pub fn cuda_tensor_payload(&self, tensor: &CudaTensor<'_>) -> Result<Payload> {
+        self.check_process()?;
+        let binding = self.binding()?;
+        crate::payload::cuda_tensor::make(binding, tensor)
     }
 
     /// Seconds since the agent's last heartbeat (however old).

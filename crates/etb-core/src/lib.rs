@@ -15,6 +15,7 @@
 //! - [`cuda`]: the run-time-loaded CUDA driver binding;
 //! - [`protocol`]: the agent's protocol: rank and naming, command messages, the command queue,
 //!   the state DB, completion semaphores;
+//! - [`payload`]: payloads a native worker makes (CUDA tensors, mesh shapes, placements);
 //! - [`connection`]: finding and validating a live agent and authorizing it;
 //! - [`client`] and [`bootstrap`] on top.
 
@@ -29,6 +30,8 @@ pub mod lmdb;
 pub mod cuda;
 
 pub mod protocol;
+
+pub mod payload;
 
 pub mod connection;
 

@@ -18,6 +18,8 @@ use once_cell::sync::OnceCell;
 
 use crate::error::{Error, ErrorKind, Result};
 
+pub mod ipc;
+
 /// The environment variable that names the driver library to load instead of libcuda.so.1.
 pub const DRIVER_PATH_ENV: &str = "ETB_CUDA_DRIVER_PATH";
 const DEFAULT_DRIVER: &str = "libcuda.so.1";
@@ -53,6 +55,17 @@ struct Api {
     ctx_get_current: Option<unsafe extern "C" fn(*mut CuContext) -> CuResult>,
     get_error_string: Option<unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult>,
     get_error_name: Option<unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult>,
+    // The entry points of CUDA tensor payloads (ipc.rs): looked up at load time, but a missing
+    // one is an error only when a payload needs it.
+    mem_get_address_range: Option<ipc::MemGetAddressRange>,
+    pointer_get_attribute: Option<ipc::PointerGetAttribute>,
+    ipc_get_mem_handle: Option<ipc::IpcGetMemHandle>,
+    event_create: Option<ipc::EventCreate>,
+    event_record: Option<ipc::EventRecord>,
+    ipc_get_event_handle: Option<ipc::IpcGetEventHandle>,
+    event_destroy: Option<ipc::EventDestroy>,
+    ctx_push_current: Option<ipc::CtxPushCurrent>,
+    ctx_pop_current: Option<ipc::CtxPopCurrent>,
     // Keeps the entry points above valid: the library is never unloaded.
     _lib: libloading::Library,
 }
@@ -110,6 +123,18 @@ fn load() -> std::result::Result<Api, String> {
         ctx_get_current: sym!("cuCtxGetCurrent"),
         get_error_string: sym!("cuGetErrorString"),
         get_error_name: sym!("cuGetErrorName"),
+        // Never the unversioned cuMemGetAddressRange: that is the pre-3.2 ABI with 32-bit
+        // pointers and sizes.
+        mem_get_address_range: sym!("cuMemGetAddressRange_v2"),
+        pointer_get_attribute: sym!("cuPointerGetAttribute"),
+        ipc_get_mem_handle: sym!("cuIpcGetMemHandle"),
+        event_create: sym!("cuEventCreate"),
+        event_record: sym!("cuEventRecord"),
+        ipc_get_event_handle: sym!("cuIpcGetEventHandle"),
+        // The unversioned names share the ABI of these three.
+        event_destroy: sym!("cuEventDestroy_v2", "cuEventDestroy"),
+        ctx_push_current: sym!("cuCtxPushCurrent_v2", "cuCtxPushCurrent"),
+        ctx_pop_current: sym!("cuCtxPopCurrent_v2", "cuCtxPopCurrent"),
         path: shown,
         _lib: lib,
     })
@@ -146,6 +171,16 @@ impl Api {
         }
     }
 
+    /// An optional entry point, or the error that names it.
+    fn entry<T: Copy>(&self, f: Option<T>, name: &str) -> Result<T> {
+        f.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Cuda,
+                format!("the CUDA driver {} has no entry point {name} (needed for CUDA tensor payloads)", self.path),
+            )
+        })
+    }
+
     fn call(&self, what: &str, code: CuResult) -> Result<()> {
         if code == 0 {
             Ok(())
@@ -170,6 +205,9 @@ pub struct DeviceIdentity {
 pub struct CudaReport {
     pub driver_version: i32,
     pub identity: Option<DeviceIdentity>,
+    /// When not bound: why (the CUDA mode was skip, no driver, `cuInit`'s error, the ordinal past
+    /// the device count...), for the errors of calls that need the GPU.
+    pub unbound_reason: Option<String>,
 }
 
 /// A retain of a device's primary context, current on the bootstrapping thread.
@@ -242,7 +280,8 @@ fn c_text(buf: &[u8]) -> String {
 /// Binds this thread to device `ordinal`'s primary context as `mode` says.
 pub fn bind(ordinal: i32, mode: CudaMode) -> Result<(Option<CudaBinding>, CudaReport)> {
     if mode == CudaMode::Skip {
-        return Ok((None, CudaReport::default()));
+        let reason = Some("the CUDA mode was skip at bootstrap".to_string());
+        return Ok((None, CudaReport { unbound_reason: reason, ..CudaReport::default() }));
     }
     let api = match api() {
         Ok(api) => api,
@@ -251,7 +290,7 @@ pub fn bind(ordinal: i32, mode: CudaMode) -> Result<(Option<CudaBinding>, CudaRe
         }
         Err(why) => {
             log::debug!("{why}: going on without CUDA");
-            return Ok((None, CudaReport::default()));
+            return Ok((None, CudaReport { unbound_reason: Some(why), ..CudaReport::default() }));
         }
     };
     let mut report = CudaReport::default();
@@ -260,6 +299,7 @@ pub fn bind(ordinal: i32, mode: CudaMode) -> Result<(Option<CudaBinding>, CudaRe
         Err(e) if mode == CudaMode::Require => Err(e),
         Err(e) => {
             log::warn!("not bound to a GPU: {e}");
+            report.unbound_reason = Some(e.message().to_string());
             Ok((None, report))
         }
     }
@@ -345,7 +385,8 @@ mod tests {
     fn skip_never_touches_the_driver() {
         let (binding, report) = bind(0, CudaMode::Skip).unwrap();
         assert!(binding.is_none());
-        assert_eq!(report, CudaReport::default());
+        assert_eq!((report.driver_version, report.identity), (0, None));
+        assert_eq!(report.unbound_reason.as_deref(), Some("the CUDA mode was skip at bootstrap"));
         assert!(DRIVER.get().is_none(), "SKIP must not even load the driver");
     }
 }

@@ -5,12 +5,12 @@
 //! - [`command_queue`]: the command queue LMDB and its semaphores (section 3);
 //! - [`commands`]: the MessagePack command messages (section 4);
 //! - [`completion`]: completion semaphores (section 5);
-//! - [`payload`]: what a payload must look like before it is enqueued (the agent unpickles it).
+//! - [`payload_check`]: what a payload must look like before it is enqueued (the agent unpickles it).
 
 pub mod command_queue;
 pub mod commands;
 pub mod completion;
 pub mod naming;
-pub mod payload;
+pub mod payload_check;
 pub mod rank;
 pub mod state_db;

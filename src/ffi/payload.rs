@@ -1,0 +1,363 @@
+//! Payloads a native worker makes (docs/torch-ipc.md): CUDA tensors from device pointers, mesh
+//! shapes and placements, as `EtbPayload` handles to put into `etb_client_register_tensors` and
+//! `etb_client_init_pair`. Every payload this library makes is a pickle of protocol 3: it starts
+//! with the bytes 0x80 0x03 and ends with '.' (STOP).
+
+use std::ffi::{c_void, CStr};
+
+use super::args::{new_handle, out, reference, slice, take_handle, utf8};
+use super::bootstrap::EtbClient;
+use super::boundary::FfiError;
+use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT};
+use etb_core::payload::cuda_tensor::{CudaTensor, MAX_NDIM};
+use etb_core::payload::layout::{self, Placement};
+use etb_core::payload::{dtype, Payload};
+
+/// An owned, immutable byte string to put in a command. Opaque; made by the `etb_*_payload`
+/// functions (a box owned by the caller), released by `etb_payload_free`. It outlives the client
+/// that made it (and the client's reconnects): it holds its own references. Immutable: its
+/// accessors may run on several threads at once.
+pub struct EtbPayload {
+    payload: Payload,
+}
+
+/// A dtype, numbered for the C ABI after torch's dtypes; numbers are never reused.
+pub type EtbDtype = i32;
+/// `torch.float32`
+pub const ETB_DTYPE_FLOAT32: EtbDtype = 0;
+/// `torch.float64`
+pub const ETB_DTYPE_FLOAT64: EtbDtype = 1;
+/// `torch.float16`
+pub const ETB_DTYPE_FLOAT16: EtbDtype = 2;
+/// `torch.bfloat16`
+pub const ETB_DTYPE_BFLOAT16: EtbDtype = 3;
+/// `torch.uint8`
+pub const ETB_DTYPE_UINT8: EtbDtype = 4;
+/// `torch.int8`
+pub const ETB_DTYPE_INT8: EtbDtype = 5;
+/// `torch.int16`
+pub const ETB_DTYPE_INT16: EtbDtype = 6;
+/// `torch.int32`
+pub const ETB_DTYPE_INT32: EtbDtype = 7;
+/// `torch.int64`
+pub const ETB_DTYPE_INT64: EtbDtype = 8;
+/// `torch.bool`
+pub const ETB_DTYPE_BOOL: EtbDtype = 9;
+/// `torch.float8_e4m3fn`
+pub const ETB_DTYPE_FLOAT8_E4M3FN: EtbDtype = 10;
+/// `torch.float8_e5m2`
+pub const ETB_DTYPE_FLOAT8_E5M2: EtbDtype = 11;
+
+/// A tensor in device memory, for `etb_client_cuda_tensor_payload`. Extensible like
+/// `EtbBootstrapOptions`: fill it with `etb_cuda_tensor_init`, then set the fields. 48 bytes on
+/// 64-bit Linux.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EtbCudaTensor {
+    /// `sizeof(EtbCudaTensor)` as the caller knows it.
+    pub struct_size: u32,
+    /// An `ETB_DTYPE_*`.
+    pub dtype: EtbDtype,
+    /// The device address of the first element (a `CUdeviceptr`); 0 only when the tensor has no
+    /// elements.
+    pub data: u64,
+    /// 0..=64.
+    pub ndim: u32,
+    /// 0: the caller has synchronized (`stream` is ignored). 1: the agent must first wait for the
+    /// work queued so far on `stream`.
+    pub wait_on_stream: i32,
+    /// `ndim` sizes, each >= 0 (NULL only when `ndim` is 0).
+    pub shape: *const i64,
+    /// `ndim` strides in elements, each >= 0, or NULL for contiguous row-major.
+    pub strides: *const i64,
+    /// A `CUstream`: NULL is CUDA's legacy default stream; `CU_STREAM_PER_THREAD` is allowed.
+    pub stream: *mut c_void,
+}
+
+/// A DTensor placement for `etb_placements_payload`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EtbPlacement {
+    /// `ETB_PLACEMENT_SHARD`, `ETB_PLACEMENT_REPLICATE` or `ETB_PLACEMENT_PARTIAL`.
+    pub kind: i32,
+    /// The shard dimension (`ETB_PLACEMENT_SHARD`; negative dims count from the end, as in torch).
+    pub dim: i32,
+    /// The reduction of `ETB_PLACEMENT_PARTIAL`, NUL-terminated UTF-8; NULL means `"sum"`.
+    pub reduce_op: *const libc::c_char,
+}
+
+/// `Shard(dim)`.
+pub const ETB_PLACEMENT_SHARD: i32 = 0;
+/// `Replicate()`.
+pub const ETB_PLACEMENT_REPLICATE: i32 = 1;
+/// `Partial(reduce_op)`.
+pub const ETB_PLACEMENT_PARTIAL: i32 = 2;
+
+/// A `struct_size` past this is garbage (an uninitialized struct), not a newer caller.
+const MAX_STRUCT_SIZE: usize = 4096;
+
+fn invalid(message: String) -> FfiError {
+    FfiError::new(ETB_ERR_INVALID_ARGUMENT, message)
+}
+
+/// Reads a caller's `EtbCudaTensor`: this version's size, or a newer caller's larger one whose
+/// tail is zero.
+fn read_tensor(tensor: *const EtbCudaTensor) -> Result<EtbCudaTensor, FfiError> {
+    const KNOWN: usize = std::mem::size_of::<EtbCudaTensor>();
+    let size = *reference(tensor.cast::<u32>(), "tensor")? as usize;
+    if !(KNOWN..=MAX_STRUCT_SIZE).contains(&size) {
+        return Err(invalid(format!(
+            "tensor->struct_size is {size}, outside {KNOWN}..={MAX_STRUCT_SIZE}: fill the tensor with etb_cuda_tensor_init first"
+        )));
+    }
+    let bytes = slice(tensor.cast::<u8>(), size, "tensor")?;
+    if let Some(i) = bytes[KNOWN..].iter().position(|&b| b != 0) {
+        return Err(invalid(format!(
+            "tensor byte {} is set, past the fields this library ({}) knows: the caller was built for a newer etha-tensor-bus",
+            KNOWN + i,
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    Ok(*reference(tensor, "tensor")?)
+}
+
+fn give(payload: Payload, out_ptr: super::args::Out<*mut EtbPayload>) {
+    out_ptr.write(new_handle(EtbPayload { payload }));
+}
+
+ffi_fn! {
+    /// Fills `*tensor` with this version's `struct_size` and zeroes every other byte. NULL is
+    /// ignored (and recorded as the thread's last error). Thread-safe; does not block.
+    ///
+    /// # Safety
+    /// `tensor` is NULL or points to `sizeof(EtbCudaTensor)` writable bytes.
+    unsafe fn etb_cuda_tensor_init(tensor: *mut EtbCudaTensor) {
+        out(tensor, "tensor")?.write_zero_padded(EtbCudaTensor {
+            struct_size: std::mem::size_of::<EtbCudaTensor>() as u32,
+            dtype: 0,
+            data: 0,
+            ndim: 0,
+            wait_on_stream: 0,
+            shape: std::ptr::null(),
+            strides: std::ptr::null(),
+            stream: std::ptr::null_mut(),
+        });
+        Ok(())
+    }
+}
+
+ffi_fn! {
+    /// The bytes the agent's `ForkingPickler.loads` turns into a tensor of `tensor`'s dtype, shape
+    /// and strides aliasing the caller's memory (a pickle of
+    /// `torch.multiprocessing.reductions.rebuild_cuda_tensor`), written to `*payload_out` (owned by
+    /// the caller: release with `etb_payload_free`). Uses the client's CUDA binding and context,
+    /// made current on the calling thread for the call and restored after, so any thread may call.
+    ///
+    /// Checks, in this order: NULL arguments (`ETB_ERR_NULL_ARGUMENT`); `struct_size`; the
+    /// client's binding (an unbound client is `ETB_ERR_CUDA`, saying why it is unbound, also for
+    /// a tensor with no elements); then the fields (`ETB_ERR_INVALID_ARGUMENT`: unknown dtype, ndim
+    /// over 64, negative sizes or strides, a span that overflows 64 bits, `wait_on_stream` not 0 or
+    /// 1) and the memory: only device memory from `cuMemAlloc`/`cudaMalloc` on the client's device;
+    /// host, managed, virtual-memory (`cuMemCreate`) or pool (`cudaMallocAsync`) memory, memory of
+    /// another device, a pointer the driver does not know, or a span past the end of its
+    /// allocation is `ETB_ERR_INVALID_ARGUMENT` saying what was found and what to use instead. A
+    /// driver that lacks an entry point, or a driver call that fails: `ETB_ERR_CUDA`. Nothing is
+    /// allocated on failure.
+    ///
+    /// The IPC handle is the one of the allocation holding `data` (the same bytes for every
+    /// payload of that allocation); the storage runs from `data` to the allocation's end. With
+    /// `wait_on_stream`, an interprocess event is recorded on `stream` and lives with the payload.
+    /// The payload holds a reference-counter slot: `etb_payload_in_use` tells when no consumer
+    /// holds the memory any more. **Keep the memory allocated and unchanged while
+    /// `etb_payload_in_use` says true**: freeing or reusing it while the agent still maps it is
+    /// undefined behaviour on the GPU (the agent reads or writes whatever lives there then).
+    /// Thread-safe.
+    ///
+    /// # Safety
+    /// `client` is NULL or a live client; `tensor` is NULL or points to `tensor->struct_size`
+    /// readable bytes whose `shape` (and `strides`, when not NULL) point to `ndim` readable
+    /// int64s; `stream`, when waited on, is a stream of the client's context; `payload_out` is
+    /// NULL or writable.
+    unsafe fn etb_client_cuda_tensor_payload(
+        client: *const EtbClient,
+        tensor: *const EtbCudaTensor,
+        payload_out: *mut *mut EtbPayload,
+    ) -> EtbStatus {
+        let c = reference(client, "client")?;
+        reference(tensor.cast::<u32>(), "tensor")?;
+        let payload_out = out(payload_out, "payload_out")?;
+        let t = read_tensor(tensor)?;
+        c.client.check_cuda_bound()?;
+        if t.ndim as usize > MAX_NDIM {
+            return Err(invalid(format!("tensor->ndim is {}; at most {MAX_NDIM}", t.ndim)));
+        }
+        let wait_on_stream = match t.wait_on_stream {
+            0 => None,
+            1 => Some(t.stream as usize),
+            other => return Err(invalid(format!("tensor->wait_on_stream is {other}; it must be 0 or 1"))),
+        };
+        let shape = slice(t.shape, t.ndim as usize, "tensor->shape")?;
+        let strides = if t.strides.is_null() { None } else { Some(slice(t.strides, t.ndim as usize, "tensor->strides")?) };
+        let core = CudaTensor { dtype: t.dtype, data: t.data, shape, strides, wait_on_stream };
+        give(c.client.cuda_tensor_payload(&core)?, payload_out);
+        Ok(())
+    }
+}
+
+ffi_fn! {
+    /// What the reference sends for `tuple(device_mesh.mesh.shape)`: a tuple of the `ndims` ints
+    /// at `dims` (ndims >= 1, every dim >= 1, else `ETB_ERR_INVALID_ARGUMENT`), written to
+    /// `*payload_out` (release with `etb_payload_free`). Needs no client and no GPU. Thread-safe.
+    ///
+    /// # Safety
+    /// `dims` is NULL or points to `ndims` readable int64s; `payload_out` is NULL or writable.
+    unsafe fn etb_mesh_shape_payload(dims: *const i64, ndims: usize, payload_out: *mut *mut EtbPayload) -> EtbStatus {
+        let payload_out = out(payload_out, "payload_out")?;
+        if dims.is_null() && ndims > 0 {
+            return Err(FfiError::null("dims"));
+        }
+        let dims = slice(dims, ndims, "dims")?;
+        give(Payload::plain(layout::mesh_shape(dims)?), payload_out);
+        Ok(())
+    }
+}
+
+ffi_fn! {
+    /// A tuple of `torch.distributed.tensor.placement_types` objects equal to `Shard(dim)`,
+    /// `Replicate()` and `Partial(reduce_op)`, written as constructor calls so that the same bytes
+    /// unpickle on torch 2.10 through 2.15; `count` 0 gives the empty tuple (`placements` may then
+    /// be NULL). An unknown kind or an empty `reduce_op` is `ETB_ERR_INVALID_ARGUMENT`. Written to
+    /// `*payload_out` (release with `etb_payload_free`). Needs no client and no GPU. Thread-safe.
+    ///
+    /// # Safety
+    /// `placements` is NULL or points to `count` readable entries whose `reduce_op` is NULL or
+    /// NUL-terminated; `payload_out` is NULL or writable.
+    unsafe fn etb_placements_payload(
+        placements: *const EtbPlacement,
+        count: usize,
+        payload_out: *mut *mut EtbPayload,
+    ) -> EtbStatus {
+        let payload_out = out(payload_out, "payload_out")?;
+        let entries = slice(placements, count, "placements")?;
+        let mut list = Vec::with_capacity(entries.len());
+        for (i, p) in entries.iter().enumerate() {
+            list.push(match p.kind {
+                ETB_PLACEMENT_SHARD => Placement::Shard(i64::from(p.dim)),
+                ETB_PLACEMENT_REPLICATE => Placement::Replicate,
+                ETB_PLACEMENT_PARTIAL if p.reduce_op.is_null() => Placement::Partial("sum".into()),
+                ETB_PLACEMENT_PARTIAL => Placement::Partial(utf8(p.reduce_op, &format!("placements[{i}].reduce_op"))?.into()),
+                other => {
+                    return Err(invalid(format!(
+                        "placements[{i}].kind is {other}; use ETB_PLACEMENT_SHARD (0), ETB_PLACEMENT_REPLICATE (1) or ETB_PLACEMENT_PARTIAL (2)"
+                    )))
+                }
+            });
+        }
+        give(Payload::plain(layout::placements(&list)?), payload_out);
+        Ok(())
+    }
+}
+
+ffi_fn! {
+    /// The payload's bytes: owned by the payload, valid until `etb_payload_free`. NULL when
+    /// `payload` is NULL. Thread-safe.
+    ///
+    /// # Safety
+    /// `payload` is NULL or a live payload.
+    unsafe fn etb_payload_data(payload: *const EtbPayload) -> *const u8 = std::ptr::null(); {
+        Ok(reference(payload, "payload")?.payload.bytes().as_ptr())
+    }
+}
+
+ffi_fn! {
+    /// The payload's length in bytes; 0 when `payload` is NULL. Thread-safe.
+    ///
+    /// # Safety
+    /// `payload` is NULL or a live payload.
+    unsafe fn etb_payload_len(payload: *const EtbPayload) -> usize = 0; {
+        Ok(reference(payload, "payload")?.payload.bytes().len())
+    }
+}
+
+ffi_fn! {
+    /// For a CUDA tensor payload, whether a consumer still holds the memory: torch decrements the
+    /// payload's reference-counter slot when its tensor dies (e.g. after `CleanupBatch`). False for
+    /// every other payload, and for a tensor with no elements. When a consumer already holds a
+    /// storage for the same allocation and offset, torch reuses it and gives the new payload's slot
+    /// back at once: the memory is free only when *every* payload made for it reads false. Writes
+    /// `*in_use_out` (required). In a process forked after the payload was made: `ETB_ERR_FORKED`.
+    /// One atomic load; thread-safe.
+    ///
+    /// # Safety
+    /// `payload` is NULL or a live payload; `in_use_out` is NULL or writable.
+    unsafe fn etb_payload_in_use(payload: *const EtbPayload, in_use_out: *mut bool) -> EtbStatus {
+        let p = reference(payload, "payload")?;
+        let in_use_out = out(in_use_out, "in_use_out")?;
+        in_use_out.write(p.payload.in_use()?);
+        Ok(())
+    }
+}
+
+ffi_fn! {
+    /// Releases a payload: its bytes, and for a CUDA tensor payload its event and its
+    /// reference-counter slot (given back; reused only once it reads 0). NULL is accepted and
+    /// ignored. In a process forked after it was made it only forgets it. Freeing twice or using
+    /// it afterwards is undefined behaviour. Does not block.
+    /// Thread-safety: no other thread may use this payload during or after the free.
+    ///
+    /// # Safety
+    /// `payload` is NULL or a payload from this library not yet freed; the caller gives it up.
+    unsafe fn etb_payload_free(payload: *mut EtbPayload) {
+        drop(take_handle(payload));
+        Ok(())
+    }
+}
+
+ffi_fn! {
+    /// torch's name of a dtype (e.g. `"bfloat16"`), a static string; NULL if `dtype` is not an
+    /// `ETB_DTYPE_*`. Thread-safe.
+    /// Takes no pointer argument (nothing can be NULL).
+    fn etb_dtype_name(dtype: EtbDtype) -> *const libc::c_char = std::ptr::null(); {
+        Ok(match dtype::name(dtype) {
+            Some(_) => DTYPE_NAMES[dtype as usize].as_ptr(),
+            None => std::ptr::null(),
+        })
+    }
+}
+
+ffi_fn! {
+    /// Bytes per element of a dtype; 0 if `dtype` is not an `ETB_DTYPE_*`. Thread-safe.
+    /// Takes no pointer argument (nothing can be NULL).
+    fn etb_dtype_size(dtype: EtbDtype) -> usize = 0; {
+        Ok(dtype::size(dtype))
+    }
+}
+
+/// The dtype names as static C strings, by number.
+const DTYPE_NAMES: [&CStr; 12] = [
+    c"float32",
+    c"float64",
+    c"float16",
+    c"bfloat16",
+    c"uint8",
+    c"int8",
+    c"int16",
+    c"int32",
+    c"int64",
+    c"bool",
+    c"float8_e4m3fn",
+    c"float8_e5m2",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_names_agree_with_the_core() {
+        for (code, name, _) in dtype::DTYPES {
+            assert_eq!(DTYPE_NAMES[code as usize].to_str().unwrap(), name);
+        }
+        assert_eq!(std::mem::size_of::<EtbCudaTensor>(), 48);
+    }
+}
