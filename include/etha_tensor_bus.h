@@ -63,6 +63,31 @@
 #define ETB_VERSION_PATCH 0
 
 /**
+ * An error.
+ */
+#define ETB_LOG_ERROR 1
+
+/**
+ * A warning.
+ */
+#define ETB_LOG_WARN 2
+
+/**
+ * Information.
+ */
+#define ETB_LOG_INFO 3
+
+/**
+ * Debugging detail.
+ */
+#define ETB_LOG_DEBUG 4
+
+/**
+ * Tracing detail.
+ */
+#define ETB_LOG_TRACE 5
+
+/**
  * `Shard(dim)`.
  */
 #define ETB_PLACEMENT_SHARD 0
@@ -205,6 +230,16 @@ typedef struct EtbTensorPayload {
  * A transfer direction across the C ABI: `ETB_TRANSFER_SEND` or `ETB_TRANSFER_RECV`.
  */
 typedef int32_t EtbTransferKind;
+
+/**
+ * A log callback: receives every record that passes `ETB_LOG`'s filter, with its level
+ * (`ETB_LOG_ERROR` .. `ETB_LOG_TRACE`), its target (the library's module, e.g.
+ * `"etb_core::client"`) and its message, both NUL-terminated UTF-8 valid for the call only, and
+ * the `user_data` given to `etb_set_log_callback`. It may run on any thread, several at once; it
+ * must not unwind (throw) into the library, nor call `etb_set_log_callback`; records the library
+ * logs from inside it are dropped.
+ */
+typedef void (*EtbLogFn)(int32_t level, const char *target, const char *message, void *user_data);
 
 /**
  * A dtype, numbered for the C ABI after torch's dtypes; numbers are never reused.
@@ -555,6 +590,28 @@ EtbStatus etb_bootstrap_client_ex(const struct EtbBootstrapOptions *options,
                                   struct EtbBootstrapInfo **info_out);
 
 /**
+ * Connects to agent `agent_rank` at the two given paths, reading nothing of the environment:
+ * the reference's `TensorBusClient(agent_rank, lmdb_command_queue_path,
+ * agent_state_lmdb_path)`. Validates the agent, attaches its queue and authorizes it as
+ * `etb_bootstrap_client_ex` does, with `options` (NULL: the defaults; its naming callback is
+ * ignored). The info's method is `"direct"`, its global rank -1 and its device `cuda:0` (the
+ * CUDA mode binds to device 0: use `etb_bootstrap_client_ex` to bind to `LOCAL_RANK`). Paths are
+ * bytes (any but NUL). Writes `*client_out` and `*info_out` on success only (release with
+ * `etb_client_close` and `etb_info_free`). Blocks up to the options' connection timeout.
+ * Thread-safe.
+ *
+ * # Safety
+ * The paths are NULL or NUL-terminated; `options` is NULL or as for `etb_bootstrap_client_ex`;
+ * `client_out` and `info_out` are NULL or writable.
+ */
+EtbStatus etb_client_connect(int64_t agent_rank,
+                             const char *command_queue_path,
+                             const char *state_path,
+                             const struct EtbBootstrapOptions *options,
+                             struct EtbClient **client_out,
+                             struct EtbBootstrapInfo **info_out);
+
+/**
  * Closes a client: releases this worker's handles on the agent's queue and state (and nothing
  * of the agent's: its files and semaphores stay). NULL is accepted and ignored. Closing a client
  * twice, or using it after closing, is undefined behaviour. Other clients are unaffected. Does
@@ -731,6 +788,73 @@ EtbStatus etb_client_transfer_detached(const struct EtbClient *client,
                                        const char *batch_id,
                                        EtbTransferKind kind,
                                        double timeout_s);
+
+/**
+ * Sends `InitPair` without waiting for it (the reference's `init_pair(blocking=False)`):
+ * arguments as `etb_client_init_pair`, `timeout_s` bounding only the wait for queue space. On
+ * success writes a new completion to `*completion_out` (required, owned by the caller:
+ * release with `etb_completion_free`), whose wait and poll report done only once the agent
+ * survived the command and recorded the pair as matched (`ETB_ERR_PAIR_NOT_MATCHED` when it
+ * survived without matching). Thread-safe.
+ *
+ * # Safety
+ * As for `etb_client_init_pair`; `completion_out` is NULL or writable.
+ */
+EtbStatus etb_client_init_pair_async(const struct EtbClient *client,
+                                     const char *pair_name,
+                                     const char *local_name,
+                                     const char *remote_name,
+                                     int64_t expected_world_size,
+                                     const uint8_t *mesh_shape_payload,
+                                     size_t mesh_shape_payload_len,
+                                     const uint8_t *placements_payload,
+                                     size_t placements_payload_len,
+                                     double timeout_s,
+                                     struct EtbCompletion **completion_out);
+
+/**
+ * Sends `CleanupBatch` without waiting for it (the reference's `BatchHandler.close(blocking=False)`):
+ * `timeout_s` bounds only the wait for queue space. On success writes a new completion to
+ * `*completion_out` (required; release with `etb_completion_free`, also unwaited: its
+ * semaphore is removed). Thread-safe.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+ * `completion_out` is NULL or writable.
+ */
+EtbStatus etb_client_cleanup_batch_async(const struct EtbClient *client,
+                                         const char *batch_id,
+                                         double timeout_s,
+                                         struct EtbCompletion **completion_out);
+
+/**
+ * Sends `QueryStatus` for the batch's transfer signal without waiting for it (the reference's
+ * `query_transfer_signal(blocking=False)`): `timeout_s` bounds only the wait for queue space.
+ * On success writes a new completion to `*completion_out` (required; release with
+ * `etb_completion_free`). `etb_client_read_transfer_signal` reads what the state holds at any
+ * time (the agent records the answer when it handles the query). Thread-safe.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+ * `completion_out` is NULL or writable.
+ */
+EtbStatus etb_client_query_transfer_signal_async(const struct EtbClient *client,
+                                                 const char *batch_id,
+                                                 double timeout_s,
+                                                 struct EtbCompletion **completion_out);
+
+/**
+ * Reads the transfer signal the agent's state holds now for the batch (false when absent, as
+ * the reference), without sending anything; writes `*signal_out` (required). One short read
+ * transaction; thread-safe.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+ * `signal_out` is NULL or writable.
+ */
+EtbStatus etb_client_read_transfer_signal(const struct EtbClient *client,
+                                          const char *batch_id,
+                                          bool *signal_out);
 
 /**
  * Waits until the agent acknowledges the command and is seen to survive it, at most
@@ -963,6 +1087,19 @@ const char *etb_last_error_message(void);
  * Takes no pointer argument (nothing can be NULL).
  */
 const char *etb_version(void);
+
+/**
+ * Sends the library's log records to `fn` instead of standard error (NULL: back to standard
+ * error). `ETB_LOG` still filters first. Callable before or after bootstrap, from any thread;
+ * once it returns, the previous callback is never called again (a record being delivered to it
+ * finishes first). `ETB_ERR_INVALID_ARGUMENT` when called from inside the callback. See
+ * `EtbLogFn` for what the callback may do.
+ *
+ * # Safety
+ * `fn` is NULL or a function keeping the `EtbLogFn` contract; `user_data` is whatever it
+ * needs, usable from any thread until the callback is replaced.
+ */
+EtbStatus etb_set_log_callback(EtbLogFn fn, void *user_data);
 
 /**
  * Fills `*tensor` with this version's `struct_size` and zeroes every other byte. NULL is

@@ -34,9 +34,11 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -682,6 +684,38 @@ inline void setup_ptrace_pid(int tracer_pid) { detail::check(etb_setup_ptrace_pi
 
 /// The library's version, "MAJOR.MINOR.PATCH".
 inline std::string version() { return etb_version(); }
+
+/// Receives the library's log records: level (ETB_LOG_ERROR 1 .. ETB_LOG_TRACE 5), the Rust
+/// module that wrote it, the message. The views are valid for the call only. An exception it
+/// throws is swallowed (a log record must never unwind into the library).
+using LogFn = std::function<void(int32_t level, std::string_view target, std::string_view message)>;
+
+namespace detail {
+inline void log_trampoline(int32_t level, const char *target, const char *message, void *user_data) noexcept {
+    try {
+        (*static_cast<LogFn *>(user_data))(level, target ? target : "", message ? message : "");
+    } catch (...) {
+    }
+}
+inline std::unique_ptr<LogFn> &log_slot() {
+    static std::unique_ptr<LogFn> slot;  // the installed function, owned here for the process
+    return slot;
+}
+inline std::mutex &log_mutex() {
+    static std::mutex m;
+    return m;
+}
+}  // namespace detail
+
+/// Routes the library's log records to `fn` (an empty function restores stderr); ETB_LOG filters
+/// first. Callable before or after bootstrap, from any thread: once it returns, the previous
+/// function is never called again (and is destroyed). Throws etb::Error.
+inline void set_log_callback(LogFn fn) {
+    std::lock_guard<std::mutex> lock(detail::log_mutex());
+    std::unique_ptr<LogFn> next = fn ? std::make_unique<LogFn>(std::move(fn)) : nullptr;
+    detail::check(etb_set_log_callback(next ? &detail::log_trampoline : nullptr, next.get()));
+    detail::log_slot() = std::move(next);
+}
 
 }  // namespace etb
 

@@ -1,13 +1,14 @@
-# The wheel ships a native library (libetha_tensor_bus.so) when one was copied into the package:
-# mark the distribution as platform-specific so the wheel is tagged for this platform, not
-# py3-none-any (which would install, and then fail to load, anywhere else).
+# The Rust parts, built by cargo through setuptools-rust: the C library, shipped inside the
+# package as etha_tensor_bus/libetha_tensor_bus<EXT_SUFFIX> (loaded with ctypes, not imported),
+# and the node tool `etb`, installed on the environment's PATH. Both come from this checkout
+# (the workspace one folder up); every build runs cargo, so a reinstall ships a rebuilt library.
 from setuptools import setup
-from setuptools.dist import Distribution
+from setuptools_rust import Binding, RustBin, RustExtension
 
-
-class NativeDistribution(Distribution):
-    def has_ext_modules(self):
-        return True
-
-
-setup(distclass=NativeDistribution)
+setup(
+    rust_extensions=[
+        RustExtension("etha_tensor_bus.libetha_tensor_bus", path="../Cargo.toml", binding=Binding.NoBinding,
+                      py_limited_api=False),
+        RustBin("etb", path="../crates/etb-cli/Cargo.toml"),
+    ],
+)

@@ -15,6 +15,10 @@ SIZE = ctypes.c_size_t
 NAMING_FN = ctypes.CFUNCTYPE(I32, I64, P, SIZE, P, SIZE, P)
 
 
+# level, target, message, user_data
+LOG_FN = ctypes.CFUNCTYPE(None, I32, S, S, P)
+
+
 class BootstrapOptions(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("path_naming_fn", NAMING_FN), ("user_data", P),
                 ("connection_timeout_s", D), ("cuda_mode", I32), ("reserved0", ctypes.c_uint32), ("ptrace_mode", I32),
@@ -84,17 +88,30 @@ _SIGNATURES = {
     "etb_payload_free": (None, [P]),
     "etb_dtype_name": (S, [I32]),
     "etb_dtype_size": (SIZE, [I32]),
+    "etb_client_connect": (I32, [I64, S, S, ctypes.POINTER(BootstrapOptions), ctypes.POINTER(P), ctypes.POINTER(P)]),
+    "etb_client_init_pair_async": (I32, [P, S, S, S, I64, P, SIZE, P, SIZE, D, ctypes.POINTER(P)]),
+    "etb_client_cleanup_batch_async": (I32, [P, S, D, ctypes.POINTER(P)]),
+    "etb_client_query_transfer_signal_async": (I32, [P, S, D, ctypes.POINTER(P)]),
+    "etb_client_read_transfer_signal": (I32, [P, S, ctypes.POINTER(ctypes.c_bool)]),
+    "etb_set_log_callback": (I32, [LOG_FN, P]),
 }
 
 
+def _shipped():
+    """The library this package ships (built by setuptools-rust: libetha_tensor_bus<EXT_SUFFIX>)."""
+    here = pathlib.Path(__file__).resolve().parent
+    return sorted(here.glob("libetha_tensor_bus*.so*"))
+
+
 def library_path():
-    """ETB_LIBRARY_PATH (the .so file) when set; else the copy shipped in this package; else
-    the system's library path."""
+    """ETB_LIBRARY_PATH (the .so file, or its folder) when set; else the copy shipped in this
+    package; else the system's library path."""
     env = os.environ.get("ETB_LIBRARY_PATH")
     if env:
+        if os.path.isdir(env):
+            return os.path.join(env, "libetha_tensor_bus.so")
         return env
-    here = pathlib.Path(__file__).resolve().parent
-    shipped = sorted(here.glob("libetha_tensor_bus.so*"))
+    shipped = _shipped()
     if shipped:
         return str(shipped[0])
     return ctypes.util.find_library("etha_tensor_bus") or "libetha_tensor_bus.so"
@@ -105,7 +122,18 @@ EXPECTED_VERSION = "0.1"  # major.minor this package is written against
 
 def load(path=None):
     path = path or library_path()
-    lib = ctypes.CDLL(path)
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        looked = [f"ETB_LIBRARY_PATH={os.environ['ETB_LIBRARY_PATH']!r}"] if os.environ.get("ETB_LIBRARY_PATH") else []
+        looked += [f"the package folder {pathlib.Path(__file__).resolve().parent} (nothing shipped there)"] if not _shipped() \
+            else [f"the shipped {_shipped()[0]}"]
+        looked += ["the system's library path"]
+        raise ImportError(
+            f"the etha-tensor-bus library could not be loaded ({e}); looked in: {'; '.join(looked)}. "
+            "Install the package with `pip install ./python` from a checkout (it builds and ships the library), "
+            "or set ETB_LIBRARY_PATH to the libetha_tensor_bus.so file or its folder"
+        ) from None
     try:
         lib.etb_version.restype = S
         found = lib.etb_version().decode()
@@ -120,11 +148,36 @@ def load(path=None):
 
 
 _lib = None
+_LEVELS = {1: 40, 2: 30, 3: 20, 4: 10, 5: 5}  # ETB_LOG_* -> logging levels (TRACE below DEBUG)
+_log_callback = None  # kept alive for the process
+
+
+def _route_logs(lib):
+    """The library's records go to logging.getLogger("etha_tensor_bus") (its own filter, ETB_LOG,
+    applies first); the callback is unregistered at exit."""
+    import atexit
+    import logging
+
+    global _log_callback
+    logger = logging.getLogger("etha_tensor_bus")
+
+    def on_record(level, target, message, _user_data):
+        try:
+            logger.log(_LEVELS.get(level, 10), "%s", message.decode("utf-8", "replace"),
+                       extra={"etb_target": target.decode("utf-8", "replace")})
+        except Exception:  # never unwind into C
+            pass
+
+    _log_callback = LOG_FN(on_record)
+    if lib.etb_set_log_callback(_log_callback, None) == 0:
+        atexit.register(lambda: lib.etb_set_log_callback(LOG_FN(), None))
 
 
 def lib():
-    """The library, loaded on first use."""
+    """The library, loaded on first use (its log records routed into `logging`)."""
     global _lib
     if _lib is None:
-        _lib = load()
+        loaded = load()
+        _route_logs(loaded)
+        _lib = loaded
     return _lib

@@ -3,7 +3,8 @@ exception the reference raises for the same failure.
 
 | status | raised as |
 | --- | --- |
-| ETB_ERR_ENV, ETB_ERR_INVALID_ARGUMENT, ETB_ERR_NAMING | ValueError |
+| ETB_ERR_ENV | KeyError and ValueError (the reference raises KeyError for a missing RANK, its docs say ValueError) |
+| ETB_ERR_INVALID_ARGUMENT, ETB_ERR_NAMING | ValueError |
 | ETB_ERR_AGENT_NOT_FOUND, ETB_ERR_AGENT_NOT_RESPONDING, ETB_ERR_AGENT_DIED, ETB_ERR_AGENT_BUSY | ConnectionError |
 | ETB_ERR_TIMEOUT, ETB_ERR_QUEUE_FULL | TimeoutError |
 | ETB_ERR_PERMISSION | PermissionError |
@@ -35,6 +36,13 @@ class TensorBusValueError(TensorBusError, ValueError):
     pass
 
 
+class TensorBusEnvError(TensorBusError, KeyError, ValueError):
+    """A missing or malformed AGENT_RANK, RANK, AGENT_RANK_OFFSET or LOCAL_RANK."""
+
+    def __str__(self):  # KeyError would quote the message
+        return self.message
+
+
 class TensorBusConnectionError(TensorBusError, ConnectionError):
     pass
 
@@ -47,8 +55,19 @@ class TensorBusPermissionError(TensorBusError, PermissionError):
     pass
 
 
+try:  # the reference's transfer(blocking=False) returns a posix_ipc.Semaphore: acquire raises BusyError
+    from posix_ipc import BusyError as _BusyError
+except ImportError:  # posix_ipc is not a dependency: only the built-in then
+    _BusyError = TimeoutError
+
+
+class AcquireTimeout(TensorBusTimeoutError, _BusyError):
+    """A completion's acquire() ran out of time: a TimeoutError, and a posix_ipc.BusyError where
+    posix_ipc is importable (what the reference's semaphore raises)."""
+
+
 _CLASSES = {
-    STATUS["ENV"]: TensorBusValueError,
+    STATUS["ENV"]: TensorBusEnvError,
     STATUS["INVALID_ARGUMENT"]: TensorBusValueError,
     STATUS["NAMING"]: TensorBusValueError,
     STATUS["AGENT_NOT_FOUND"]: TensorBusConnectionError,

@@ -18,6 +18,12 @@ pub(crate) fn reference<'a, T>(ptr: *const T, name: &str) -> Result<&'a T, FfiEr
     unsafe { ptr.as_ref() }.ok_or_else(|| FfiError::null(name))
 }
 
+/// A shared reference, or `None` for NULL (for arguments where NULL means "absent").
+pub(crate) fn optional_reference<'a, T>(ptr: *const T) -> Option<&'a T> {
+    // SAFETY: non-NULL pointers are valid and live for the call (the export's contract).
+    unsafe { ptr.as_ref() }
+}
+
 /// An out-pointer, checked non-NULL now and written later, only on success.
 pub(crate) struct Out<T>(*mut T);
 

@@ -2,16 +2,21 @@
 
 use std::ffi::c_void;
 
-use super::args::{new_handle, out, reference, slice, take_handle, Out};
+use super::args::{c_str, new_handle, optional_reference, out, reference, slice, take_handle, Out};
 use super::boundary::FfiError;
 use super::commands::timeout;
 use super::info::EtbBootstrapInfo;
 use super::naming::{call_naming_fn, EtbPathNamingFn};
 use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT, ETB_ERR_NAMING};
-use etb_core::bootstrap::{bootstrap_client, BootstrapOptions, DEFAULT_CONNECTION_TIMEOUT_SECS};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use etb_core::bootstrap::{bootstrap_client, connect_client, BootstrapOptions, DEFAULT_CONNECTION_TIMEOUT_SECS};
 use etb_core::client::Client;
 use etb_core::connection::PtraceMode;
 use etb_core::cuda::CudaMode;
+use etb_core::protocol::naming::AgentPaths;
 use etb_core::protocol::rank::ProcessEnv;
 use etb_core::sys::trust::TrustPolicy;
 
@@ -292,6 +297,52 @@ ffi_fn! {
         let (client_out, info_out) = (out(client_out, "client_out")?, out(info_out, "info_out")?);
         let read = read_options(options)?;
         bootstrap_into(read, client_out, info_out)
+    }
+}
+
+ffi_fn! {
+    /// Connects to agent `agent_rank` at the two given paths, reading nothing of the environment:
+    /// the reference's `TensorBusClient(agent_rank, lmdb_command_queue_path,
+    /// agent_state_lmdb_path)`. Validates the agent, attaches its queue and authorizes it as
+    /// `etb_bootstrap_client_ex` does, with `options` (NULL: the defaults; its naming callback is
+    /// ignored). The info's method is `"direct"`, its global rank -1 and its device `cuda:0` (the
+    /// CUDA mode binds to device 0: use `etb_bootstrap_client_ex` to bind to `LOCAL_RANK`). Paths are
+    /// bytes (any but NUL). Writes `*client_out` and `*info_out` on success only (release with
+    /// `etb_client_close` and `etb_info_free`). Blocks up to the options' connection timeout.
+    /// Thread-safe.
+    ///
+    /// # Safety
+    /// The paths are NULL or NUL-terminated; `options` is NULL or as for `etb_bootstrap_client_ex`;
+    /// `client_out` and `info_out` are NULL or writable.
+    unsafe fn etb_client_connect(
+        agent_rank: i64,
+        command_queue_path: *const libc::c_char,
+        state_path: *const libc::c_char,
+        options: *const EtbBootstrapOptions,
+        client_out: *mut *mut EtbClient,
+        info_out: *mut *mut EtbBootstrapInfo,
+    ) -> EtbStatus {
+        let (client_out, info_out) = (out(client_out, "client_out")?, out(info_out, "info_out")?);
+        let path = |p, name| c_str(p, name).map(|c| PathBuf::from(OsStr::from_bytes(c.to_bytes())));
+        let paths = AgentPaths { command_queue: path(command_queue_path, "command_queue_path")?, state: path(state_path, "state_path")? };
+        let p = match optional_reference(options) {
+            None => read_options(&default_options())?,
+            Some(_) => read_options(options)?,
+        };
+        let options = BootstrapOptions {
+            path_naming: None,
+            connection_timeout: timeout(p.connection_timeout_s, "connection_timeout_s")?,
+            env: &ProcessEnv,
+            cuda_mode: p.cuda_mode,
+            ptrace_mode: p.ptrace_mode,
+            trust: p.trust,
+            share_agent: p.share_agent,
+        };
+        let (client, info) = connect_client(agent_rank, paths, &options)?;
+        let info = EtbBootstrapInfo::new(info).map_err(|e| FfiError::new(ETB_ERR_NAMING, e))?;
+        client_out.write(new_handle(EtbClient { client }));
+        info_out.write(new_handle(info));
+        Ok(())
     }
 }
 

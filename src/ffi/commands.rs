@@ -245,6 +245,104 @@ ffi_fn! {
 }
 
 ffi_fn! {
+    /// Sends `InitPair` without waiting for it (the reference's `init_pair(blocking=False)`):
+    /// arguments as `etb_client_init_pair`, `timeout_s` bounding only the wait for queue space. On
+    /// success writes a new completion to `*completion_out` (required, owned by the caller:
+    /// release with `etb_completion_free`), whose wait and poll report done only once the agent
+    /// survived the command and recorded the pair as matched (`ETB_ERR_PAIR_NOT_MATCHED` when it
+    /// survived without matching). Thread-safe.
+    ///
+    /// # Safety
+    /// As for `etb_client_init_pair`; `completion_out` is NULL or writable.
+    unsafe fn etb_client_init_pair_async(
+        client: *const EtbClient,
+        pair_name: *const libc::c_char,
+        local_name: *const libc::c_char,
+        remote_name: *const libc::c_char,
+        expected_world_size: i64,
+        mesh_shape_payload: *const u8,
+        mesh_shape_payload_len: usize,
+        placements_payload: *const u8,
+        placements_payload_len: usize,
+        timeout_s: f64,
+        completion_out: *mut *mut EtbCompletion,
+    ) -> EtbStatus {
+        let c = reference(client, "client")?;
+        let completion_out = out(completion_out, "completion_out")?;
+        let (pair, local, remote) = (utf8(pair_name, "pair_name")?, utf8(local_name, "local_name")?, utf8(remote_name, "remote_name")?);
+        let mesh = optional_slice(mesh_shape_payload, mesh_shape_payload_len, "mesh_shape_payload")?;
+        let placements = optional_slice(placements_payload, placements_payload_len, "placements_payload")?;
+        let t = timeout(timeout_s, "timeout_s")?;
+        let completion = c.client.init_pair_async(pair, local, remote, expected_world_size, mesh, placements, t)?;
+        completion_out.write(new_handle(EtbCompletion { completion }));
+        Ok(())
+    }
+}
+
+ffi_fn! {
+    /// Sends `CleanupBatch` without waiting for it (the reference's `BatchHandler.close(blocking=False)`):
+    /// `timeout_s` bounds only the wait for queue space. On success writes a new completion to
+    /// `*completion_out` (required; release with `etb_completion_free`, also unwaited: its
+    /// semaphore is removed). Thread-safe.
+    ///
+    /// # Safety
+    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+    /// `completion_out` is NULL or writable.
+    unsafe fn etb_client_cleanup_batch_async(
+        client: *const EtbClient,
+        batch_id: *const libc::c_char,
+        timeout_s: f64,
+        completion_out: *mut *mut EtbCompletion,
+    ) -> EtbStatus {
+        let c = reference(client, "client")?;
+        let completion_out = out(completion_out, "completion_out")?;
+        let (batch, t) = (utf8(batch_id, "batch_id")?, timeout(timeout_s, "timeout_s")?);
+        completion_out.write(new_handle(EtbCompletion { completion: c.client.cleanup_batch_async(batch, t)? }));
+        Ok(())
+    }
+}
+
+ffi_fn! {
+    /// Sends `QueryStatus` for the batch's transfer signal without waiting for it (the reference's
+    /// `query_transfer_signal(blocking=False)`): `timeout_s` bounds only the wait for queue space.
+    /// On success writes a new completion to `*completion_out` (required; release with
+    /// `etb_completion_free`). `etb_client_read_transfer_signal` reads what the state holds at any
+    /// time (the agent records the answer when it handles the query). Thread-safe.
+    ///
+    /// # Safety
+    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+    /// `completion_out` is NULL or writable.
+    unsafe fn etb_client_query_transfer_signal_async(
+        client: *const EtbClient,
+        batch_id: *const libc::c_char,
+        timeout_s: f64,
+        completion_out: *mut *mut EtbCompletion,
+    ) -> EtbStatus {
+        let c = reference(client, "client")?;
+        let completion_out = out(completion_out, "completion_out")?;
+        let (batch, t) = (utf8(batch_id, "batch_id")?, timeout(timeout_s, "timeout_s")?);
+        completion_out.write(new_handle(EtbCompletion { completion: c.client.query_transfer_signal_async(batch, t)? }));
+        Ok(())
+    }
+}
+
+ffi_fn! {
+    /// Reads the transfer signal the agent's state holds now for the batch (false when absent, as
+    /// the reference), without sending anything; writes `*signal_out` (required). One short read
+    /// transaction; thread-safe.
+    ///
+    /// # Safety
+    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+    /// `signal_out` is NULL or writable.
+    unsafe fn etb_client_read_transfer_signal(client: *const EtbClient, batch_id: *const libc::c_char, signal_out: *mut bool) -> EtbStatus {
+        let c = reference(client, "client")?;
+        let signal_out = out(signal_out, "signal_out")?;
+        signal_out.write(c.client.read_transfer_signal(utf8(batch_id, "batch_id")?)?);
+        Ok(())
+    }
+}
+
+ffi_fn! {
     /// Waits until the agent acknowledges the command and is seen to survive it, at most
     /// `timeout_s` (rules as above): `ETB_OK` (also on every later call), `ETB_ERR_TIMEOUT`
     /// (the post not seen, or seen but survival not shown yet), `ETB_ERR_AGENT_DIED`, or

@@ -5,7 +5,7 @@
 
 use std::ffi::{c_void, CStr};
 
-use super::args::{new_handle, out, reference, slice, take_handle, utf8};
+use super::args::{new_handle, optional_reference, out, reference, slice, take_handle, utf8};
 use super::bootstrap::EtbClient;
 use super::boundary::FfiError;
 use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT};
@@ -197,7 +197,10 @@ ffi_fn! {
             other => return Err(invalid(format!("tensor->wait_on_stream is {other}; it must be 0 or 1"))),
         };
         let shape = slice(t.shape, t.ndim as usize, "tensor->shape")?;
-        let strides = if t.strides.is_null() { None } else { Some(slice(t.strides, t.ndim as usize, "tensor->strides")?) };
+        let strides = match optional_reference(t.strides) {
+            None => None,
+            Some(_) => Some(slice(t.strides, t.ndim as usize, "tensor->strides")?),
+        };
         let core = CudaTensor { dtype: t.dtype, data: t.data, shape, strides, wait_on_stream };
         give(c.client.cuda_tensor_payload(&core)?, payload_out);
         Ok(())
@@ -213,9 +216,6 @@ ffi_fn! {
     /// `dims` is NULL or points to `ndims` readable int64s; `payload_out` is NULL or writable.
     unsafe fn etb_mesh_shape_payload(dims: *const i64, ndims: usize, payload_out: *mut *mut EtbPayload) -> EtbStatus {
         let payload_out = out(payload_out, "payload_out")?;
-        if dims.is_null() && ndims > 0 {
-            return Err(FfiError::null("dims"));
-        }
         let dims = slice(dims, ndims, "dims")?;
         give(Payload::plain(layout::mesh_shape(dims)?), payload_out);
         Ok(())
@@ -244,7 +244,7 @@ ffi_fn! {
             list.push(match p.kind {
                 ETB_PLACEMENT_SHARD => Placement::Shard(i64::from(p.dim)),
                 ETB_PLACEMENT_REPLICATE => Placement::Replicate,
-                ETB_PLACEMENT_PARTIAL if p.reduce_op.is_null() => Placement::Partial("sum".into()),
+                ETB_PLACEMENT_PARTIAL if optional_reference(p.reduce_op).is_none() => Placement::Partial("sum".into()),
                 ETB_PLACEMENT_PARTIAL => Placement::Partial(utf8(p.reduce_op, &format!("placements[{i}].reduce_op"))?.into()),
                 other => {
                     return Err(invalid(format!(

@@ -32,6 +32,8 @@ static EtbClient *connect_to(long long rank) {
     return client;
 }
 
+#define SAYS_C(text) CHECK(strstr(etb_last_error_message(), (text)) != NULL, "message lacks \"%s\": %s", (text), etb_last_error_message())
+
 #define EXPECT(call, want)                                                                              \
     do {                                                                                                \
         EtbStatus s_ = (call);                                                                          \
@@ -313,6 +315,75 @@ static int t_init_pair_timeout_names_the_peers(void) {
     return nothing_left(rank) && our_semaphores() == 0;
 }
 
+static int t_async_forms_and_read_signal(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    EtbClient *c;
+    EtbCompletion *comp = NULL;
+    bool signal = true, done = false;
+    CHECK(agent.pid > 0, "agent did not start");
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(etb_client_init_pair_async(c, "ap", "a", "b", 2, NULL, 0, NULL, 0, 5.0, &comp), ETB_OK);
+    EXPECT(etb_completion_wait(comp, 5.0), ETB_OK);
+    etb_completion_free(comp);
+    EXPECT(etb_client_read_transfer_signal(c, "ab", &signal), ETB_OK);
+    CHECK(!signal, "absent reads false");
+    EXPECT(etb_client_transfer(c, "ab", ETB_TRANSFER_SEND, 5.0), ETB_OK);
+    EXPECT(etb_client_query_transfer_signal_async(c, "ab", 5.0, &comp), ETB_OK);
+    while (!done) EXPECT(etb_completion_poll(comp, &done), ETB_OK);
+    etb_completion_free(comp);
+    EXPECT(etb_client_read_transfer_signal(c, "ab", &signal), ETB_OK);
+    CHECK(signal, "the signal the agent recorded");
+    EXPECT(etb_client_cleanup_batch_async(c, "ab", 5.0, &comp), ETB_OK);
+    EXPECT(etb_completion_wait(comp, 5.0), ETB_OK);
+    etb_completion_free(comp);
+    /* Freed unwaited: its semaphore goes. */
+    EXPECT(etb_client_cleanup_batch_async(c, "ab2", 5.0, &comp), ETB_OK);
+    etb_completion_free(comp);
+    EXPECT(etb_client_init_pair_async(c, "ap", "a", "b", 0, NULL, 0, NULL, 0, 5.0, &comp), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_init_pair_async(c, "ap", "a", "b", 2, NULL, 0, NULL, 0, 5.0, NULL), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_cleanup_batch_async(NULL, "x", 5.0, &comp), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_query_transfer_signal_async(c, NULL, 5.0, &comp), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_read_transfer_signal(c, "x", NULL), ETB_ERR_NULL_ARGUMENT);
+    etb_client_close(c);
+    stop_agent(&agent);
+    /* An agent that does not match: the async InitPair says so once the agent survived it. */
+    agent = start_agent(rank, 1, "--unmatched", NULL);
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(etb_client_init_pair_async(c, "np", "a", "b", 2, NULL, 0, NULL, 0, 5.0, &comp), ETB_OK);
+    EXPECT(etb_completion_wait(comp, 5.0), ETB_ERR_PAIR_NOT_MATCHED);
+    SAYS_C("etb_completion_wait: InitPair \"np\" completed but");
+    etb_completion_free(comp);
+    etb_client_close(c);
+    stop_agent(&agent);
+    return nothing_left(rank) && our_semaphores() == 0;
+}
+
+static int t_connect_with_explicit_paths(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    EtbClient *c = NULL;
+    EtbBootstrapInfo *i = NULL;
+    char cq[128], st[128];
+    CHECK(agent.pid > 0, "agent did not start");
+    snprintf(cq, sizeof cq, "/tmp/agent_rank%lld_command.lmdb", rank);
+    snprintf(st, sizeof st, "/tmp/agent_rank%lld_state.lmdb", rank);
+    unsetenv("AGENT_RANK");
+    unsetenv("RANK"); /* nothing of the environment is read */
+    EXPECT(etb_client_connect(rank, cq, st, NULL, &c, &i), ETB_OK);
+    CHECK(strcmp(etb_info_method(i), "direct") == 0 && etb_info_global_rank(i) == -1, "method %s", etb_info_method(i));
+    CHECK(etb_info_agent_rank(i) == rank && strcmp(etb_info_state_path(i), st) == 0, "info");
+    EXPECT(etb_client_transfer(c, "cx", ETB_TRANSFER_SEND, 5.0), ETB_OK);
+    etb_info_free(i);
+    etb_client_close(c);
+    EXPECT(etb_client_connect(rank, NULL, st, NULL, &c, &i), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_connect(rank, cq, cq, NULL, &c, &i), ETB_ERR_NAMING);
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
 static int t_completion_after_close(void) {
     long long rank = fresh_rank();
     Agent agent = start_agent(rank, 1, "--never-ack", "Transfer");
@@ -343,6 +414,8 @@ int main(void) {
     run_case("agent_death", t_agent_death);
     run_case("null_and_bad_arguments", t_null_and_bad_arguments);
     run_case("completion_after_close", t_completion_after_close);
+    run_case("async_forms_and_read_signal", t_async_forms_and_read_signal);
+    run_case("connect_with_explicit_paths", t_connect_with_explicit_paths);
     run_case("dying_agent_init_pair", t_dying_init_pair);
     run_case("dying_agent_register_tensors", t_dying_register_tensors);
     run_case("dying_agent_transfer_async_poll_and_wait", t_dying_transfer_async);

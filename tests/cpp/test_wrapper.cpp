@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <type_traits>
 
@@ -506,6 +507,50 @@ static int t_cuda_errors() {
     return ok && nothing_left(rank) && nothing_left(rank2);
 }
 
+// etb::set_log_callback: records arrive with level and target (ctest sets
+// ETB_LOG=warn,etb_core::bootstrap=info), a throwing function is contained by the noexcept
+// trampoline, an empty function restores stderr and the previous one is never called again.
+static int t_log_callback() {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, nullptr, nullptr);
+    CHECK(agent.pid > 0, "agent did not start");
+    set_direct(rank);
+    std::mutex m;
+    std::vector<std::pair<int32_t, std::string>> seen;
+    etb::set_log_callback([&](int32_t level, std::string_view target, std::string_view message) {
+        std::lock_guard<std::mutex> lock(m);
+        seen.emplace_back(level, std::string(target) + "|" + std::string(message));
+    });
+    { auto [client, info] = etb::bootstrap_client(nullptr, 5.0, etb::CudaMode::Skip); }
+    size_t after_first;
+    {
+        std::lock_guard<std::mutex> lock(m);
+        after_first = seen.size();
+        bool found = std::any_of(seen.begin(), seen.end(), [](const std::pair<int32_t, std::string> &r) {
+            return r.first == ETB_LOG_INFO && starts_with(r.second, "etb_core::bootstrap|bootstrapped:");
+        });
+        CHECK(found, "no INFO record from etb_core::bootstrap among %zu", seen.size());
+        CHECK(std::none_of(seen.begin(), seen.end(), [](const std::pair<int32_t, std::string> &r) {
+                  return r.first > ETB_LOG_INFO;
+              }), "ETB_LOG let a DEBUG or TRACE record through");
+    }
+    int thrown = 0;
+    etb::set_log_callback([&](int32_t, std::string_view, std::string_view) {
+        thrown++;
+        throw std::runtime_error("a log function that throws");
+    });
+    { auto [client, info] = etb::bootstrap_client(nullptr, 5.0, etb::CudaMode::Skip); }
+    CHECK(thrown > 0, "the throwing function got no record");
+    etb::set_log_callback({});
+    { auto [client, info] = etb::bootstrap_client(nullptr, 5.0, etb::CudaMode::Skip); }
+    {
+        std::lock_guard<std::mutex> lock(m);
+        CHECK(seen.size() == after_first, "a replaced function got %zu more records", seen.size() - after_first);
+    }
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
 int main() {
     g_next_rank = (long long)getpid() * 1000 + 700;
     signal(SIGPIPE, SIG_IGN);
@@ -515,6 +560,7 @@ int main() {
     run_case("bootstrap_options", t_bootstrap_options);
     run_case("layout_payloads", t_layout_payloads);
     run_case("init_pair_payloads", t_init_pair_payloads);
+    run_case("log_callback", t_log_callback);
     run_cuda_case("cuda_payloads", t_cuda_payloads);
     run_cuda_case("cuda_errors", t_cuda_errors);
     printf("%d passed, %d failed\n", g_passed, g_failed);

@@ -180,12 +180,25 @@ def test_absolute_libdir_gives_absolute_pc_paths(tmp_path):
 
 
 def test_wheel_with_the_library_is_platform_tagged(tmp_path):
-    src = tmp_path / "python"
-    shutil.copytree(ROOT / "python", src, ignore=shutil.ignore_patterns("*.so*", "__pycache__", "*.egg-info", "build"))
-    shutil.copy2(TARGET / "libetha_tensor_bus.so", src / "etha_tensor_bus" / "libetha_tensor_bus.so")
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", tmp_path / "dist", src])
+    """`pip wheel ./python` from a copy of the checkout (what git tracks, and what it does not
+    ignore): setuptools-rust builds the library and etb; the wheel is platform-tagged and ships
+    both. Nothing is copied by hand."""
+    tree = tmp_path / "tree"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, tree / name)
+    assert not list((tree / "python").rglob("*.so*")), "the copy must hold no built library"
+    env = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "build" / "tests" / "pkg-cargo"))
+    env.pop("ETB_LIBRARY_PATH", None)
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", tmp_path / "dist",
+         tree / "python"], env=env)
     wheels = [p.name for p in (tmp_path / "dist").glob("*.whl")]
     assert len(wheels) == 1 and "none-any" not in wheels[0] and "linux" in wheels[0], wheels
     import zipfile
 
-    assert "etha_tensor_bus/libetha_tensor_bus.so" in zipfile.ZipFile(tmp_path / "dist" / wheels[0]).namelist()
+    names = zipfile.ZipFile(tmp_path / "dist" / wheels[0]).namelist()
+    assert any(n.startswith("etha_tensor_bus/libetha_tensor_bus") and ".so" in n for n in names), names
+    assert any(n.endswith(".data/scripts/etb") for n in names), names

@@ -21,7 +21,7 @@ waits --fail-delay, destroys its queue and state as the launch scripts' `finally
     standin_agent.py (--rank N | --command-queue PATH --state PATH) [--no-queue] [--sync]
                      [--exit-after SECS] [--no-dequeue] [--exit-on TYPE] [--never-ack TYPE]
                      [--fail-on TYPE] [--fail-delay SECS] [--keep-files] [--unpickle]
-                     [--hold TYPE SECS] [--stall-heartbeat] [--record PATH]
+                     [--hold TYPE SECS] [--stall-heartbeat] [--record PATH] [--forking-loads PATH]
 """
 import argparse
 import os
@@ -176,6 +176,17 @@ class QueueLeader:
                 pass
 
 
+def describe(obj):
+    """What --forking-loads records of one unpickled payload."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return {"dtype": str(obj.dtype), "shape": list(obj.shape), "values": obj.tolist()}
+    if isinstance(obj, tuple) and all(isinstance(d, int) for d in obj):
+        return {"mesh_shape": list(obj)}
+    return {"repr": repr(obj)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rank", type=int)
@@ -195,6 +206,10 @@ def main(argv=None):
     p.add_argument("--hold", nargs=2, metavar=("TYPE", "SECS"), help="handle TYPE for SECS before posting")
     p.add_argument("--stall-heartbeat", action="store_true")
     p.add_argument("--record", help="append each decoded command as a JSON line")
+    p.add_argument("--forking-loads", metavar="PATH",
+                   help="unpickle every payload with torch's ForkingPickler.loads, as the real agent does (needs "
+                        "torch), and append what it got as a JSON line: a tensor's dtype, shape and values, a mesh "
+                        "shape, or the repr of anything else")
     a = p.parse_args(argv)
     if a.rank is not None:
         queue_path, state_path = default_paths(a.rank)
@@ -223,6 +238,10 @@ def main(argv=None):
     first = beat()
     print(f"ready pid={os.getpid()} beat={first}", flush=True)
     record = open(a.record, "ab") if a.record else None
+    loads = open(a.forking_loads, "ab") if a.forking_loads else None
+    if loads:
+        import torch  # noqa: F401  (the agent's own torch: what its unpickling needs)
+        from multiprocessing.reduction import ForkingPickler
     signals = {}
 
     def put_state(key, value):
@@ -252,6 +271,17 @@ def main(argv=None):
                 except Exception as e:  # the agent's ForkingPickler.loads raises, the agent dies
                     print(f"{kind}: payload does not unpickle: {e!r}", file=sys.stderr, flush=True)
                     failed = True
+        if loads:
+            got = []
+            for data in payloads(cmd):
+                try:
+                    got.append(describe(ForkingPickler.loads(data)))
+                except Exception as e:  # as the agent: a payload that does not load is a failed command
+                    print(f"{kind}: ForkingPickler.loads failed: {e!r}", file=sys.stderr, flush=True)
+                    failed = True
+            loads.write(msgspec.json.encode({"command": kind, "batch_or_pair": getattr(cmd, "batch_id", None)
+                                             or getattr(cmd, "pair_name", None), "payloads": got}) + b"\n")
+            loads.flush()
         if a.hold and a.hold[0] == kind:
             time.sleep(float(a.hold[1]))
         if isinstance(cmd, InitPair):

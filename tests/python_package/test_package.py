@@ -5,9 +5,12 @@ import inspect
 import os
 import pickle
 import pathlib
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import time
 
 import pytest
 
@@ -62,18 +65,84 @@ def test_installed_copy_and_shipped_library():
     assert etha_tensor_bus.version() == "0.1.0"
 
 
-def test_drop_in_signature():
-    sig = inspect.signature(bootstrap_client)
-    positional = [p for p in sig.parameters.values() if p.kind != inspect.Parameter.KEYWORD_ONLY]
-    assert [(p.name, p.default) for p in positional] == [("path_naming_fn", None), ("connection_timeout", 30.0)]
-    extra = [p.name for p in sig.parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
-    assert extra == ["cuda_mode", "share_agent"], "anything beyond the reference must be keyword-only"
+P = inspect.Parameter
+# docs/protocol.md section 7: every public name and parameter of the reference, with its default.
+REFERENCE_API = {
+    "etha_tensor_bus.bootstrap.bootstrap_client": [("path_naming_fn", None), ("connection_timeout", 30.0)],
+    "etha_tensor_bus.client.TensorBusClient": [("agent_rank", P.empty), ("lmdb_command_queue_path", None),
+                                               ("agent_state_lmdb_path", None), ("connection_timeout", 30.0)],
+    "etha_tensor_bus.client.TensorBusClient.init_pair": [
+        ("pair_name", P.empty), ("local_name", P.empty), ("remote_name", P.empty), ("expected_world_size", P.empty),
+        ("device_mesh", None), ("placements", None), ("blocking", True), ("timeout", 30.0)],
+    "etha_tensor_bus.client.TensorBusClient.register_tensors": [
+        ("batch_id", P.empty), ("tensors", P.empty), ("bucket_size", None), ("timeout", 30.0)],
+    "etha_tensor_bus.client.TensorBusClient.transfer": [
+        ("batch_id", P.empty), ("transfer_type", P.empty), ("blocking", False), ("timeout", 30.0)],
+    "etha_tensor_bus.client.TensorBusClient.query_transfer_signal": [
+        ("batch_id", P.empty), ("blocking", True), ("timeout", 30.0)],
+    "etha_tensor_bus.client.TensorBusClient.close": [],
+    "etha_tensor_bus.client.BatchHandler.transfer": [("transfer_type", P.empty), ("blocking", False), ("timeout", 30.0)],
+    "etha_tensor_bus.client.BatchHandler.query_transfer_signal": [("blocking", True), ("timeout", 30.0)],
+    "etha_tensor_bus.client.BatchHandler.close": [("blocking", True), ("timeout", 30.0)],
+    "etha_tensor_bus.bootstrap.setup_ptrace": [],
+}
+
+
+def _resolve(dotted):
+    import importlib
+
+    module, _, rest = dotted.partition(".client.") if ".client." in dotted else dotted.partition(".bootstrap.")
+    module += ".client" if ".client." in dotted else ".bootstrap"
+    obj = importlib.import_module(module)
+    for part in rest.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_API))
+def test_reference_signature(name):
+    obj = _resolve(name)
+    params = [p for p in inspect.signature(obj).parameters.values() if p.name != "self"]
+    positional = [(p.name, p.default) for p in params if p.kind != P.KEYWORD_ONLY]
+    assert positional == REFERENCE_API[name], "the reference's parameters, in order, with its defaults"
+    # Anything beyond the reference is keyword-only (and private ones start with _).
+    assert all(p.kind == P.KEYWORD_ONLY for p in params[len(REFERENCE_API[name]):])
+    doc = (obj.__init__ if inspect.isclass(obj) else obj).__doc__ or obj.__doc__ or ""
+    assert "reference" in (obj.__doc__ or "") + doc, f"{name}'s docstring names its reference counterpart"
+
+
+def test_mirrored_modules_and_top_level_names():
+    from etha_tensor_bus import bootstrap, client
+
+    assert bootstrap.bootstrap_client is etha_tensor_bus.bootstrap_client
+    assert bootstrap.BootstrapInfo is BootstrapInfo and bootstrap.setup_ptrace is etha_tensor_bus.setup_ptrace
+    assert client.TensorBusClient is etha_tensor_bus.TensorBusClient
+    assert client.BatchHandler is etha_tensor_bus.BatchHandler
     fields = {f.name for f in __import__("dataclasses").fields(BootstrapInfo)}
     assert {"agent_rank", "global_rank", "rank_offset", "device", "command_queue_path", "state_path", "method"} <= fields
-    client_sig = inspect.signature(etha_tensor_bus.TensorBusClient.transfer)
-    assert [(p.name, p.default) for p in list(client_sig.parameters.values())[1:]] == [
-        ("batch_id", inspect.Parameter.empty), ("transfer_type", inspect.Parameter.empty), ("blocking", False), ("timeout", 30.0)]
-    assert callable(etha_tensor_bus.setup_ptrace)
+    extra = [p.name for p in inspect.signature(bootstrap_client).parameters.values() if p.kind == P.KEYWORD_ONLY]
+    assert extra == ["cuda_mode", "share_agent"]
+    # Type hints ship with it.
+    assert (pathlib.Path(etha_tensor_bus.__file__).parent / "py.typed").exists()
+
+
+def test_imports_and_bootstraps_without_torch(agent):
+    agent()
+    code = ("import sys, etha_tensor_bus\n"
+            "c, i = etha_tensor_bus.bootstrap_client()\n"
+            "c.init_pair('p', 'a', 'b', 2, device_mesh=(2,), placements=(('shard', 0),))\n"
+            "c.close()\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_etb_is_on_the_path_of_the_environment():
+    etb = shutil.which("etb")
+    assert etb and pathlib.Path(etb).parent == pathlib.Path(sys.executable).parent, etb
+    out = subprocess.run([etb, "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "status" in out.stdout, out.stderr
 
 
 def test_bootstrap_and_commands(agent):
@@ -158,6 +227,8 @@ def test_bootstrap_exceptions(agent, monkeypatch, make, status, builtin):
     assert isinstance(e.value, TensorBusError)
     assert e.value.status == errors.STATUS[status], e.value.message
     assert e.value.message == str(e.value)
+    if make == "env":  # the reference raises KeyError for a missing RANK, its docs say ValueError: both
+        assert isinstance(e.value, KeyError) and "RANK" in str(e.value)
 
 
 def test_naming_callable_exception_reaches_the_caller(agent):
@@ -223,10 +294,18 @@ def test_a_library_of_another_version_is_refused(tmp_path, monkeypatch):
 
 
 def test_etb_library_path_overrides(monkeypatch):
+    shipped = pathlib.Path(etha_tensor_bus._native.library_path())
     with tempfile.TemporaryDirectory() as d:
         monkeypatch.setenv("ETB_LIBRARY_PATH", os.path.join(d, "nope.so"))
-        with pytest.raises(OSError):
+        with pytest.raises(ImportError) as e:
             etha_tensor_bus._native.load()
+        # Where it looked, and what to do.
+        assert "nope.so" in str(e.value) and "pip install ./python" in str(e.value), str(e.value)
+        # The folder form: ETB_LIBRARY_PATH naming the folder that holds the library.
+        (pathlib.Path(d) / "libetha_tensor_bus.so").write_bytes(shipped.read_bytes())
+        monkeypatch.setenv("ETB_LIBRARY_PATH", d)
+        loaded = etha_tensor_bus._native.load()
+        assert loaded.etb_version().decode() == etha_tensor_bus.version()
 
 
 def test_example_script(agent):
@@ -235,3 +314,128 @@ def test_example_script(agent):
     out = subprocess.run([__import__("sys").executable, example], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "worker bootstrapped" in out.stdout and f"agent_rank         = {os.environ['AGENT_RANK']}" in out.stdout
+
+
+def _paths(rank):
+    return f"/tmp/agent_rank{rank}_command.lmdb", f"/tmp/agent_rank{rank}_state.lmdb"
+
+
+def test_tensor_bus_client_constructor(agent, monkeypatch):
+    p = agent()
+    rank = int(os.environ["AGENT_RANK"])
+    cq, st = _paths(rank)
+    monkeypatch.delenv("TENSOR_BUS_COMMAND_QUEUE_PATH", raising=False)
+    monkeypatch.delenv("TENSOR_BUS_STATE_PATH", raising=False)
+    with pytest.raises(ValueError, match="TENSOR_BUS_COMMAND_QUEUE_PATH and TENSOR_BUS_STATE_PATH"):
+        etha_tensor_bus.TensorBusClient(rank)
+    with etha_tensor_bus.TensorBusClient(rank, cq, st, 5.0) as client:
+        assert client.info.method == "direct" and client.info.global_rank == -1 and client.info.agent_pid == p.pid
+        assert client.query_transfer_signal("b") is False
+    monkeypatch.setenv("TENSOR_BUS_COMMAND_QUEUE_PATH", cq)
+    monkeypatch.setenv("TENSOR_BUS_STATE_PATH", st)
+    with etha_tensor_bus.TensorBusClient(rank) as client:
+        assert client.info.command_queue_path == cq and client.info.state_path == st
+    with pytest.raises(ConnectionError):
+        etha_tensor_bus.TensorBusClient(rank + 1, *_paths(rank + 1), connection_timeout=0.1)
+
+
+def test_non_blocking_forms_and_semaphore_calls(agent, tmp_path):
+    record = tmp_path / "record.tsv"
+    agent("--record", str(record))
+    client, _ = bootstrap_client()
+    with client:
+        done = client.init_pair("nb", "a", "b", 2, blocking=False)
+        done.acquire(10)
+        assert done.poll() is True
+        done.close()
+        batch = client.register_tensors("s", [(pickle.dumps(1, 4), "nb")])
+        sem = batch.transfer("send")
+        assert sem.name.startswith("Transfer s send")
+        sem.acquire()  # None: forever, as posix_ipc
+        sem.release()
+        sem.unlink()
+        sem.close()
+        assert batch.query_transfer_signal() is True
+        # blocking=False: sent, and what the state holds now (True, from the query above).
+        assert batch.query_transfer_signal(blocking=False) is True
+        batch.close(blocking=False)
+        with pytest.raises(ValueError):
+            client.register_tensors("e", [])
+        with pytest.raises(TypeError, match="torch.Tensor, an object with __cuda_array_interface__"):
+            client.register_tensors("e", [(1.5, "nb")])
+        with pytest.raises(TypeError):
+            client.init_pair("x", "a", "b", 2, device_mesh="2x2")
+    # The non-blocking commands were sent, not waited for: the agent takes them in its own time.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "CleanupBatch" not in record.read_text():
+        time.sleep(0.02)
+    kinds = [line.split("\t")[0] for line in record.read_text().splitlines()]
+    assert kinds[:2] == ["InitPair", "RegisterTensors"] and "CleanupBatch" in kinds and kinds.count("QueryStatus") == 2
+
+
+def test_acquire_timeout_is_a_timeout_error_and_a_busy_error(agent):
+    import posix_ipc
+
+    agent("--never-ack", "Transfer")
+    client, _ = bootstrap_client()
+    with client:
+        sem = client.transfer("t", "send")
+        with pytest.raises(TimeoutError) as e:
+            sem.acquire(0.2)
+        assert isinstance(e.value, posix_ipc.BusyError) and isinstance(e.value, TensorBusError)
+        sem.close()
+    assert not _own_semaphores()
+
+
+def _own_semaphores():
+    return [n for n in os.listdir("/dev/shm") if n.startswith("sem.command_") and n.split("_")[-2] == str(os.getpid())]
+
+
+def test_a_dropped_batch_handler_cleans_up_without_leaving_a_semaphore(agent, tmp_path):
+    record = tmp_path / "record.tsv"
+    agent("--record", str(record))
+    client, _ = bootstrap_client()
+    with client:
+        client.register_tensors("dropped", [(pickle.dumps(2, 4), "p")])  # the handler is dropped at once
+        import gc
+
+        gc.collect()
+        assert client.query_transfer_signal("dropped") is False  # the agent took the CleanupBatch before this
+        assert not _own_semaphores()
+    assert "CleanupBatch\tdropped" in record.read_text()
+
+
+def test_native_mesh_and_placement_forms_without_torch(agent):
+    import pickletools
+
+    from etha_tensor_bus import _payloads
+
+    assert pickle.loads(_payloads.mesh_bytes((2, 4))) == (2, 4)
+    blob = _payloads.placements_bytes((("shard", 1), "replicate", ("partial", "sum")))
+    text = " ".join(arg for _, arg, _ in pickletools.genops(blob) if isinstance(arg, str))
+    assert "torch.distributed.tensor.placement_types" in text, text
+    assert all(name in text for name in ("Shard", "Replicate", "Partial", "sum")), text
+    with pytest.raises(TypeError, match="a placement must be"):
+        _payloads.placements_bytes((("shard", "x"),))
+
+
+def test_library_records_reach_logging_with_level_and_filter(agent):
+    agent()
+    code = ("import logging, etha_tensor_bus\n"
+            "seen = []\n"
+            "class H(logging.Handler):\n"
+            "    def emit(self, r): seen.append((r.levelname, r.etb_target, r.getMessage()))\n"
+            "logging.getLogger('etha_tensor_bus').addHandler(H())\n"
+            "logging.getLogger('etha_tensor_bus').setLevel(logging.DEBUG)\n"
+            "c, i = etha_tensor_bus.bootstrap_client()\n"
+            "c.close()\n"
+            "for s in seen: print(*s, sep='|')\n")
+    for directive, want_info in (("warn,etb_core::bootstrap=info", True), ("warn", False)):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             env=dict(os.environ, ETB_LOG=directive))
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        info = [line for line in lines if line.startswith("INFO|etb_core::bootstrap|bootstrapped:")]
+        assert bool(info) == want_info, (directive, lines)
+        assert "bootstrapped:" not in out.stderr, "a record went to stderr instead of logging"
+        assert all(line.split("|")[0] in ("INFO", "WARNING", "ERROR") for line in lines), lines

@@ -4,7 +4,7 @@
 //! - `etb doctor`: this environment's bootstrap, step by step, without attaching or authorizing;
 //! - `etb gc`: the completion semaphores dead workers left in /dev/shm, removed.
 //!
-//! Exit status: 2 for a usage error; `status` and `gc` 0; `doctor` 0 when a bootstrap would
+//! Exit status: `--help` (or `-h`, `help`) prints the usage and 0; 2 for a usage error; `status` and `gc` 0; `doctor` 0 when a bootstrap would
 //! succeed now, 1 otherwise. `--json` output is a stable interface (README, "The node tool").
 
 mod doctor;
@@ -72,6 +72,10 @@ pub fn path_json(path: &std::path::Path) -> serde_json::Value {
 }
 
 fn main() -> ExitCode {
+    if matches!(std::env::args().nth(1).as_deref(), Some("--help" | "-h" | "help")) {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let args = match parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) if e == "no command given" => {

@@ -77,18 +77,49 @@ pub fn rank_origin(r: &RankInfo, default_naming: bool) -> connection::Origin {
 }
 
 /// Runs the whole bootstrap.
-pub fn bootstrap_client(options: BootstrapOptions<'_>) -> Result<(Client, BootstrapInfo)> {
+pub fn bootstrap_client(mut options: BootstrapOptions<'_>) -> Result<(Client, BootstrapInfo)> {
     let ranks = rank::resolve(options.env)?;
     let default_naming = options.path_naming.is_none();
-    let paths = match options.path_naming {
+    let paths = match options.path_naming.as_mut() {
         Some(naming) => naming(ranks.agent_rank)?,
         None => AgentPaths::default_for_rank(ranks.agent_rank),
     }
     .validate()?;
-    let deadline = options.connection_timeout.start();
     let origin = rank_origin(&ranks, default_naming);
+    attach(&ranks, paths, origin, &options)
+}
 
-    let settings = Settings { trust: options.trust, ptrace_mode: options.ptrace_mode, default_naming };
+/// Connects to agent `agent_rank` at explicit `paths`, reading nothing of the environment (the
+/// reference's `TensorBusClient(agent_rank, queue_path, state_path)`): the info's method is
+/// direct, its global rank -1, the device `cuda:0`. `options.path_naming` and `options.env`
+/// are not used.
+pub fn connect_client(
+    agent_rank: i64,
+    paths: AgentPaths,
+    options: &BootstrapOptions<'_>,
+) -> Result<(Client, BootstrapInfo)> {
+    let paths = paths.validate()?;
+    let ranks = RankInfo { agent_rank, global_rank: -1, rank_offset: None, local_rank: 0, method: Method::Direct };
+    let origin = connection::Origin {
+        text: format!("agent rank {agent_rank} given with its paths"),
+        agent_rank,
+        global_rank: None,
+        rank_offset: None,
+        default_naming: false,
+    };
+    attach(&ranks, paths, origin, options)
+}
+
+/// From resolved ranks and paths to an attached client.
+fn attach(
+    ranks: &RankInfo,
+    paths: AgentPaths,
+    origin: connection::Origin,
+    options: &BootstrapOptions<'_>,
+) -> Result<(Client, BootstrapInfo)> {
+    let deadline = options.connection_timeout.start();
+    let settings =
+        Settings { trust: options.trust, ptrace_mode: options.ptrace_mode, default_naming: origin.default_naming };
     let connection = connection::connect(&paths, settings.trust, &deadline, &origin)?;
     let worker_lock = worker_lock::acquire(&paths.state, options.share_agent, settings.trust)?;
     connection::authorize_agent(&connection.agent, settings.ptrace_mode);

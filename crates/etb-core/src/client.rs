@@ -261,6 +261,12 @@ pub struct Completion {
     link: Weak<Link>,
     /// What the proof has seen so far (the post consumes the semaphore: it goes on from there).
     tracker: Mutex<Tracker>,
+    /// The command's type, for messages.
+    what: &'static str,
+    /// What the agent is most likely doing when the completion does not come.
+    hint: String,
+    /// For `InitPair`: the pair whose match must be recorded once survival is proven.
+    pair: Option<String>,
     done: AtomicBool,
 }
 
@@ -484,7 +490,7 @@ impl Client {
         let issued = self.issue(command, &deadline, false)?;
         let sem = issued.sem.as_ref().expect("a completion was asked for");
         let mut tracker = Tracker::new(issued.position);
-        wait_posted(sem, &issued.link, &mut tracker, &deadline, command, &|| false)?;
+        wait_posted(sem, &issued.link, &mut tracker, &deadline, command.type_name(), &busy_hint(command), &|| false)?;
         issued.link.prove_survival(&tracker, &deadline, command.type_name(), sem.name(), &|| false)
     }
 
@@ -501,42 +507,41 @@ impl Client {
         placements_payload: Option<&[u8]>,
         timeout: Timeout,
     ) -> Result<()> {
-        if expected_world_size < 1 {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("expected_world_size is {expected_world_size}; it must be >= 1"),
-            ));
-        }
-        for (name, payload) in [("mesh_shape_payload", mesh_shape_payload), ("placements_payload", placements_payload)]
-        {
-            if let Some(bytes) = payload {
-                check_pickle(&format!("InitPair {name}"), bytes)?;
-            }
-        }
-        let command = Command::InitPair {
+        let command = init_pair_command(
             pair_name,
             local_name,
-            expected_world_size,
             remote_name,
+            expected_world_size,
             mesh_shape_payload,
             placements_payload,
-        };
+        )?;
         self.call(&command, timeout)?;
-        match self.link().state.pair_match(pair_name).map_err(|e| e.at(&self.paths.state))? {
-            PairMatch::Matched => Ok(()),
-            found => Err(Error::new(
-                ErrorKind::PairNotMatched,
-                format!(
-                    "InitPair {pair_name:?} completed but {} is {}: the agent did not match the pair \
-                     (check the peers' names and world size)",
-                    pair_match_key(pair_name),
-                    match found {
-                        PairMatch::Other(v) => format!("{v:02x?}"),
-                        _ => "absent".to_string(),
-                    }
-                ),
-            )),
-        }
+        check_pair_matched(&self.link(), pair_name)
+    }
+
+    /// `InitPair` without waiting: `timeout` bounds only the wait for queue space. The completion
+    /// reports done only once the agent survived the command and recorded the pair as matched
+    /// (`PairNotMatched` when it survived without matching).
+    #[allow(clippy::too_many_arguments)]
+    pub fn init_pair_async(
+        &self,
+        pair_name: &str,
+        local_name: &str,
+        remote_name: &str,
+        expected_world_size: i64,
+        mesh_shape_payload: Option<&[u8]>,
+        placements_payload: Option<&[u8]>,
+        timeout: Timeout,
+    ) -> Result<Completion> {
+        let command = init_pair_command(
+            pair_name,
+            local_name,
+            remote_name,
+            expected_world_size,
+            mesh_shape_payload,
+            placements_payload,
+        )?;
+        self.issue_async(&command, timeout, Some(pair_name.to_string()))
     }
 
     /// `RegisterTensors`, always blocking. `tensors` are `(pair_name, payload)`; every payload must
@@ -564,14 +569,46 @@ impl Client {
 
     /// `Transfer` without waiting: `timeout` bounds only the wait for queue space.
     pub fn transfer_async(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<Completion> {
+        self.issue_async(&Command::Transfer { batch_id, transfer_type: kind }, timeout, None)
+    }
+
+    /// `CleanupBatch` without waiting: `timeout` bounds only the wait for queue space.
+    pub fn cleanup_batch_async(&self, batch_id: &str, timeout: Timeout) -> Result<Completion> {
+        self.issue_async(&Command::CleanupBatch { batch_id }, timeout, None)
+    }
+
+    /// `QueryStatus` for the transfer signal, without waiting: the agent records the signal
+    /// later; [`Client::read_transfer_signal`] reads what the state holds at any time.
+    pub fn query_transfer_signal_async(&self, batch_id: &str, timeout: Timeout) -> Result<Completion> {
+        self.issue_async(&Command::QueryStatus { batch_id, state_name: TRANSFER_SIGNAL }, timeout, None)
+    }
+
+    /// The transfer signal the state holds now for `batch_id` (absent reads as false, as the
+    /// reference's non-blocking query returns): no command is sent.
+    pub fn read_transfer_signal(&self, batch_id: &str) -> Result<bool> {
+        self.check_process()?;
+        match self.link().state.transfer_signal(batch_id).map_err(|e| e.at(&self.paths.state))? {
+            Ok(signal) => Ok(signal),
+            Err(other) => Err(Error::new(
+                ErrorKind::Lmdb,
+                format!("{} holds {other:02x?}, not a MessagePack bool", transfer_signal_key(batch_id)),
+            )),
+        }
+    }
+
+    /// Enqueues `command` with a completion to wait on or poll later.
+    fn issue_async(&self, command: &Command<'_>, timeout: Timeout, pair: Option<String>) -> Result<Completion> {
         let deadline = timeout.start();
-        let issued = self.issue(&Command::Transfer { batch_id, transfer_type: kind }, &deadline, false)?;
+        let issued = self.issue(command, &deadline, false)?;
         Ok(Completion {
             sem: issued.sem.expect("asked for"),
             shared: issued.link.shared.clone(),
             link: Arc::downgrade(&issued.link),
             tracker: Mutex::new(Tracker::new(issued.position)),
             done: AtomicBool::new(false),
+            what: command.type_name(),
+            hint: busy_hint(command),
+            pair,
         })
     }
 
@@ -599,6 +636,55 @@ impl Client {
     }
 }
 
+/// Checks `InitPair`'s arguments and builds the command.
+fn init_pair_command<'a>(
+    pair_name: &'a str,
+    local_name: &'a str,
+    remote_name: &'a str,
+    expected_world_size: i64,
+    mesh_shape_payload: Option<&'a [u8]>,
+    placements_payload: Option<&'a [u8]>,
+) -> Result<Command<'a>> {
+    if expected_world_size < 1 {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("expected_world_size is {expected_world_size}; it must be >= 1"),
+        ));
+    }
+    for (name, payload) in [("mesh_shape_payload", mesh_shape_payload), ("placements_payload", placements_payload)] {
+        if let Some(bytes) = payload {
+            check_pickle(&format!("InitPair {name}"), bytes)?;
+        }
+    }
+    Ok(Command::InitPair {
+        pair_name,
+        local_name,
+        expected_world_size,
+        remote_name,
+        mesh_shape_payload,
+        placements_payload,
+    })
+}
+
+/// After a proven `InitPair`: the pair must be recorded as matched.
+fn check_pair_matched(link: &Link, pair_name: &str) -> Result<()> {
+    match link.state.pair_match(pair_name).map_err(|e| e.at(&link.paths.state))? {
+        PairMatch::Matched => Ok(()),
+        found => Err(Error::new(
+            ErrorKind::PairNotMatched,
+            format!(
+                "InitPair {pair_name:?} completed but {} is {}: the agent did not match the pair \
+                 (check the peers' names and world size)",
+                pair_match_key(pair_name),
+                match found {
+                    PairMatch::Other(v) => format!("{v:02x?}"),
+                    _ => "absent".to_string(),
+                }
+            ),
+        )),
+    }
+}
+
 /// What `issue` enqueued: the completion semaphore (unless detached), the link it went to, and
 /// its logical position in the queue.
 struct Issued {
@@ -623,10 +709,10 @@ fn wait_posted(
     link: &Link,
     tracker: &mut Tracker,
     deadline: &Deadline,
-    command: &Command<'_>,
+    what: &str,
+    hint: &str,
     closed: &dyn Fn() -> bool,
 ) -> Result<()> {
-    let what = command.type_name();
     let shared = &link.shared;
     let spin_until = std::time::Instant::now() + POST_SPIN;
     while tracker.during.is_none() && std::time::Instant::now() < spin_until && !deadline.expired() {
@@ -656,10 +742,9 @@ fn wait_posted(
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
-                        "{what}: no completion from the agent within {:.3}s (semaphore {}); {}",
+                        "{what}: no completion from the agent within {:.3}s (semaphore {}); {hint}",
                         deadline.elapsed_secs(),
                         sem.name(),
-                        busy_hint(command)
                     ),
                 ))
             }
@@ -703,7 +788,20 @@ impl Completion {
         match self.link.upgrade() {
             Some(link) => Ok(link),
             None if self.shared.closed.load(Ordering::Acquire) => Err(closed_error(self.sem.name())),
-            None => Err(self.shared.died_error("Transfer")),
+            None => Err(self.shared.died_error(self.what)),
+        }
+    }
+
+    /// The command's type (`Transfer`, `InitPair`, ...).
+    pub fn command(&self) -> &'static str {
+        self.what
+    }
+
+    /// Once survival is proven: for `InitPair`, the recorded match.
+    fn finish(&self, link: &Link) -> Result<()> {
+        match &self.pair {
+            Some(pair) => check_pair_matched(link, pair),
+            None => Ok(()),
         }
     }
 
@@ -719,10 +817,10 @@ impl Completion {
         let link = self.link()?;
         let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
         if tracker.after.is_none() {
-            let command = Command::Transfer { batch_id: "", transfer_type: TransferKind::Send };
-            wait_posted(&self.sem, &link, &mut tracker, &deadline, &command, &closed)?;
+            wait_posted(&self.sem, &link, &mut tracker, &deadline, self.what, &self.hint, &closed)?;
         }
-        link.prove_survival(&tracker, &deadline, "Transfer", self.sem.name(), &closed)?;
+        link.prove_survival(&tracker, &deadline, self.what, self.sem.name(), &closed)?;
+        self.finish(&link)?;
         self.done.store(true, Ordering::Release);
         Ok(())
     }
@@ -741,14 +839,15 @@ impl Completion {
             link.observe_dequeue(&mut tracker);
             match self.sem.semaphore().try_wait() {
                 Ok(true) => link.observe_post(&mut tracker),
-                Ok(false) if self.shared.agent_dead() => return Err(self.shared.died_error("Transfer")),
+                Ok(false) if self.shared.agent_dead() => return Err(self.shared.died_error(self.what)),
                 Ok(false) => return Ok(false),
                 Err(e) => return Err(crate::protocol::completion::ipc_error(self.sem.name(), e)),
             }
         }
         match link.survival(&tracker) {
-            Some(Seen::Dead) => Err(self.shared.died_error("Transfer was acknowledged, but")),
+            Some(Seen::Dead) => Err(self.shared.died_error(&format!("{} was acknowledged, but", self.what))),
             Some(_) => {
+                self.finish(&link)?;
                 self.done.store(true, Ordering::Release);
                 Ok(true)
             }

@@ -1,0 +1,159 @@
+"""What a Python worker hands to init_pair and register_tensors, turned into the bytes the agent
+unpickles: torch objects as the reference sends them (imported lazily: never when no torch
+object is passed), pre-pickled bytes as they are, and the torch-free forms through the
+library's native payloads."""
+import ctypes
+import sys
+
+from . import _native
+
+# numpy-style typestr of __cuda_array_interface__ -> ETB_DTYPE_*
+_TYPESTR = {"<f4": 0, "<f8": 1, "<f2": 2, "|u1": 4, "<u1": 4, "|i1": 5, "<i1": 5, "<i2": 6, "<i4": 7, "<i8": 8,
+            "|b1": 9, "<b1": 9}
+_PLACEMENT_KIND = {"shard": 0, "replicate": 1, "partial": 2}
+
+
+def _torch_loaded():
+    return "torch" in sys.modules
+
+
+def _forking_dumps(obj):
+    from multiprocessing.reduction import ForkingPickler
+
+    return bytes(ForkingPickler.dumps(obj))
+
+
+def _take(handle):
+    """The bytes of an EtbPayload handle, which is then freed."""
+    lib = _native.lib()
+    try:
+        return ctypes.string_at(lib.etb_payload_data(handle), lib.etb_payload_len(handle))
+    finally:
+        lib.etb_payload_free(handle)
+
+
+def _check(status):
+    from .errors import error_for
+
+    if status != 0:
+        raise error_for(status, _native.lib().etb_last_error_message().decode("utf-8", "replace"))
+
+
+def mesh_bytes(device_mesh):
+    """None, pre-pickled bytes, a torch DeviceMesh (the reference's
+    ForkingPickler.dumps(tuple(mesh.mesh.shape))), or a tuple of ints (native payload)."""
+    if device_mesh is None:
+        return None
+    if isinstance(device_mesh, (bytes, bytearray, memoryview)):
+        return bytes(device_mesh)
+    if _torch_loaded() and hasattr(device_mesh, "mesh") and hasattr(device_mesh.mesh, "shape"):
+        return _forking_dumps(tuple(device_mesh.mesh.shape))
+    if isinstance(device_mesh, (tuple, list)) and all(isinstance(d, int) for d in device_mesh):
+        dims = (ctypes.c_int64 * max(1, len(device_mesh)))(*device_mesh)
+        out = ctypes.c_void_p()
+        _check(_native.lib().etb_mesh_shape_payload(dims, len(device_mesh), ctypes.byref(out)))
+        return _take(out)
+    raise TypeError(f"device_mesh must be a torch DeviceMesh, a tuple of ints or bytes, not {type(device_mesh).__name__}")
+
+
+def _native_placement(p):
+    if p == "replicate":
+        return _native.Placement(1, 0, None)
+    if isinstance(p, tuple) and len(p) == 2 and p[0] in ("shard", "partial"):
+        if p[0] == "shard" and isinstance(p[1], int):
+            return _native.Placement(0, p[1], None)
+        if p[0] == "partial" and isinstance(p[1], str):
+            return _native.Placement(2, 0, p[1].encode("utf-8"))
+    raise TypeError(f"a placement must be ('shard', dim), 'replicate' or ('partial', op), not {p!r}")
+
+
+def placements_bytes(placements):
+    """None, pre-pickled bytes, torch placements (ForkingPickler.dumps(placements), as the
+    reference), or ('shard', dim) / 'replicate' / ('partial', op) forms (native payload)."""
+    if placements is None:
+        return None
+    if isinstance(placements, (bytes, bytearray, memoryview)):
+        return bytes(placements)
+    items = tuple(placements)
+    if _torch_loaded() and items and all(type(p).__module__.startswith("torch.") for p in items):
+        return _forking_dumps(items)
+    native = [_native_placement(p) for p in items]
+    array = (_native.Placement * max(1, len(native)))(*native)
+    out = ctypes.c_void_p()
+    _check(_native.lib().etb_placements_payload(array, len(native), ctypes.byref(out)))
+    return _take(out)
+
+
+def _is_torch_tensor(obj):
+    return _torch_loaded() and type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
+
+
+def tensor_payload(tensor, client_handle, keep):
+    """The bytes of one register_tensors entry. A native CUDA payload made for an object with
+    __cuda_array_interface__ is appended to `keep` (its memory must stay alive with the batch)."""
+    if isinstance(tensor, (bytes, bytearray, memoryview)):
+        return bytes(tensor)
+    if _is_torch_tensor(tensor):
+        return _forking_dumps(tensor.detach())
+    iface = getattr(tensor, "__cuda_array_interface__", None)
+    if iface is not None:
+        return _cuda_array_payload(iface, client_handle, keep)
+    raise TypeError(
+        f"a tensor must be a torch.Tensor, an object with __cuda_array_interface__ (CuPy, Numba, JAX...) or "
+        f"pre-pickled bytes, not {type(tensor).__name__}"
+    )
+
+
+def _cuda_array_payload(iface, client_handle, keep):
+    lib = _native.lib()
+    typestr = iface["typestr"]
+    if typestr not in _TYPESTR:
+        raise TypeError(f"__cuda_array_interface__ typestr {typestr!r} has no torch dtype this library knows")
+    dtype = _TYPESTR[typestr]
+    size = lib.etb_dtype_size(dtype)
+    shape = tuple(int(d) for d in iface["shape"])
+    strides = iface.get("strides")
+    if strides is not None:
+        if any(s % size for s in strides):
+            raise ValueError(f"__cuda_array_interface__ strides {tuple(strides)} are not multiples of the element size {size}")
+        strides = tuple(s // size for s in strides)
+    data = int(iface["data"][0])
+    t = _native.CudaTensor()
+    lib.etb_cuda_tensor_init(ctypes.byref(t))
+    t.dtype, t.data, t.ndim = dtype, data, len(shape)
+    shape_arr = (ctypes.c_int64 * max(1, len(shape)))(*shape)
+    t.shape = ctypes.cast(shape_arr, ctypes.POINTER(ctypes.c_int64))
+    if strides is not None:
+        strides_arr = (ctypes.c_int64 * max(1, len(strides)))(*strides)
+        t.strides = ctypes.cast(strides_arr, ctypes.POINTER(ctypes.c_int64))
+    stream = iface.get("stream")
+    if stream is not None:  # the consumer waits for the work queued on it (1 and 2 are CUDA's special streams)
+        t.wait_on_stream, t.stream = 1, (0 if stream == 1 else stream)
+    out = ctypes.c_void_p()
+    _check(lib.etb_client_cuda_tensor_payload(client_handle, ctypes.byref(t), ctypes.byref(out)))
+    payload = _NativePayload(out)
+    keep.append(payload)
+    return payload.bytes()
+
+
+class _NativePayload:
+    """A native payload kept alive with its batch (it holds the reference-counter slot)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def bytes(self):
+        lib = _native.lib()
+        return ctypes.string_at(lib.etb_payload_data(self._handle), lib.etb_payload_len(self._handle))
+
+    def in_use(self):
+        busy = ctypes.c_bool(False)
+        _check(_native.lib().etb_payload_in_use(self._handle, ctypes.byref(busy)))
+        return busy.value
+
+    def close(self):
+        if self._handle:
+            _native.lib().etb_payload_free(self._handle)
+            self._handle = None
+
+    __del__ = close

@@ -1,0 +1,295 @@
+"""The worker's client: a drop-in for the reference `etha.tensor_bus.client` (TensorBusClient,
+BatchHandler), with the reference's names, defaults and errors (docs/protocol.md section 7).
+Beyond the reference, keyword-only; and what it does not copy (a completion that reports done
+although the agent died; a close() that destroys the agent's queue; leaked semaphores) is in
+the README."""
+import ctypes
+import os
+import time
+from typing import List, Optional, Sequence, Tuple
+
+from . import _native, _payloads
+from .errors import STATUS, AcquireTimeout, TensorBusError, error_for
+
+__all__ = ["BatchHandler", "Completion", "TensorBusClient"]
+
+_TRANSFER = {"send": 0, "recv": 1}
+
+
+def _check(status):
+    if status != STATUS["OK"]:
+        raise error_for(status, _native.lib().etb_last_error_message().decode("utf-8", "replace"))
+
+
+def _text(value, what):
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    return value.encode("utf-8")
+
+
+def _kind(transfer_type):
+    try:
+        return _TRANSFER[transfer_type]
+    except KeyError:
+        raise ValueError(f"transfer_type must be 'send' or 'recv', not {transfer_type!r}") from None
+
+
+class _Owned:
+    """Owns one handle of the library, released by `_release` on close(), on garbage
+    collection, or at the end of a `with` block."""
+
+    _release = ""
+    _handle = None
+
+    def close(self):
+        if self._handle:
+            getattr(_native.lib(), self._release)(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Completion(_Owned):
+    """A command issued without waiting (transfer, init_pair, query_transfer_signal or
+    BatchHandler.close with blocking=False). It reports done only once the agent posted it and was
+    seen to survive it. It also answers what reference users call on the posix_ipc.Semaphore the
+    reference returns: acquire(timeout), release(), close(), unlink(), name."""
+
+    _release = "etb_completion_free"
+
+    def __init__(self, handle, name=""):
+        self._handle = handle
+        self.name = name  # the reference's semaphore name attribute
+
+    @property
+    def _h(self):
+        if not self._handle:
+            raise TensorBusError(STATUS["CLOSED"], "the completion is closed")
+        return self._handle
+
+    def wait(self, timeout=30.0):
+        """Waits until the command is proven done (TimeoutError past `timeout`)."""
+        _check(_native.lib().etb_completion_wait(self._h, float(timeout)))
+
+    def poll(self):
+        """Whether the command is proven done; never blocks."""
+        done = ctypes.c_bool(False)
+        _check(_native.lib().etb_completion_poll(self._h, ctypes.byref(done)))
+        return done.value
+
+    def acquire(self, timeout=None):
+        """posix_ipc.Semaphore.acquire: waits (forever when None); on expiry raises an exception
+        that is a TimeoutError and, where posix_ipc is importable, a posix_ipc.BusyError."""
+        try:
+            self.wait(float("inf") if timeout is None else timeout)
+        except TensorBusError as e:
+            if e.status == STATUS["TIMEOUT"]:
+                raise AcquireTimeout(e.status, e.message) from None
+            raise
+
+    def release(self):
+        """posix_ipc.Semaphore.release: nothing to do here (the agent posts, we consume)."""
+
+    def unlink(self):
+        """posix_ipc.Semaphore.unlink: the semaphore is removed by close() (and on collection)."""
+        self.close()
+
+
+class TensorBusClient(_Owned):
+    """A worker's connection to its agent (the reference's TensorBusClient). Made by
+    bootstrap_client, or directly with an agent rank and the two paths (taken from
+    TENSOR_BUS_COMMAND_QUEUE_PATH and TENSOR_BUS_STATE_PATH when None). Closing it releases only
+    this worker's handles: the agent's queue and files stay (the reference's close() destroys
+    them, a defect not copied). A context manager."""
+
+    _release = "etb_client_close"
+
+    def __init__(self, agent_rank: int, lmdb_command_queue_path: Optional[str] = None,
+                 agent_state_lmdb_path: Optional[str] = None, connection_timeout: float = 30.0, *,
+                 cuda_mode: str = "auto", share_agent: bool = False, _handle=None):
+        self.info = None
+        if _handle is not None:
+            self._handle = _handle
+            return
+        from .bootstrap import _CUDA_MODES, _read_info
+
+        cq = lmdb_command_queue_path or os.environ.get("TENSOR_BUS_COMMAND_QUEUE_PATH")
+        st = agent_state_lmdb_path or os.environ.get("TENSOR_BUS_STATE_PATH")
+        if not cq or not st:
+            raise ValueError("the agent's paths are needed: pass lmdb_command_queue_path and agent_state_lmdb_path, "
+                             "or set TENSOR_BUS_COMMAND_QUEUE_PATH and TENSOR_BUS_STATE_PATH")
+        lib = _native.lib()
+        options = _native.BootstrapOptions()
+        lib.etb_bootstrap_options_init(ctypes.byref(options))
+        options.connection_timeout_s = float(connection_timeout)
+        options.cuda_mode = _CUDA_MODES[cuda_mode]
+        options.allow_shared_agent = 1 if share_agent else 0
+        handle, info = ctypes.c_void_p(), ctypes.c_void_p()
+        _check(lib.etb_client_connect(int(agent_rank), os.fsencode(cq), os.fsencode(st), ctypes.byref(options),
+                                      ctypes.byref(handle), ctypes.byref(info)))
+        self._handle = handle
+        self.info = _read_info(info)
+
+    @property
+    def _h(self):
+        if not self._handle:
+            raise TensorBusError(STATUS["CLOSED"], "the client is closed")
+        return self._handle
+
+    def init_pair(self, pair_name: str, local_name: str, remote_name: str, expected_world_size: int,
+                  device_mesh=None, placements=None, blocking: bool = True, timeout: float = 30.0):
+        """The reference's init_pair. `device_mesh`: a torch DeviceMesh (sent as the reference does,
+        ForkingPickler.dumps(tuple(mesh.mesh.shape))), a tuple of ints, or pre-pickled bytes.
+        `placements`: torch placements (ForkingPickler.dumps(placements)), ("shard", dim),
+        "replicate", ("partial", op), or bytes. Blocking: returns once the agent matched the pair
+        (and survived). blocking=False returns a Completion whose wait/poll/acquire report success
+        only once the agent recorded the match."""
+        lib = _native.lib()
+        mesh, place = _payloads.mesh_bytes(device_mesh), _payloads.placements_bytes(placements)
+        args = (self._h, _text(pair_name, "pair_name"), _text(local_name, "local_name"),
+                _text(remote_name, "remote_name"), int(expected_world_size), mesh, 0 if mesh is None else len(mesh),
+                place, 0 if place is None else len(place), float(timeout))
+        if blocking:
+            _check(lib.etb_client_init_pair(*args))
+            return None
+        handle = ctypes.c_void_p()
+        _check(lib.etb_client_init_pair_async(*args, ctypes.byref(handle)))
+        return Completion(handle, f"InitPair {pair_name}")
+
+    def register_tensors(self, batch_id: str, tensors: Sequence[Tuple[object, str]], bucket_size: Optional[int] = None,
+                         timeout: float = 30.0) -> "BatchHandler":
+        """The reference's register_tensors, always blocking. `tensors` is a list of (tensor,
+        pair_name): a torch tensor (sent as ForkingPickler.dumps(tensor.detach()), as the
+        reference), an object with __cuda_array_interface__ (a native CUDA payload, kept alive
+        with the returned BatchHandler), or pre-pickled bytes. An empty list is a ValueError."""
+        items = list(tensors)
+        if not items:
+            raise ValueError("register_tensors needs at least one (tensor, pair_name)")
+        keep: List[object] = []
+        blobs = [_payloads.tensor_payload(t, self._h, keep) for t, _ in items]
+        array = (_native.TensorPayload * len(items))()
+        for i, ((_, pair_name), blob) in enumerate(zip(items, blobs)):
+            array[i].pair_name = _text(pair_name, "pair_name")
+            array[i].data = ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p) if blob else None
+            array[i].len = len(blob)
+        _check(_native.lib().etb_client_register_tensors(
+            self._h, _text(batch_id, "batch_id"), array, len(items), 0 if bucket_size is None else int(bucket_size),
+            float(timeout)))
+        return BatchHandler(self, batch_id, [pair_name for _, pair_name in items], keep)
+
+    def transfer(self, batch_id: str, transfer_type: str, blocking: bool = False, timeout: float = 30.0):
+        """The reference's transfer. blocking=False (its default) returns a Completion, which also
+        answers the posix_ipc.Semaphore calls (acquire, release, close, unlink, name);
+        blocking=True waits until the agent is proven done and returns None."""
+        lib, kind, batch = _native.lib(), _kind(transfer_type), _text(batch_id, "batch_id")
+        if blocking:
+            _check(lib.etb_client_transfer(self._h, batch, kind, float(timeout)))
+            return None
+        handle = ctypes.c_void_p()
+        _check(lib.etb_client_transfer_async(self._h, batch, kind, float(timeout), ctypes.byref(handle)))
+        return Completion(handle, f"Transfer {batch_id} {transfer_type}")
+
+    def transfer_detached(self, batch_id: str, transfer_type: str, timeout: float = 30.0):
+        """Transfer with no completion at all (fire and forget; beyond the reference)."""
+        _check(_native.lib().etb_client_transfer_detached(self._h, _text(batch_id, "batch_id"), _kind(transfer_type),
+                                                          float(timeout)))
+
+    def query_transfer_signal(self, batch_id: str, blocking: bool = True, timeout: float = 30.0) -> bool:
+        """The reference's query_transfer_signal. blocking=False sends the query without waiting
+        and returns what the state holds now (the previous answer, or False), as the reference."""
+        lib, batch = _native.lib(), _text(batch_id, "batch_id")
+        signal = ctypes.c_bool(False)
+        if blocking:
+            _check(lib.etb_client_query_transfer_signal(self._h, batch, float(timeout), ctypes.byref(signal)))
+            return signal.value
+        handle = ctypes.c_void_p()
+        _check(lib.etb_client_query_transfer_signal_async(self._h, batch, float(timeout), ctypes.byref(handle)))
+        Completion(handle).close()
+        _check(lib.etb_client_read_transfer_signal(self._h, batch, ctypes.byref(signal)))
+        return signal.value
+
+    def cleanup_batch(self, batch_id: str, blocking: bool = True, timeout: float = 30.0):
+        """CleanupBatch (the reference's BatchHandler.close); blocking=False returns a Completion."""
+        lib, batch = _native.lib(), _text(batch_id, "batch_id")
+        if blocking:
+            _check(lib.etb_client_cleanup_batch(self._h, batch, float(timeout)))
+            return None
+        handle = ctypes.c_void_p()
+        _check(lib.etb_client_cleanup_batch_async(self._h, batch, float(timeout), ctypes.byref(handle)))
+        return Completion(handle, f"CleanupBatch {batch_id}")
+
+    def close(self):
+        """The reference's close(): releases this worker's handles (the lock on the agent, its
+        CUDA binding, the open files). Unlike the reference, the agent's queue and files are left
+        to the agent. Idempotent; later calls raise a TensorBusError with status CLOSED."""
+        super().close()
+
+    def reconnect(self, timeout: float = 30.0):
+        """After the agent died and a new one started: use the new agent, keeping this client.
+        Its pairs and batches are gone: init them again (beyond the reference)."""
+        _check(_native.lib().etb_client_reconnect(self._h, float(timeout)))
+
+    def cuda_context(self):
+        """The CUcontext (an int address) the client holds, or None when unbound."""
+        return _native.lib().etb_client_cuda_context(self._h)
+
+    def bind_current_thread(self):
+        """Makes the client's CUDA context current on the calling thread."""
+        _check(_native.lib().etb_client_bind_current_thread(self._h))
+
+    def heartbeat_age(self) -> float:
+        age = ctypes.c_double()
+        _check(_native.lib().etb_client_heartbeat_age(self._h, ctypes.byref(age)))
+        return age.value
+
+
+class BatchHandler:
+    """What register_tensors returns (the reference's BatchHandler). Dropping it without close()
+    sends a non-blocking CleanupBatch, as the reference's __del__ does, never raising and never
+    leaving a semaphore behind."""
+
+    def __init__(self, client: TensorBusClient, batch_id: str, pair_names: List[str], keep=()):
+        self.client = client
+        self.batch_id = batch_id
+        self.pair_names = pair_names
+        self._keep = list(keep)  # native payloads: their memory must outlive the batch's use
+        self._closed = False
+
+    def transfer(self, transfer_type: str, blocking: bool = False, timeout: float = 30.0):
+        """The reference's BatchHandler.transfer."""
+        return self.client.transfer(self.batch_id, transfer_type, blocking=blocking, timeout=timeout)
+
+    def query_transfer_signal(self, blocking: bool = True, timeout: float = 30.0) -> bool:
+        """The reference's BatchHandler.query_transfer_signal."""
+        return self.client.query_transfer_signal(self.batch_id, blocking=blocking, timeout=timeout)
+
+    def in_use(self) -> bool:
+        """Whether a consumer still holds the memory of a native payload of this batch (beyond
+        the reference; False when it has none)."""
+        return any(p.in_use() for p in self._keep)
+
+    def close(self, blocking: bool = True, timeout: float = 30.0):
+        """The reference's BatchHandler.close: CleanupBatch (blocking=False: sent, not waited for)."""
+        self._closed = True
+        completion = self.client.cleanup_batch(self.batch_id, blocking=blocking, timeout=timeout)
+        if completion is not None:
+            completion.close()
+
+    def __del__(self):
+        if getattr(self, "_closed", True):
+            return
+        try:
+            if self.client._handle:
+                self.close(blocking=False, timeout=0.0)
+        except Exception:
+            pass
