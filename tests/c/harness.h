@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <unistd.h>
 
 extern char **environ;
 
@@ -139,16 +140,30 @@ static inline int path_exists(const char *path) {
     return stat(path, &st) == 0;
 }
 
+/* Every file and queue semaphore of agent `rank` (default naming), as printf formats. */
+static const char *const AGENT_FILE_FMTS[] = {
+    "/tmp/agent_rank%lld_command.lmdb", "/tmp/agent_rank%lld_command.lmdb-lock",
+    "/tmp/agent_rank%lld_state.lmdb", "/tmp/agent_rank%lld_state.lmdb-lock",
+    "/dev/shm/sem.cq_agent_rank%lld_command", "/dev/shm/sem.cq_space_agent_rank%lld_command",
+    "/dev/shm/sem.cq_ready_agent_rank%lld_command"};
+#define AGENT_FILE_COUNT (sizeof AGENT_FILE_FMTS / sizeof AGENT_FILE_FMTS[0])
+
+/* Removes a killed agent's leftovers, as its launch script would. */
+static inline void remove_agent_files(long long rank) {
+    char p[256];
+    size_t i;
+    for (i = 0; i < AGENT_FILE_COUNT; i++) {
+        snprintf(p, sizeof p, AGENT_FILE_FMTS[i], rank);
+        unlink(p);
+    }
+}
+
 /* Nothing of agent `rank` left in /tmp or /dev/shm. */
 static inline int nothing_left(long long rank) {
     char p[256];
-    const char *fmts[] = {"/tmp/agent_rank%lld_command.lmdb", "/tmp/agent_rank%lld_command.lmdb-lock",
-                          "/tmp/agent_rank%lld_state.lmdb", "/tmp/agent_rank%lld_state.lmdb-lock",
-                          "/dev/shm/sem.cq_agent_rank%lld_command", "/dev/shm/sem.cq_space_agent_rank%lld_command",
-                          "/dev/shm/sem.cq_ready_agent_rank%lld_command"};
     size_t i;
-    for (i = 0; i < sizeof fmts / sizeof fmts[0]; i++) {
-        snprintf(p, sizeof p, fmts[i], rank);
+    for (i = 0; i < AGENT_FILE_COUNT; i++) {
+        snprintf(p, sizeof p, AGENT_FILE_FMTS[i], rank);
         if (path_exists(p)) {
             snprintf(g_why, sizeof g_why, "left behind: %s", p);
             return 0;

@@ -240,19 +240,7 @@ static int dying(const char *ty, int keep_files) {
     CHECK(strstr(etb_last_error_message(), "(etb_client_reconnect)") != NULL, "%s", etb_last_error_message());
     waitpid(agent.pid, NULL, 0);
     etb_client_close(c);
-    if (keep_files) {
-        /* A killed agent's leftovers: removed here, as its launch script would. */
-        char p[256];
-        const char *fmts[] = {"/tmp/agent_rank%lld_command.lmdb", "/tmp/agent_rank%lld_command.lmdb-lock",
-                              "/tmp/agent_rank%lld_state.lmdb", "/tmp/agent_rank%lld_state.lmdb-lock",
-                              "/dev/shm/sem.cq_agent_rank%lld_command", "/dev/shm/sem.cq_space_agent_rank%lld_command",
-                              "/dev/shm/sem.cq_ready_agent_rank%lld_command"};
-        size_t i;
-        for (i = 0; i < sizeof fmts / sizeof fmts[0]; i++) {
-            snprintf(p, sizeof p, fmts[i], rank);
-            unlink(p);
-        }
-    }
+    if (keep_files) remove_agent_files(rank);
     return nothing_left(rank) && our_semaphores() == 0;
 }
 

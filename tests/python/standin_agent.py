@@ -308,18 +308,22 @@ def main(argv=None):
                 pass
         return not failed
 
+    def remove_files():
+        """What the agent's launch script removes when the agent ends: its queue and state."""
+        if queue:
+            queue.destroy()
+        state.close()
+        for suffix in ("", "-lock"):
+            try:
+                os.remove(state_path + suffix)
+            except FileNotFoundError:
+                pass
+
     def die():
         """The agent after a command raised: no heartbeat, then the launch script's finally."""
         time.sleep(a.fail_delay)
         if not a.keep_files:
-            if queue:
-                queue.destroy()
-            state.close()
-            for suffix in ("", "-lock"):
-                try:
-                    os.remove(state_path + suffix)
-                except FileNotFoundError:
-                    pass
+            remove_files()
         os._exit(3)
 
     started = time.monotonic()
@@ -335,14 +339,7 @@ def main(argv=None):
         if not a.stall_heartbeat:
             beat()
 
-    if queue:
-        queue.destroy()
-    state.close()
-    for suffix in ("", "-lock"):
-        try:
-            os.remove(state_path + suffix)
-        except FileNotFoundError:
-            pass
+    remove_files()
     return 0
 
 
