@@ -261,7 +261,7 @@ def torch_tests(c_build):
         return
     env = dict(os.environ, ETB_LIBRARY_PATH=str(TARGET / "libetha_tensor_bus.so"),
                ETB_DEV_AGENT=str(TARGET / "etb-dev-agent"), ETB_FAKE_CUDA=str(c_build / "libfakecuda_default.so"))
-    pytest_suite("native payloads against torch 2.11.0 (pytest, fake CUDA driver)", python, "tests/torch", env)
+    pytest_suite("native payloads and the Python drop-in against torch 2.11.0 (pytest, fake CUDA driver)", python, "tests/torch", env)
 
 
 def packaging_tests():
