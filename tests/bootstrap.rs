@@ -55,11 +55,11 @@ fn default_names_offset_method() {
     assert_eq!(info.paths, AgentPaths::default_for_rank(rank));
     assert_eq!(info.agent_pid, Some(agent.pid()));
     assert_eq!(client.agent_pid(), Some(agent.pid()));
-    assert!(client.state_locking(), "the lock file is writable: a reader slot must be used");
+    assert!(client.test_hooks().state_locking(), "the lock file is writable: a reader slot must be used");
     let age = client.heartbeat_age().unwrap();
     assert!((0.0..5.0).contains(&age), "{age}");
-    assert_eq!(client.queue_positions().unwrap(), (0, 0));
-    assert_eq!(client.queue_semaphore_values().unwrap(), (0, 50_000));
+    assert_eq!(client.test_hooks().queue_positions().unwrap(), (0, 0));
+    assert_eq!(client.test_hooks().queue_semaphore_values().unwrap(), (0, 50_000));
     drop(client);
     let paths = agent.paths.clone();
     drop(agent);
@@ -103,7 +103,7 @@ fn two_clients_of_one_agent_share_environments() {
     let (b, ib) = boot_paths(&paths, 5.0).unwrap();
     assert_eq!(ia.agent_pid, Some(agent.pid()));
     assert_eq!(ib.agent_pid, Some(agent.pid()), "the second client learns the pid from the shared entry");
-    assert_eq!(a.state_file_id(), b.state_file_id());
+    assert_eq!(a.test_hooks().state_file_id(), b.test_hooks().state_file_id());
     let lock_ino = std::os::unix::fs::MetadataExt::ino(
         &std::fs::metadata(etb_core::protocol::state_db::lock_path(&paths.state)).unwrap(),
     );

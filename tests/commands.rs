@@ -117,19 +117,21 @@ fn full_queue_changes_nothing() {
     for i in 0..50_000 {
         c.transfer_detached(&format!("b{i}"), Send, t(0.0)).unwrap();
     }
-    let before = c.queue_positions().unwrap();
+    let before = c.test_hooks().queue_positions().unwrap();
     assert_eq!(before, (0, 50_000));
-    let slots: Vec<_> = [0u64, 1, 25_000, 49_999].iter().map(|&p| c.queue_peek(p).unwrap().unwrap()).collect();
+    let slots: Vec<_> =
+        [0u64, 1, 25_000, 49_999].iter().map(|&p| c.test_hooks().queue_peek(p).unwrap().unwrap()).collect();
     let start = Instant::now();
     let e = c.transfer_detached("one-too-many", Send, t(0.1)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
     assert!(start.elapsed() >= Duration::from_millis(100));
     let e = c.transfer("fullblocking", Send, t(0.0)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::QueueFull, "{e}");
-    assert_eq!(c.queue_positions().unwrap(), before, "head and tail unchanged");
-    let after: Vec<_> = [0u64, 1, 25_000, 49_999].iter().map(|&p| c.queue_peek(p).unwrap().unwrap()).collect();
+    assert_eq!(c.test_hooks().queue_positions().unwrap(), before, "head and tail unchanged");
+    let after: Vec<_> =
+        [0u64, 1, 25_000, 49_999].iter().map(|&p| c.test_hooks().queue_peek(p).unwrap().unwrap()).collect();
     assert_eq!(slots, after, "contents unchanged");
-    assert_eq!(c.queue_semaphore_values().unwrap(), (50_000, 0));
+    assert_eq!(c.test_hooks().queue_semaphore_values().unwrap(), (50_000, 0));
     assert_eq!(
         our_completion_semaphores("fullblocking"),
         Vec::<String>::new(),
@@ -223,7 +225,7 @@ fn nothing_lost_and_order_kept_across_threads() {
         next[th] += 1;
     }
     assert_eq!(next, [N; 3]);
-    let (head, tail) = c.queue_positions().unwrap();
+    let (head, tail) = c.test_hooks().queue_positions().unwrap();
     assert_eq!((head, tail), (3 * N as u64 + 1, 3 * N as u64 + 1), "the ring wrapped past 50,000");
 }
 
@@ -315,7 +317,7 @@ fn dead_agent_seen_while_waiting_for_space_and_before_enqueue() {
     let _ = agent.child.wait();
     assert_eq!(c.transfer_detached("deadspace-first", Send, t(5.0)).unwrap_err().kind(), ErrorKind::AgentDied);
     assert_eq!(c.transfer_async("deadspace-first", Send, t(5.0)).err().unwrap().kind(), ErrorKind::AgentDied);
-    assert_eq!(c.queue_positions().unwrap(), (0, 0), "nothing enqueued into a dead agent's queue");
+    assert_eq!(c.test_hooks().queue_positions().unwrap(), (0, 0), "nothing enqueued into a dead agent's queue");
     drop(c);
     remove_agent_leftovers(&paths);
     assert_eq!(our_completion_semaphores("deadspace"), Vec::<String>::new());

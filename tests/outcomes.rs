@@ -163,7 +163,7 @@ fn non_pickle_payloads_are_refused_with_nothing_enqueued() {
     let raw_tensor: Vec<u8> = (0..64u8).collect();
     let random: Vec<u8> = (0..257u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let truncated = &PICKLE[..PICKLE.len() - 1];
-    let before = c.queue_positions().unwrap();
+    let before = c.test_hooks().queue_positions().unwrap();
     for bad in [&b""[..], &random, &raw_tensor, truncated] {
         let e = c.register_tensors("g", &[("p", PICKLE), ("p", bad)], None, t(1.0)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
@@ -176,12 +176,12 @@ fn non_pickle_payloads_are_refused_with_nothing_enqueued() {
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
         let e = c.init_pair("g", "a", "b", 1, None, Some(bad), t(1.0)).unwrap_err();
         assert!(e.message().contains("InitPair placements_payload"), "{e}");
-        assert_eq!(c.queue_positions().unwrap(), before, "the queue's tail moved");
+        assert_eq!(c.test_hooks().queue_positions().unwrap(), before, "the queue's tail moved");
     }
     // A pickle is accepted (enqueued: the agent does not dequeue, so the call times out).
     let e = c.register_tensors("g", &[("p", PICKLE)], None, t(0.05)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
-    assert_eq!(c.queue_positions().unwrap(), (before.0, before.1 + 1));
+    assert_eq!(c.test_hooks().queue_positions().unwrap(), (before.0, before.1 + 1));
 }
 
 #[test]

@@ -1,0 +1,280 @@
+//! The five commands of the reference client (docs/protocol.md sections 4-5), as methods of
+//! [`Client`]: each enqueues one message and, unless detached, waits for its completion and for
+//! proof that the agent survived it (`outcome`).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use super::completion::Completion;
+use super::link::Link;
+use super::outcome::{wait_posted, Tracker};
+use super::Client;
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::command_queue::EnqueueError;
+use crate::protocol::commands::{Command, TransferKind, TRANSFER_SIGNAL};
+use crate::protocol::completion::CompletionSemaphore;
+use crate::protocol::payload_check::{check_pickle, warn_if_not_shared};
+use crate::protocol::state_db::{pair_match_key, transfer_signal_key, unix_now, PairMatch};
+use crate::timeout::{Deadline, Timeout};
+
+impl Client {
+    /// Enqueues `command`, with a fresh completion semaphore unless `detached`.
+    pub(super) fn issue(&self, command: &Command<'_>, deadline: &Deadline, detached: bool) -> Result<Issued> {
+        let what = command.type_name();
+        let link = self.link();
+        link.shared.check_process()?;
+        // A client of a dead agent is unusable: checked before every command (one `poll` with a
+        // zero timeout), so nothing is enqueued into a queue nobody will read.
+        if link.shared.agent_dead() {
+            return Err(link.shared.died_error(what));
+        }
+        let sem = if detached {
+            None
+        } else {
+            let (kind, context) = command.completion_label();
+            Some(CompletionSemaphore::create(kind, &context)?)
+        };
+        let message = command.encode(Some(unix_now()), sem.as_ref().map(CompletionSemaphore::name));
+        let shared = &link.shared;
+        match link.queue.enqueue(&message, deadline, &|| shared.agent_dead()) {
+            Ok(position) => Ok(Issued { sem, link: link.clone(), position }),
+            Err(EnqueueError::Full) => {
+                let (head, tail) = link.queue.positions().unwrap_or((0, 0));
+                Err(Error::new(
+                    ErrorKind::QueueFull,
+                    format!(
+                        "{what}: the agent's command queue {} stayed full for {:.3}s (head {head}, tail {tail}): \
+                         the agent is not consuming; nothing was enqueued",
+                        self.paths.command_queue.display(),
+                        deadline.elapsed_secs()
+                    ),
+                ))
+            }
+            Err(EnqueueError::GaveUp) => Err(shared.died_error(what)),
+            Err(EnqueueError::Lmdb(e)) => Err(e.at(&self.paths.command_queue)),
+            Err(EnqueueError::Sem(e)) => {
+                Err(Error::new(ErrorKind::Ipc, format!("{what}: command queue semaphore: {}", e.text())))
+            }
+        }
+    }
+
+    /// Issues `command` and waits for its completion and for proof that the agent survived it,
+    /// all within `timeout`.
+    fn call(&self, command: &Command<'_>, timeout: Timeout) -> Result<()> {
+        let deadline = timeout.start();
+        let issued = self.issue(command, &deadline, false)?;
+        let sem = issued.sem.as_ref().expect("a completion was asked for");
+        let mut tracker = Tracker::new(issued.position);
+        wait_posted(sem, &issued.link, &mut tracker, &deadline, command.type_name(), &busy_hint(command), &|| false)?;
+        issued.link.prove_survival(&tracker, &deadline, command.type_name(), sem.name(), &|| false)
+    }
+
+    /// `InitPair`: succeeds only if the agent survives it and records the pair as matched. The
+    /// payloads, when given, must look like pickles (`InvalidArgument` otherwise, nothing enqueued).
+    #[allow(clippy::too_many_arguments)]
+    pub fn init_pair(
+        &self,
+        pair_name: &str,
+        local_name: &str,
+        remote_name: &str,
+        expected_world_size: i64,
+        mesh_shape_payload: Option<&[u8]>,
+        placements_payload: Option<&[u8]>,
+        timeout: Timeout,
+    ) -> Result<()> {
+        let command = init_pair_command(
+            pair_name,
+            local_name,
+            remote_name,
+            expected_world_size,
+            mesh_shape_payload,
+            placements_payload,
+        )?;
+        self.call(&command, timeout)?;
+        check_pair_matched(&self.link(), pair_name)
+    }
+
+    /// `InitPair` without waiting: `timeout` bounds only the wait for queue space. The completion
+    /// reports done only once the agent survived the command and recorded the pair as matched
+    /// (`PairNotMatched` when it survived without matching).
+    #[allow(clippy::too_many_arguments)]
+    pub fn init_pair_async(
+        &self,
+        pair_name: &str,
+        local_name: &str,
+        remote_name: &str,
+        expected_world_size: i64,
+        mesh_shape_payload: Option<&[u8]>,
+        placements_payload: Option<&[u8]>,
+        timeout: Timeout,
+    ) -> Result<Completion> {
+        let command = init_pair_command(
+            pair_name,
+            local_name,
+            remote_name,
+            expected_world_size,
+            mesh_shape_payload,
+            placements_payload,
+        )?;
+        self.issue_async(&command, timeout, Some(pair_name.to_string()))
+    }
+
+    /// `RegisterTensors`, always blocking. `tensors` are `(pair_name, payload)`; every payload must
+    /// look like a pickle (`InvalidArgument` otherwise, nothing enqueued).
+    pub fn register_tensors(
+        &self,
+        batch_id: &str,
+        tensors: &[(&str, &[u8])],
+        bucket_size: Option<i64>,
+        timeout: Timeout,
+    ) -> Result<()> {
+        for (i, (pair, bytes)) in tensors.iter().enumerate() {
+            check_pickle(&format!("RegisterTensors payload {i} (pair {pair:?})"), bytes)?;
+        }
+        for (i, (pair, bytes)) in tensors.iter().enumerate() {
+            warn_if_not_shared(&format!("RegisterTensors payload {i} (pair {pair:?})"), bytes);
+        }
+        self.call(&Command::RegisterTensors { batch_id, tensors: tensors.to_vec(), bucket_size }, timeout)
+    }
+
+    /// `Transfer`, blocking until the agent acknowledges it.
+    pub fn transfer(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<()> {
+        self.call(&Command::Transfer { batch_id, transfer_type: kind }, timeout)
+    }
+
+    /// `Transfer` without waiting: `timeout` bounds only the wait for queue space.
+    pub fn transfer_async(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<Completion> {
+        self.issue_async(&Command::Transfer { batch_id, transfer_type: kind }, timeout, None)
+    }
+
+    /// `CleanupBatch` without waiting: `timeout` bounds only the wait for queue space.
+    pub fn cleanup_batch_async(&self, batch_id: &str, timeout: Timeout) -> Result<Completion> {
+        self.issue_async(&Command::CleanupBatch { batch_id }, timeout, None)
+    }
+
+    /// `QueryStatus` for the transfer signal, without waiting: the agent records the signal
+    /// later; [`Client::read_transfer_signal`] reads what the state holds at any time.
+    pub fn query_transfer_signal_async(&self, batch_id: &str, timeout: Timeout) -> Result<Completion> {
+        self.issue_async(&Command::QueryStatus { batch_id, state_name: TRANSFER_SIGNAL }, timeout, None)
+    }
+
+    /// The transfer signal the state holds now for `batch_id` (absent reads as false, as the
+    /// reference's non-blocking query returns): no command is sent.
+    pub fn read_transfer_signal(&self, batch_id: &str) -> Result<bool> {
+        self.check_process()?;
+        match self.link().state.transfer_signal(batch_id).map_err(|e| e.at(&self.paths.state))? {
+            Ok(signal) => Ok(signal),
+            Err(other) => Err(Error::new(
+                ErrorKind::Lmdb,
+                format!("{} holds {other:02x?}, not a MessagePack bool", transfer_signal_key(batch_id)),
+            )),
+        }
+    }
+
+    /// Enqueues `command` with a completion to wait on or poll later.
+    fn issue_async(&self, command: &Command<'_>, timeout: Timeout, pair: Option<String>) -> Result<Completion> {
+        let deadline = timeout.start();
+        let issued = self.issue(command, &deadline, false)?;
+        Ok(Completion {
+            sem: issued.sem.expect("asked for"),
+            shared: issued.link.shared.clone(),
+            link: Arc::downgrade(&issued.link),
+            tracker: Mutex::new(Tracker::new(issued.position)),
+            done: AtomicBool::new(false),
+            what: command.type_name(),
+            hint: busy_hint(command),
+            pair,
+        })
+    }
+
+    /// `Transfer` with no completion semaphore (`semaphore_name` nil): nothing to wait on.
+    pub fn transfer_detached(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<()> {
+        let deadline = timeout.start();
+        self.issue(&Command::Transfer { batch_id, transfer_type: kind }, &deadline, true).map(|_| ())
+    }
+
+    /// `QueryStatus` for the transfer signal; absent reads as false, as the reference.
+    pub fn query_transfer_signal(&self, batch_id: &str, timeout: Timeout) -> Result<bool> {
+        self.call(&Command::QueryStatus { batch_id, state_name: TRANSFER_SIGNAL }, timeout)?;
+        match self.link().state.transfer_signal(batch_id).map_err(|e| e.at(&self.paths.state))? {
+            Ok(signal) => Ok(signal),
+            Err(other) => Err(Error::new(
+                ErrorKind::Lmdb,
+                format!("{} holds {other:02x?}, not a MessagePack bool", transfer_signal_key(batch_id)),
+            )),
+        }
+    }
+
+    /// `CleanupBatch`.
+    pub fn cleanup_batch(&self, batch_id: &str, timeout: Timeout) -> Result<()> {
+        self.call(&Command::CleanupBatch { batch_id }, timeout)
+    }
+}
+
+/// Checks `InitPair`'s arguments and builds the command.
+fn init_pair_command<'a>(
+    pair_name: &'a str,
+    local_name: &'a str,
+    remote_name: &'a str,
+    expected_world_size: i64,
+    mesh_shape_payload: Option<&'a [u8]>,
+    placements_payload: Option<&'a [u8]>,
+) -> Result<Command<'a>> {
+    if expected_world_size < 1 {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("expected_world_size is {expected_world_size}; it must be >= 1"),
+        ));
+    }
+    for (name, payload) in [("mesh_shape_payload", mesh_shape_payload), ("placements_payload", placements_payload)] {
+        if let Some(bytes) = payload {
+            check_pickle(&format!("InitPair {name}"), bytes)?;
+        }
+    }
+    Ok(Command::InitPair {
+        pair_name,
+        local_name,
+        expected_world_size,
+        remote_name,
+        mesh_shape_payload,
+        placements_payload,
+    })
+}
+
+/// After a proven `InitPair`: the pair must be recorded as matched.
+pub(super) fn check_pair_matched(link: &Link, pair_name: &str) -> Result<()> {
+    match link.state.pair_match(pair_name).map_err(|e| e.at(&link.paths.state))? {
+        PairMatch::Matched => Ok(()),
+        found => Err(Error::new(
+            ErrorKind::PairNotMatched,
+            format!(
+                "InitPair {pair_name:?} completed but {} is {}: the agent did not match the pair \
+                 (check the peers' names and world size)",
+                pair_match_key(pair_name),
+                match found {
+                    PairMatch::Other(v) => format!("{v:02x?}"),
+                    _ => "absent".to_string(),
+                }
+            ),
+        )),
+    }
+}
+
+/// What `issue` enqueued: the completion semaphore (unless detached), the link it went to, and
+/// its logical position in the queue.
+pub(super) struct Issued {
+    sem: Option<CompletionSemaphore>,
+    link: Arc<Link>,
+    position: u64,
+}
+
+/// What the agent is most likely doing when a command's completion does not come.
+fn busy_hint(command: &Command<'_>) -> String {
+    match command {
+        Command::InitPair { pair_name, local_name, remote_name, expected_world_size, .. } => format!(
+            "the agent is waiting for the peers of pair {pair_name:?} (local {local_name:?}, remote {remote_name:?}, \
+             expected world size {expected_world_size}): the other job must call init_pair with the same pair name"
+        ),
+        _ => "the agent may be busy with an earlier command (it does not beat its heartbeat meanwhile)".to_string(),
+    }
+}
