@@ -1,74 +1,24 @@
 //! The five commands of the reference client (docs/protocol.md sections 4-5), as methods of
-//! [`Client`]: each enqueues one message and, unless detached, waits for its completion and for
-//! proof that the agent survived it (`outcome`).
+//! [`Client`]. Every command goes one way: its arguments are checked, it is enqueued (with a
+//! fresh completion semaphore, unless detached), and then a blocking call waits on the same
+//! deadline through [`Pending::wait`] while an async one hands the same [`Pending`] to a
+//! [`Completion`]. So a blocking call and a completion give one outcome, proven once (`outcome`).
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::completion::Completion;
 use super::link::Link;
-use super::outcome::{wait_posted, Tracker};
+use super::outcome::{Finish, Pending};
 use super::Client;
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::command_queue::EnqueueError;
 use crate::protocol::commands::{Command, TransferKind, TRANSFER_SIGNAL};
 use crate::protocol::completion::CompletionSemaphore;
 use crate::protocol::payload_check::{check_pickle, warn_if_not_shared};
-use crate::protocol::state_db::{pair_match_key, transfer_signal_key, unix_now, PairMatch};
+use crate::protocol::state_db::{transfer_signal_key, unix_now};
 use crate::timeout::{Deadline, Timeout};
 
 impl Client {
-    /// Enqueues `command`, with a fresh completion semaphore unless `detached`.
-    pub(super) fn issue(&self, command: &Command<'_>, deadline: &Deadline, detached: bool) -> Result<Issued> {
-        let what = command.type_name();
-        let link = self.link();
-        link.shared.check_process()?;
-        // A client of a dead agent is unusable: checked before every command (one `poll` with a
-        // zero timeout), so nothing is enqueued into a queue nobody will read.
-        if link.shared.agent_dead() {
-            return Err(link.shared.died_error(what));
-        }
-        let sem = if detached {
-            None
-        } else {
-            let (kind, context) = command.completion_label();
-            Some(CompletionSemaphore::create(kind, &context)?)
-        };
-        let message = command.encode(Some(unix_now()), sem.as_ref().map(CompletionSemaphore::name));
-        let shared = &link.shared;
-        match link.queue.enqueue(&message, deadline, &|| shared.agent_dead()) {
-            Ok(position) => Ok(Issued { sem, link: link.clone(), position }),
-            Err(EnqueueError::Full) => {
-                let (head, tail) = link.queue.positions().unwrap_or((0, 0));
-                Err(Error::new(
-                    ErrorKind::QueueFull,
-                    format!(
-                        "{what}: the agent's command queue {} stayed full for {:.3}s (head {head}, tail {tail}): \
-                         the agent is not consuming; nothing was enqueued",
-                        self.paths.command_queue.display(),
-                        deadline.elapsed_secs()
-                    ),
-                ))
-            }
-            Err(EnqueueError::GaveUp) => Err(shared.died_error(what)),
-            Err(EnqueueError::Lmdb(e)) => Err(e.at(&self.paths.command_queue)),
-            Err(EnqueueError::Sem(e)) => {
-                Err(Error::new(ErrorKind::Ipc, format!("{what}: command queue semaphore: {}", e.text())))
-            }
-        }
-    }
-
-    /// Issues `command` and waits for its completion and for proof that the agent survived it,
-    /// all within `timeout`.
-    fn call(&self, command: &Command<'_>, timeout: Timeout) -> Result<()> {
-        let deadline = timeout.start();
-        let issued = self.issue(command, &deadline, false)?;
-        let sem = issued.sem.as_ref().expect("a completion was asked for");
-        let mut tracker = Tracker::new(issued.position);
-        wait_posted(sem, &issued.link, &mut tracker, &deadline, command.type_name(), &busy_hint(command), &|| false)?;
-        issued.link.prove_survival(&tracker, &deadline, command.type_name(), sem.name(), &|| false)
-    }
-
     /// `InitPair`: succeeds only if the agent survives it and records the pair as matched. The
     /// payloads, when given, must look like pickles (`InvalidArgument` otherwise, nothing enqueued).
     #[allow(clippy::too_many_arguments)]
@@ -90,8 +40,7 @@ impl Client {
             mesh_shape_payload,
             placements_payload,
         )?;
-        self.call(&command, timeout)?;
-        check_pair_matched(&self.link(), pair_name)
+        self.call(&command, timeout, Finish::PairMatched(pair_name.to_string()))
     }
 
     /// `InitPair` without waiting: `timeout` bounds only the wait for queue space. The completion
@@ -116,7 +65,7 @@ impl Client {
             mesh_shape_payload,
             placements_payload,
         )?;
-        self.issue_async(&command, timeout, Some(pair_name.to_string()))
+        self.call_async(&command, timeout, Finish::PairMatched(pair_name.to_string()))
     }
 
     /// `RegisterTensors`, always blocking. `tensors` are `(pair_name, payload)`; every payload must
@@ -134,68 +83,43 @@ impl Client {
         for (i, (pair, bytes)) in tensors.iter().enumerate() {
             warn_if_not_shared(&format!("RegisterTensors payload {i} (pair {pair:?})"), bytes);
         }
-        self.call(&Command::RegisterTensors { batch_id, tensors: tensors.to_vec(), bucket_size }, timeout)
+        let command = Command::RegisterTensors { batch_id, tensors: tensors.to_vec(), bucket_size };
+        self.call(&command, timeout, Finish::Nothing)
     }
 
     /// `Transfer`, blocking until the agent acknowledges it.
     pub fn transfer(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<()> {
-        self.call(&Command::Transfer { batch_id, transfer_type: kind }, timeout)
+        self.call(&Command::Transfer { batch_id, transfer_type: kind }, timeout, Finish::Nothing)
     }
 
     /// `Transfer` without waiting: `timeout` bounds only the wait for queue space.
     pub fn transfer_async(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<Completion> {
-        self.issue_async(&Command::Transfer { batch_id, transfer_type: kind }, timeout, None)
-    }
-
-    /// `CleanupBatch` without waiting: `timeout` bounds only the wait for queue space.
-    pub fn cleanup_batch_async(&self, batch_id: &str, timeout: Timeout) -> Result<Completion> {
-        self.issue_async(&Command::CleanupBatch { batch_id }, timeout, None)
-    }
-
-    /// `QueryStatus` for the transfer signal, without waiting: the agent records the signal
-    /// later; [`Client::read_transfer_signal`] reads what the state holds at any time.
-    pub fn query_transfer_signal_async(&self, batch_id: &str, timeout: Timeout) -> Result<Completion> {
-        self.issue_async(&Command::QueryStatus { batch_id, state_name: TRANSFER_SIGNAL }, timeout, None)
-    }
-
-    /// The transfer signal the state holds now for `batch_id` (absent reads as false, as the
-    /// reference's non-blocking query returns): no command is sent.
-    pub fn read_transfer_signal(&self, batch_id: &str) -> Result<bool> {
-        self.check_process()?;
-        match self.link().state.transfer_signal(batch_id).map_err(|e| e.at(&self.paths.state))? {
-            Ok(signal) => Ok(signal),
-            Err(other) => Err(Error::new(
-                ErrorKind::Lmdb,
-                format!("{} holds {other:02x?}, not a MessagePack bool", transfer_signal_key(batch_id)),
-            )),
-        }
-    }
-
-    /// Enqueues `command` with a completion to wait on or poll later.
-    fn issue_async(&self, command: &Command<'_>, timeout: Timeout, pair: Option<String>) -> Result<Completion> {
-        let deadline = timeout.start();
-        let issued = self.issue(command, &deadline, false)?;
-        Ok(Completion {
-            sem: issued.sem.expect("asked for"),
-            shared: issued.link.shared.clone(),
-            link: Arc::downgrade(&issued.link),
-            tracker: Mutex::new(Tracker::new(issued.position)),
-            done: AtomicBool::new(false),
-            what: command.type_name(),
-            hint: busy_hint(command),
-            pair,
-        })
+        self.call_async(&Command::Transfer { batch_id, transfer_type: kind }, timeout, Finish::Nothing)
     }
 
     /// `Transfer` with no completion semaphore (`semaphore_name` nil): nothing to wait on.
     pub fn transfer_detached(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<()> {
         let deadline = timeout.start();
-        self.issue(&Command::Transfer { batch_id, transfer_type: kind }, &deadline, true).map(|_| ())
+        let command = Command::Transfer { batch_id, transfer_type: kind };
+        self.enqueue(&*self.live_link(&command)?, &command, &deadline, None).map(|_| ())
     }
 
     /// `QueryStatus` for the transfer signal; absent reads as false, as the reference.
     pub fn query_transfer_signal(&self, batch_id: &str, timeout: Timeout) -> Result<bool> {
-        self.call(&Command::QueryStatus { batch_id, state_name: TRANSFER_SIGNAL }, timeout)?;
+        self.call(&Command::QueryStatus { batch_id, state_name: TRANSFER_SIGNAL }, timeout, Finish::Nothing)?;
+        self.read_transfer_signal(batch_id)
+    }
+
+    /// `QueryStatus` for the transfer signal, without waiting: the agent records the signal
+    /// later; [`Client::read_transfer_signal`] reads what the state holds at any time.
+    pub fn query_transfer_signal_async(&self, batch_id: &str, timeout: Timeout) -> Result<Completion> {
+        self.call_async(&Command::QueryStatus { batch_id, state_name: TRANSFER_SIGNAL }, timeout, Finish::Nothing)
+    }
+
+    /// The transfer signal the state holds now for `batch_id` (absent reads as false, as the
+    /// reference's non-blocking query returns): no command is sent.
+    pub fn read_transfer_signal(&self, batch_id: &str) -> Result<bool> {
+        self.check_not_forked()?;
         match self.link().state.transfer_signal(batch_id).map_err(|e| e.at(&self.paths.state))? {
             Ok(signal) => Ok(signal),
             Err(other) => Err(Error::new(
@@ -207,7 +131,83 @@ impl Client {
 
     /// `CleanupBatch`.
     pub fn cleanup_batch(&self, batch_id: &str, timeout: Timeout) -> Result<()> {
-        self.call(&Command::CleanupBatch { batch_id }, timeout)
+        self.call(&Command::CleanupBatch { batch_id }, timeout, Finish::Nothing)
+    }
+
+    /// `CleanupBatch` without waiting: `timeout` bounds only the wait for queue space.
+    pub fn cleanup_batch_async(&self, batch_id: &str, timeout: Timeout) -> Result<Completion> {
+        self.call_async(&Command::CleanupBatch { batch_id }, timeout, Finish::Nothing)
+    }
+
+    /// Issues `command`, then waits, on the same deadline, for its completion and for proof that
+    /// the agent survived it (and for what `finish` promises).
+    fn call(&self, command: &Command<'_>, timeout: Timeout, finish: Finish) -> Result<()> {
+        let deadline = timeout.start();
+        let (mut pending, link) = self.issue(command, &deadline, finish)?;
+        pending.wait(&link, &deadline, &|| false)
+    }
+
+    /// Issues `command` with a completion to wait on or poll later; `timeout` bounds only the
+    /// wait for queue space.
+    fn call_async(&self, command: &Command<'_>, timeout: Timeout, finish: Finish) -> Result<Completion> {
+        let deadline = timeout.start();
+        let (pending, link) = self.issue(command, &deadline, finish)?;
+        Ok(Completion::new(pending, &link))
+    }
+
+    /// Enqueues `command` with a fresh completion semaphore: the command on its way to an outcome.
+    fn issue(&self, command: &Command<'_>, deadline: &Deadline, finish: Finish) -> Result<(Pending, Arc<Link>)> {
+        let link = self.live_link(command)?;
+        let (kind, context) = command.completion_label();
+        let sem = CompletionSemaphore::create(kind, &context)?;
+        let position = self.enqueue(&link, command, deadline, Some(&sem))?;
+        Ok((Pending::new(sem, position, command.type_name(), busy_hint(command), finish), link))
+    }
+
+    /// The link a command goes to, checked first: not in a forked child (`Forked`), and not to an
+    /// agent already seen dead (one `poll` of its pidfd), so that nothing is enqueued into a
+    /// queue nobody will read.
+    fn live_link(&self, command: &Command<'_>) -> Result<Arc<Link>> {
+        let link = self.link();
+        link.shared.check_not_forked()?;
+        if link.shared.agent_dead() {
+            return Err(link.shared.died_error(command.type_name()));
+        }
+        Ok(link)
+    }
+
+    /// Enqueues `command` on `link`, naming `sem` as its completion semaphore (`None`: detached).
+    /// Returns its logical position in the queue.
+    fn enqueue(
+        &self,
+        link: &Link,
+        command: &Command<'_>,
+        deadline: &Deadline,
+        sem: Option<&CompletionSemaphore>,
+    ) -> Result<u64> {
+        let what = command.type_name();
+        let message = command.encode(Some(unix_now()), sem.map(CompletionSemaphore::name));
+        let shared = &link.shared;
+        match link.queue.enqueue(&message, deadline, &|| shared.agent_dead()) {
+            Ok(position) => Ok(position),
+            Err(EnqueueError::Full) => {
+                let (head, tail) = link.queue.positions().unwrap_or((0, 0));
+                Err(Error::new(
+                    ErrorKind::QueueFull,
+                    format!(
+                        "{what}: the agent's command queue {} stayed full for {:.3}s (head {head}, tail {tail}): \
+                         the agent is not consuming; nothing was enqueued",
+                        self.paths.command_queue.display(),
+                        deadline.elapsed_secs()
+                    ),
+                ))
+            }
+            Err(EnqueueError::GaveUp) => Err(shared.died_error(what)),
+            Err(EnqueueError::Lmdb(e)) => Err(e.at(&self.paths.command_queue)),
+            Err(EnqueueError::Sem(e)) => {
+                Err(Error::new(ErrorKind::Ipc, format!("{what}: command queue semaphore: {}", e.text())))
+            }
+        }
     }
 }
 
@@ -239,33 +239,6 @@ fn init_pair_command<'a>(
         mesh_shape_payload,
         placements_payload,
     })
-}
-
-/// After a proven `InitPair`: the pair must be recorded as matched.
-pub(super) fn check_pair_matched(link: &Link, pair_name: &str) -> Result<()> {
-    match link.state.pair_match(pair_name).map_err(|e| e.at(&link.paths.state))? {
-        PairMatch::Matched => Ok(()),
-        found => Err(Error::new(
-            ErrorKind::PairNotMatched,
-            format!(
-                "InitPair {pair_name:?} completed but {} is {}: the agent did not match the pair \
-                 (check the peers' names and world size)",
-                pair_match_key(pair_name),
-                match found {
-                    PairMatch::Other(v) => format!("{v:02x?}"),
-                    _ => "absent".to_string(),
-                }
-            ),
-        )),
-    }
-}
-
-/// What `issue` enqueued: the completion semaphore (unless detached), the link it went to, and
-/// its logical position in the queue.
-pub(super) struct Issued {
-    sem: Option<CompletionSemaphore>,
-    link: Arc<Link>,
-    position: u64,
 }
 
 /// What the agent is most likely doing when a command's completion does not come.

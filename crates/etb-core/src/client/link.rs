@@ -21,7 +21,8 @@ pub(super) struct Shared {
     pub(super) died: AtomicBool,
     /// Set when the client is closed: its completions' waits return `Closed`.
     pub(super) closed: AtomicBool,
-    pub(super) owner_pid: u32,
+    /// The process that made the client: the one fork check (`check_not_forked`) compares with it.
+    owner_pid: u32,
 }
 
 impl Shared {
@@ -47,8 +48,15 @@ impl Shared {
         )
     }
 
-    pub(super) fn check_process(&self) -> Result<()> {
-        if std::process::id() != self.owner_pid {
+    /// Whether this is the process that made the client (false in a forked child).
+    pub(super) fn in_owner_process(&self) -> bool {
+        std::process::id() == self.owner_pid
+    }
+
+    /// `Forked` in a child forked after the client was made: LMDB environments and completion
+    /// semaphores cannot cross a fork.
+    pub(super) fn check_not_forked(&self) -> Result<()> {
+        if !self.in_owner_process() {
             return Err(Error::new(
                 ErrorKind::Forked,
                 format!(

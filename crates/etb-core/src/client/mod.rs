@@ -58,7 +58,6 @@ pub struct Client {
     /// Serializes reconnects.
     reconnecting: Mutex<()>,
     stable: ManuallyDrop<Stable>,
-    owner_pid: u32,
     settings: Settings,
 }
 
@@ -78,7 +77,6 @@ impl Client {
             paths,
             reconnecting: Mutex::new(()),
             stable: ManuallyDrop::new(Stable { cuda, cuda_unbound, _worker_lock: worker_lock }),
-            owner_pid: std::process::id(),
             settings,
         }
     }
@@ -94,7 +92,7 @@ impl Client {
     /// `AgentDied`. Returns the new agent's pid, when identified.
     pub fn reconnect(&self, timeout: Timeout) -> Result<Option<i32>> {
         let start = self.link();
-        start.shared.check_process()?;
+        start.shared.check_not_forked()?;
         let _serial = self.reconnecting.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.link();
         if !Arc::ptr_eq(&current, &start) {
@@ -165,20 +163,20 @@ impl Client {
 
     /// The primary context this client holds (`CUcontext`), when bound; `Forked` in a child.
     pub fn cuda_context(&self) -> Result<Option<CuContext>> {
-        self.check_process()?;
+        self.check_not_forked()?;
         Ok(self.stable.cuda.as_ref().map(CudaBinding::context))
     }
 
     /// Makes the client's context current on the calling thread.
     pub fn bind_current_thread(&self) -> Result<()> {
-        self.check_process()?;
+        self.check_not_forked()?;
         self.binding()?.make_current()
     }
 
     /// `Ok` when the client is bound to a GPU; else `Cuda`, saying why it is not (`Forked` in a
     /// forked child).
     pub fn check_cuda_bound(&self) -> Result<()> {
-        self.check_process()?;
+        self.check_not_forked()?;
         self.binding().map(|_| ())
     }
 
@@ -193,14 +191,14 @@ impl Client {
     /// with the client's context current on the calling thread for the call. Checks the binding
     /// first, then the tensor's fields, then its memory. The payload outlives the client.
     pub fn cuda_tensor_payload(&self, tensor: &CudaTensor<'_>) -> Result<Payload> {
-        self.check_process()?;
+        self.check_not_forked()?;
         let binding = self.binding()?;
         crate::payload::cuda_tensor::make(binding, tensor)
     }
 
     /// Seconds since the agent's last heartbeat (however old).
     pub fn heartbeat_age(&self) -> Result<f64> {
-        self.check_process()?;
+        self.check_not_forked()?;
         match self.link().state.heartbeat() {
             Ok(beat) => Ok(unix_now() - beat),
             Err(StateError::Lmdb(e)) => Err(e.at(&self.paths.state)),
@@ -211,10 +209,9 @@ impl Client {
         }
     }
 
-    /// A client of a dead agent is unusable: checked before every command (one `poll` with a
-    /// zero timeout), so nothing is enqueued into a queue nobody will read.
-    fn check_process(&self) -> Result<()> {
-        self.link().shared.check_process()
+    /// `Forked` when used in a child forked after bootstrap (the one fork check, `Shared`'s).
+    pub(super) fn check_not_forked(&self) -> Result<()> {
+        self.link().shared.check_not_forked()
     }
 }
 
@@ -222,7 +219,7 @@ impl Drop for Client {
     fn drop(&mut self) {
         let link = self.link.get_mut().unwrap_or_else(|p| p.into_inner());
         link.shared.closed.store(true, Ordering::Release);
-        if std::process::id() == self.owner_pid {
+        if link.shared.in_owner_process() {
             // SAFETY: dropped exactly once, here; nothing uses it afterwards.
             unsafe { ManuallyDrop::drop(&mut self.stable) };
         } else {

@@ -1,14 +1,24 @@
-//! The survival proof (docs/protocol.md section 5): what a posted completion must be followed by
-//! before the command counts as done. The agent posts a command's completion also when the
-//! command failed, then ends; so a post alone proves nothing. After a command it survived, the
-//! agent writes one heartbeat before it dequeues the next command, and none after a command that
-//! raised.
+//! The survival proof (docs/protocol.md section 5), in one place: what a posted completion must
+//! be followed by before the command counts as done.
+//!
+//! The agent posts a command's completion also when the command failed, then ends; so a post
+//! alone proves nothing. After a command it survived, the agent writes one heartbeat before it
+//! dequeues the next command, and none after a command that raised. So a command is done once its
+//! completion was posted *and* then either the heartbeat changed (against a value read after the
+//! agent dequeued the command) or the agent dequeued a later command; it failed when the agent is
+//! seen dead (its process exited, or its files are gone).
+//!
+//! [`Pending`] is one command on its way there. Its non-blocking step, [`Pending::poll`], is the
+//! one place that decides; [`Pending::wait`] drives it with blocking waits on the semaphore and
+//! short sleeps, within one deadline. Blocking calls (issue, then wait on the same deadline) and
+//! [`Completion`](super::Completion)'s `wait` and `poll` all go through it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::link::Link;
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::completion::CompletionSemaphore;
+use crate::protocol::completion::{ipc_error, CompletionSemaphore};
+use crate::protocol::state_db::{pair_match_key, PairMatch};
 use crate::sys::semaphore::WaitError;
 use crate::timeout::Deadline;
 
@@ -18,9 +28,17 @@ use crate::timeout::Deadline;
 const PROOF_FIRST_PAUSE: Duration = Duration::from_micros(20);
 const PROOF_MAX_PAUSE: Duration = Duration::from_millis(1);
 
+/// How long the wait for a post first spins (yielding the CPU between looks) on the queue's head
+/// and the semaphore: long enough to see a quick command dequeued before it is posted, so that
+/// the heartbeat the agent writes after it proves it at once. Then timed waits in slices from
+/// [`POST_FIRST_SLICE`], doubling up to [`POST_MAX_SLICE`], look again between slices.
+const POST_SPIN: Duration = Duration::from_micros(300);
+const POST_FIRST_SLICE: Duration = Duration::from_micros(50);
+const POST_MAX_SLICE: Duration = Duration::from_millis(10);
+
 /// What the survival check saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Seen {
+enum Seen {
     /// A heartbeat written after the post.
     Heartbeat,
     /// A command after ours dequeued.
@@ -29,8 +47,37 @@ pub(super) enum Seen {
     Dead,
 }
 
-/// One command on its way to a proven outcome: its position, and the heartbeat values that a
-/// later change of proves the agent survived it.
+/// What a command promises beyond the agent's survival, checked once survival is proven.
+pub(super) enum Finish {
+    /// Nothing more.
+    Nothing,
+    /// `InitPair`: the agent recorded this pair as matched.
+    PairMatched(String),
+}
+
+impl Finish {
+    fn check(&self, link: &Link) -> Result<()> {
+        let Finish::PairMatched(pair_name) = self else { return Ok(()) };
+        match link.state.pair_match(pair_name).map_err(|e| e.at(&link.paths.state))? {
+            PairMatch::Matched => Ok(()),
+            found => Err(Error::new(
+                ErrorKind::PairNotMatched,
+                format!(
+                    "InitPair {pair_name:?} completed but {} is {}: the agent did not match the pair \
+                     (check the peers' names and world size)",
+                    pair_match_key(pair_name),
+                    match found {
+                        PairMatch::Other(v) => format!("{v:02x?}"),
+                        _ => "absent".to_string(),
+                    }
+                ),
+            )),
+        }
+    }
+}
+
+/// One command on its way to a proven outcome: its completion semaphore, its position in the
+/// queue, and the heartbeat values that a later change of proves the agent survived it.
 ///
 /// After the agent dequeues our command its next heartbeat is written only once it handled the
 /// command without raising. So a heartbeat that differs from one read *after* the command was
@@ -38,94 +85,194 @@ pub(super) enum Seen {
 /// position (before the post, when the command takes a while), and `after`, read right after
 /// the post was seen (for a quick command; when the agent beat before we read, the proof waits
 /// for its next loop turn or its next dequeue).
-pub(super) struct Tracker {
+pub(super) struct Pending {
+    sem: CompletionSemaphore,
     /// The command's logical position in the queue.
-    pub(super) position: u64,
+    position: u64,
     /// The heartbeat read once the head had passed our position, before the post was seen.
-    pub(super) during: Option<Option<Vec<u8>>>,
-    /// The heartbeat read right after the post was seen; `None` until then.
-    pub(super) after: Option<Option<Vec<u8>>>,
+    during: Option<Option<Vec<u8>>>,
+    /// The heartbeat read right after the post was seen; `None` until then (the post consumes
+    /// the semaphore: the proof goes on from there).
+    after: Option<Option<Vec<u8>>>,
+    /// The command's type, for messages.
+    what: &'static str,
+    /// What the agent is most likely doing when the completion does not come.
+    hint: String,
+    finish: Finish,
+    /// Proven: every later look answers done at once.
+    done: bool,
 }
 
-impl Tracker {
-    pub(super) fn new(position: u64) -> Tracker {
-        Tracker { position, during: None, after: None }
-    }
-}
-
-impl Link {
-    /// While the post is awaited: once the agent dequeued our command, remembers the heartbeat
-    /// of that moment (head first, then the heartbeat, so the value is one read after the dequeue).
-    pub(super) fn observe_dequeue(&self, tracker: &mut Tracker) {
-        if tracker.during.is_none() && self.queue.head().is_ok_and(|head| head > tracker.position) {
-            tracker.during = Some(self.heartbeat_value());
-        }
+impl Pending {
+    pub(super) fn new(
+        sem: CompletionSemaphore,
+        position: u64,
+        what: &'static str,
+        hint: String,
+        finish: Finish,
+    ) -> Self {
+        Pending { sem, position, during: None, after: None, what, hint, finish, done: false }
     }
 
-    /// Records what the state says right after a completion's post was seen.
-    pub(super) fn observe_post(&self, tracker: &mut Tracker) {
-        tracker.after = Some(self.heartbeat_value());
+    pub(super) fn semaphore_name(&self) -> &str {
+        self.sem.name()
     }
 
-    /// One non-blocking look at whether the agent survived the posted command: it did when it
-    /// wrote a heartbeat since the post (it beats once before its next dequeue, and never after a
-    /// command that raised) or dequeued a command after ours (the queue's head reached our
-    /// position + 2); it did not when it is seen dead (its process exited, or its files are
-    /// gone); `None` while neither is known.
-    pub(super) fn survival(&self, tracker: &Tracker) -> Option<Seen> {
-        let now = self.heartbeat_value();
-        if tracker.after.as_ref().is_some_and(|after| *after != now)
-            || tracker.during.as_ref().is_some_and(|d| *d != now)
-        {
-            return Some(Seen::Heartbeat);
-        }
-        if self.queue.head().is_ok_and(|head| head >= tracker.position.saturating_add(2)) {
-            return Some(Seen::LaterDequeue);
-        }
-        if self.shared.agent_dead() || self.files_gone() {
-            return Some(Seen::Dead);
-        }
-        None
+    pub(super) fn what(&self) -> &'static str {
+        self.what
     }
 
-    /// Waits until [`Link::survival`] knows, at most until `deadline`.
-    pub(super) fn prove_survival(
-        &self,
-        tracker: &Tracker,
-        deadline: &Deadline,
-        what: &str,
-        sem_name: &str,
-        closed: &dyn Fn() -> bool,
-    ) -> Result<()> {
+    pub(super) fn done(&self) -> bool {
+        self.done
+    }
+
+    /// The one non-blocking step: true once the agent posted the completion, was seen to
+    /// survive the command and the command's [`Finish`] holds; `AgentDied` when the agent is
+    /// seen dead first (also after posting: it posts failed commands too, then ends).
+    pub(super) fn poll(&mut self, link: &Link) -> Result<bool> {
+        if self.done {
+            return Ok(true);
+        }
+        if self.after.is_none() && !self.look_for_post(link)? {
+            if link.shared.agent_dead() {
+                return Err(link.shared.died_error(self.what));
+            }
+            return Ok(false);
+        }
+        Ok(self.settle(link)?.is_some())
+    }
+
+    /// Drives [`Pending::poll`] to the outcome, at most until `deadline`: a blocking wait on the
+    /// semaphore for the post, then short sleeps until survival is shown. `closed` ends the
+    /// wait early with `Closed`.
+    pub(super) fn wait(&mut self, link: &Link, deadline: &Deadline, closed: &dyn Fn() -> bool) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        if self.after.is_none() {
+            self.wait_posted(link, deadline, closed)?;
+        }
         let mut pause = PROOF_FIRST_PAUSE;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         loop {
-            match self.survival(tracker) {
-                Some(Seen::Dead) => return Err(self.shared.died_error(&format!("{what} was acknowledged, but"))),
-                Some(how) => {
-                    // bench/run.py reads these lines for the cost of the survival check.
-                    log::debug!(
-                        "{what}: survival proven {:.1} us after the post (by {})",
-                        started.elapsed().as_secs_f64() * 1e6,
-                        if how == Seen::Heartbeat { "a new heartbeat" } else { "a later dequeue" }
-                    );
-                    return Ok(());
-                }
-                None => {}
+            if let Some(how) = self.settle(link)? {
+                // bench/run.py reads these lines for the cost of the survival check.
+                log::debug!(
+                    "{}: survival proven {:.1} us after the post (by {})",
+                    self.what,
+                    started.elapsed().as_secs_f64() * 1e6,
+                    if how == Seen::Heartbeat { "a new heartbeat" } else { "a later dequeue" }
+                );
+                return Ok(());
             }
             if closed() {
-                return Err(closed_error(sem_name));
+                return Err(closed_error(self.sem.name()));
             }
             if !deadline.sleep_step(pause) {
-                return Err(unproven_error(what, deadline));
+                return Err(unproven_error(self.what, deadline));
             }
             pause = (pause * 2).min(PROOF_MAX_PAUSE);
+        }
+    }
+
+    /// While the post is awaited: once the agent dequeued our command, remembers the heartbeat
+    /// of that moment (head first, then the heartbeat, so the value is one read after the dequeue).
+    fn observe_dequeue(&mut self, link: &Link) {
+        if self.during.is_none() && link.queue.head().is_ok_and(|head| head > self.position) {
+            self.during = Some(link.heartbeat_value());
+        }
+    }
+
+    /// Records what the state says right after the post was seen.
+    fn observe_post(&mut self, link: &Link) {
+        self.after = Some(link.heartbeat_value());
+    }
+
+    /// One look for the post, without blocking: notes the dequeue, then takes the post if it came.
+    fn look_for_post(&mut self, link: &Link) -> Result<bool> {
+        self.observe_dequeue(link);
+        match self.sem.semaphore().try_wait() {
+            Ok(true) => {
+                self.observe_post(link);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(ipc_error(self.sem.name(), e)),
+        }
+    }
+
+    /// After the post, one non-blocking look at whether the agent survived the command: it did
+    /// when it wrote a heartbeat since the post (it beats once before its next dequeue, and never
+    /// after a command that raised) or dequeued a command after ours (the queue's head reached our
+    /// position + 2); it did not when it is seen dead (its process exited, or its files are
+    /// gone); `None` while neither is known. Once survival is seen, the [`Finish`] is checked.
+    fn settle(&mut self, link: &Link) -> Result<Option<Seen>> {
+        let now = link.heartbeat_value();
+        let seen = if self.after.as_ref().is_some_and(|after| *after != now)
+            || self.during.as_ref().is_some_and(|d| *d != now)
+        {
+            Seen::Heartbeat
+        } else if link.queue.head().is_ok_and(|head| head >= self.position.saturating_add(2)) {
+            Seen::LaterDequeue
+        } else if link.shared.agent_dead() || link.files_gone() {
+            Seen::Dead
+        } else {
+            return Ok(None);
+        };
+        if seen == Seen::Dead {
+            return Err(link.shared.died_error(&format!("{} was acknowledged, but", self.what)));
+        }
+        self.finish.check(link)?;
+        self.done = true;
+        Ok(Some(seen))
+    }
+
+    /// Waits until the agent posts the completion (which alone proves nothing: the agent posts
+    /// also when the command failed, then ends), noting what the proof needs: first spinning on
+    /// [`Pending::look_for_post`], then in timed waits on the semaphore.
+    fn wait_posted(&mut self, link: &Link, deadline: &Deadline, closed: &dyn Fn() -> bool) -> Result<()> {
+        let shared = &link.shared;
+        let spin_until = Instant::now() + POST_SPIN;
+        while self.during.is_none() && Instant::now() < spin_until && !deadline.expired() {
+            if self.look_for_post(link)? {
+                return Ok(());
+            }
+            std::thread::yield_now();
+        }
+        let mut slice = POST_FIRST_SLICE;
+        loop {
+            let step = if self.during.is_some() { *deadline } else { deadline.capped(slice) };
+            match self.sem.semaphore().wait(&step, &|| closed() || shared.agent_dead()) {
+                Ok(()) => {
+                    self.observe_post(link);
+                    return Ok(());
+                }
+                Err(WaitError::TimedOut) if !deadline.expired() => {
+                    self.observe_dequeue(link);
+                    slice = (slice * 2).min(POST_MAX_SLICE);
+                }
+                Err(WaitError::TimedOut) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "{}: no completion from the agent within {:.3}s (semaphore {}); {}",
+                            self.what,
+                            deadline.elapsed_secs(),
+                            self.sem.name(),
+                            self.hint
+                        ),
+                    ))
+                }
+                Err(WaitError::GaveUp) if closed() => return Err(closed_error(self.sem.name())),
+                Err(WaitError::GaveUp) => return Err(shared.died_error(self.what)),
+                Err(WaitError::Sem(e)) => return Err(ipc_error(self.sem.name(), e)),
+            }
         }
     }
 }
 
 /// The deadline passed after the agent posted but before its survival was shown.
-pub(super) fn unproven_error(what: &str, deadline: &Deadline) -> Error {
+fn unproven_error(what: &str, deadline: &Deadline) -> Error {
     Error::new(
         ErrorKind::Timeout,
         format!(
@@ -137,68 +284,7 @@ pub(super) fn unproven_error(what: &str, deadline: &Deadline) -> Error {
     )
 }
 
-/// How long the wait for a post first spins (yielding the CPU between looks) on the queue's head
-/// and the semaphore: long enough to see a quick command dequeued before it is posted, so that
-/// the heartbeat the agent writes after it proves it at once. Then timed waits in slices from
-/// [`POST_FIRST_SLICE`], doubling up to [`POST_MAX_SLICE`], look again between slices.
-const POST_SPIN: Duration = Duration::from_micros(300);
-const POST_FIRST_SLICE: Duration = Duration::from_micros(50);
-const POST_MAX_SLICE: Duration = Duration::from_millis(10);
-
-/// Waits until the agent posts a completion (which alone proves nothing: the agent posts also
-/// when the command failed, then ends), noting in `tracker` what the proof needs. `closed` ends
-/// the wait early with `Closed`.
-pub(super) fn wait_posted(
-    sem: &CompletionSemaphore,
-    link: &Link,
-    tracker: &mut Tracker,
-    deadline: &Deadline,
-    what: &str,
-    hint: &str,
-    closed: &dyn Fn() -> bool,
-) -> Result<()> {
-    let shared = &link.shared;
-    let spin_until = std::time::Instant::now() + POST_SPIN;
-    while tracker.during.is_none() && std::time::Instant::now() < spin_until && !deadline.expired() {
-        link.observe_dequeue(tracker);
-        match sem.semaphore().try_wait() {
-            Ok(true) => {
-                link.observe_post(tracker);
-                return Ok(());
-            }
-            Ok(false) => std::thread::yield_now(),
-            Err(e) => return Err(crate::protocol::completion::ipc_error(sem.name(), e)),
-        }
-    }
-    let mut slice = POST_FIRST_SLICE;
-    loop {
-        let step = if tracker.during.is_some() { *deadline } else { deadline.capped(slice) };
-        match sem.semaphore().wait(&step, &|| closed() || shared.agent_dead()) {
-            Ok(()) => {
-                link.observe_post(tracker);
-                return Ok(());
-            }
-            Err(WaitError::TimedOut) if !deadline.expired() => {
-                link.observe_dequeue(tracker);
-                slice = (slice * 2).min(POST_MAX_SLICE);
-            }
-            Err(WaitError::TimedOut) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "{what}: no completion from the agent within {:.3}s (semaphore {}); {hint}",
-                        deadline.elapsed_secs(),
-                        sem.name(),
-                    ),
-                ))
-            }
-            Err(WaitError::GaveUp) if closed() => return Err(closed_error(sem.name())),
-            Err(WaitError::GaveUp) => return Err(shared.died_error(what)),
-            Err(WaitError::Sem(e)) => return Err(crate::protocol::completion::ipc_error(sem.name(), e)),
-        }
-    }
-}
-
+/// The client a completion belongs to was closed.
 pub(super) fn closed_error(name: &str) -> Error {
     Error::new(ErrorKind::Closed, format!("the client of completion {name} was closed; free the completion"))
 }
