@@ -48,21 +48,6 @@
 #include <stdint.h>
 
 /**
- * The library's major version (from Cargo.toml; a test checks they agree).
- */
-#define ETB_VERSION_MAJOR 0
-
-/**
- * The library's minor version.
- */
-#define ETB_VERSION_MINOR 1
-
-/**
- * The library's patch version.
- */
-#define ETB_VERSION_PATCH 0
-
-/**
  * An error.
  */
 #define ETB_LOG_ERROR 1
@@ -101,6 +86,21 @@
  * `Partial(reduce_op)`.
  */
 #define ETB_PLACEMENT_PARTIAL 2
+
+/**
+ * The library's major version (from Cargo.toml; a test checks they agree).
+ */
+#define ETB_VERSION_MAJOR 0
+
+/**
+ * The library's minor version.
+ */
+#define ETB_VERSION_MINOR 1
+
+/**
+ * The library's patch version.
+ */
+#define ETB_VERSION_PATCH 0
 
 /**
  * What `etb_bootstrap_client` found out. Opaque; read through the `etb_info_*` accessors,
@@ -895,6 +895,21 @@ EtbStatus etb_completion_poll(struct EtbCompletion *completion,
 void etb_completion_free(struct EtbCompletion *completion);
 
 /**
+ * The name of a status code, e.g. `"ETB_ERR_ENV"`; `"ETB_UNKNOWN_STATUS"` for values that are
+ * not published codes. A static string, valid forever. Thread-safe.
+ * Takes no pointer argument (nothing can be NULL).
+ */
+const char *etb_status_name(EtbStatus status);
+
+/**
+ * The message of the last failed call on the calling thread, e.g. `"ETB_ERR_ENV: environment
+ * variable RANK is not set: ..."`; `""` when no call on this thread has failed. Successful calls
+ * leave it as it was. Owned by the library, per thread: valid until the next failing call on
+ * the same thread. Never NULL. Thread-safe.
+ */
+const char *etb_last_error_message(void);
+
+/**
  * The agent rank this worker is connected to; -1 when `info` is NULL. Thread-safe.
  *
  * # Safety
@@ -1041,54 +1056,6 @@ int32_t etb_info_cuda_driver_version(const struct EtbBootstrapInfo *info);
 void etb_info_free(struct EtbBootstrapInfo *info);
 
 /**
- * Lets every process of this user ptrace the calling process (`PR_SET_PTRACER_ANY`), as the
- * reference `setup_ptrace()` does, so that the agent can take file descriptors out of this
- * worker (`pidfd_getfd`) under Yama `ptrace_scope=1`. Prefer what `etb_bootstrap_client`
- * already does: authorize only the agent's process.
- *
- * Later bootstraps keep this (they never narrow ANY to one pid).
- *
- * Returns `ETB_OK` when done, and also when the kernel has no Yama (no consent exists; logged
- * at debug level); `ETB_ERR_PTRACE` with the errno otherwise. Affects the whole process;
- * thread-safe; does not block.
- * Takes no pointer argument (nothing can be NULL).
- */
-EtbStatus etb_setup_ptrace(void);
-
-/**
- * Lets exactly one process (and its descendants) ptrace the calling process
- * (`PR_SET_PTRACER`, `tracer_pid`), replacing any earlier authorization of this process: the
- * least-privilege form of `etb_setup_ptrace`. `ETB_ERR_INVALID_ARGUMENT` for a pid <= 0;
- * `ETB_OK` also where the kernel has no Yama; under Yama `ptrace_scope` 2 or 3,
- * `ETB_ERR_PTRACE` with what the administrator must change. Affects the whole process;
- * thread-safe; does not block.
- * Takes no pointer argument (nothing can be NULL).
- */
-EtbStatus etb_setup_ptrace_pid(int32_t tracer_pid);
-
-/**
- * The name of a status code, e.g. `"ETB_ERR_ENV"`; `"ETB_UNKNOWN_STATUS"` for values that are
- * not published codes. A static string, valid forever. Thread-safe.
- * Takes no pointer argument (nothing can be NULL).
- */
-const char *etb_status_name(EtbStatus status);
-
-/**
- * The message of the last failed call on the calling thread, e.g. `"ETB_ERR_ENV: environment
- * variable RANK is not set: ..."`; `""` when no call on this thread has failed. Successful calls
- * leave it as it was. Owned by the library, per thread: valid until the next failing call on
- * the same thread. Never NULL. Thread-safe.
- */
-const char *etb_last_error_message(void);
-
-/**
- * The library's version, `"MAJOR.MINOR.PATCH"` (from Cargo.toml). A static string, valid
- * forever. Thread-safe.
- * Takes no pointer argument (nothing can be NULL).
- */
-const char *etb_version(void);
-
-/**
  * Sends the library's log records to `fn` instead of standard error (NULL: back to standard
  * error). `ETB_LOG` still filters first. Callable before or after bootstrap, from any thread;
  * once it returns, the previous callback is never called again (a record being delivered to it
@@ -1229,6 +1196,39 @@ const char *etb_dtype_name(EtbDtype dtype);
  * Takes no pointer argument (nothing can be NULL).
  */
 size_t etb_dtype_size(EtbDtype dtype);
+
+/**
+ * Lets every process of this user ptrace the calling process (`PR_SET_PTRACER_ANY`), as the
+ * reference `setup_ptrace()` does, so that the agent can take file descriptors out of this
+ * worker (`pidfd_getfd`) under Yama `ptrace_scope=1`. Prefer what `etb_bootstrap_client`
+ * already does: authorize only the agent's process.
+ *
+ * Later bootstraps keep this (they never narrow ANY to one pid).
+ *
+ * Returns `ETB_OK` when done, and also when the kernel has no Yama (no consent exists; logged
+ * at debug level); `ETB_ERR_PTRACE` with the errno otherwise. Affects the whole process;
+ * thread-safe; does not block.
+ * Takes no pointer argument (nothing can be NULL).
+ */
+EtbStatus etb_setup_ptrace(void);
+
+/**
+ * Lets exactly one process (and its descendants) ptrace the calling process
+ * (`PR_SET_PTRACER`, `tracer_pid`), replacing any earlier authorization of this process: the
+ * least-privilege form of `etb_setup_ptrace`. `ETB_ERR_INVALID_ARGUMENT` for a pid <= 0;
+ * `ETB_OK` also where the kernel has no Yama; under Yama `ptrace_scope` 2 or 3,
+ * `ETB_ERR_PTRACE` with what the administrator must change. Affects the whole process;
+ * thread-safe; does not block.
+ * Takes no pointer argument (nothing can be NULL).
+ */
+EtbStatus etb_setup_ptrace_pid(int32_t tracer_pid);
+
+/**
+ * The library's version, `"MAJOR.MINOR.PATCH"` (from Cargo.toml). A static string, valid
+ * forever. Thread-safe.
+ * Takes no pointer argument (nothing can be NULL).
+ */
+const char *etb_version(void);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -11,6 +11,7 @@ use std::ffi::CStr;
 
 use super::boundary::FfiError;
 use super::status::{ETB_ERR_INVALID_ARGUMENT, ETB_ERR_NULL_ARGUMENT};
+use etb_core::timeout::Timeout;
 
 /// A shared reference to what `ptr` points to; `ETB_ERR_NULL_ARGUMENT` naming `name` if NULL.
 pub(crate) fn reference<'a, T>(ptr: *const T, name: &str) -> Result<&'a T, FfiError> {
@@ -117,6 +118,11 @@ pub(crate) fn take_handle<T>(ptr: *mut T) -> Option<Box<T>> {
     // SAFETY: non-NULL handles come from `new_handle` (Box::into_raw) and are given up by the
     // caller with this call, exactly once (the release function's contract).
     Some(unsafe { Box::from_raw(ptr) })
+}
+
+/// A timeout in seconds (finite >= 0, or +infinity), validated; the error names the argument.
+pub(crate) fn timeout(seconds: f64, name: &str) -> Result<Timeout, FfiError> {
+    Ok(Timeout::from_secs_f64(seconds, name)?)
 }
 
 #[cfg(test)]

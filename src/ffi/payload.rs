@@ -6,8 +6,8 @@
 use std::ffi::{c_void, CStr};
 
 use super::args::{new_handle, optional_reference, out, reference, slice, take_handle, utf8};
-use super::bootstrap::EtbClient;
 use super::boundary::FfiError;
+use super::client::EtbClient;
 use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT};
 use etb_core::payload::cuda_tensor::{CudaTensor, MAX_NDIM};
 use etb_core::payload::layout::{self, Placement};
