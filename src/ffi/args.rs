@@ -125,6 +125,77 @@ pub(crate) fn timeout(seconds: f64, name: &str) -> Result<Timeout, FfiError> {
     Ok(Timeout::from_secs_f64(seconds, name)?)
 }
 
+/// A versioned struct of the C ABI (`EtbBootstrapOptions`, `EtbCudaTensor`): its first field is a
+/// `u32` `struct_size`, the `sizeof` the caller was compiled with, and later versions only append
+/// fields.
+///
+/// # Safety
+/// Implement it only for `#[repr(C)]` structs that start with a `u32` and for which every bit
+/// pattern of every field is a valid value (integers, floats, raw pointers, optional function
+/// pointers): [`versioned`] copies the caller's bytes over such a struct.
+pub(crate) unsafe trait Versioned: Copy {
+    /// The function that fills the struct for the caller (named in messages).
+    const INIT_FN: &'static str;
+}
+
+/// A `struct_size` past this is garbage (an uninitialized struct), not a newer caller.
+pub(crate) const MAX_STRUCT_SIZE: usize = 4096;
+
+/// Reads a caller's versioned struct, whatever version it was compiled with: `min_size` and up
+/// (an older caller's smaller struct: the fields it does not cover keep `defaults`), or a newer
+/// caller's larger one, accepted only if every byte past this library's struct is zero (a request
+/// this library would silently ignore otherwise). Padding inside the struct is not checked.
+/// `name` names the argument in messages.
+pub(crate) fn versioned<T: Versioned>(ptr: *const T, name: &str, min_size: usize, defaults: T) -> Result<T, FfiError> {
+    let known = std::mem::size_of::<T>();
+    // `struct_size` is the first field: read it alone, then exactly the bytes it announces.
+    let size = *reference(ptr.cast::<u32>(), name)? as usize;
+    if !(min_size..=MAX_STRUCT_SIZE).contains(&size) {
+        return Err(FfiError::new(
+            ETB_ERR_INVALID_ARGUMENT,
+            format!(
+                "{name}->struct_size is {size}, outside {min_size}..={MAX_STRUCT_SIZE}: fill the {name} with {} first",
+                T::INIT_FN
+            ),
+        ));
+    }
+    let bytes = slice(ptr.cast::<u8>(), size, name)?;
+    let (ours, tail) = bytes.split_at(size.min(known));
+    if let Some(i) = tail.iter().position(|&b| b != 0) {
+        return Err(FfiError::new(
+            ETB_ERR_INVALID_ARGUMENT,
+            format!(
+                "{name} byte {} is set, past the fields this library ({}) knows: the caller was built for a newer \
+                 etha-tensor-bus",
+                known + i,
+                env!("CARGO_PKG_VERSION")
+            ),
+        ));
+    }
+    // Only the caller's bytes are read, into a local that starts with the defaults.
+    let mut local = defaults;
+    // SAFETY: `ours` holds at most size_of::<T>() bytes and is copied over the start of a
+    // properly aligned local of that size; every bit pattern is a valid value of each field
+    // (the `Versioned` contract).
+    unsafe { std::ptr::copy_nonoverlapping(ours.as_ptr(), (&mut local as *mut T).cast::<u8>(), ours.len()) };
+    Ok(local)
+}
+
+/// Decodes an enum value of the C ABI with its table of `(number, C name, value)`; anything else
+/// is `ETB_ERR_INVALID_ARGUMENT` naming `what` and listing the table.
+pub(crate) fn decode<T: Copy>(number: i32, what: &str, table: &[(i32, &str, T)]) -> Result<T, FfiError> {
+    if let Some((_, _, value)) = table.iter().find(|(n, _, _)| *n == number) {
+        return Ok(*value);
+    }
+    let names: Vec<String> = table.iter().map(|(n, name, _)| format!("{name} ({n})")).collect();
+    let list = match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(FfiError::new(ETB_ERR_INVALID_ARGUMENT, format!("{what} is {number}; use {list}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +220,15 @@ mod tests {
         assert_eq!(utf8(c"ok".as_ptr(), "t").unwrap(), "ok");
         assert!(take_handle(std::ptr::null_mut::<i32>()).is_none());
         assert_eq!(*take_handle(new_handle(5)).unwrap(), 5);
+    }
+
+    #[test]
+    fn enum_decoding_lists_the_choices() {
+        let table = [(0, "ETB_A", 'a'), (1, "ETB_B", 'b'), (2, "ETB_C", 'c')];
+        assert_eq!(decode(1, "mode", &table).unwrap(), 'b');
+        let e = decode(7, "mode", &table).unwrap_err();
+        assert_eq!(e.status, ETB_ERR_INVALID_ARGUMENT);
+        assert_eq!(e.message, "mode is 7; use ETB_A (0), ETB_B (1) or ETB_C (2)");
+        assert_eq!(decode(-1, "`kind`", &table[..2]).unwrap_err().message, "`kind` is -1; use ETB_A (0) or ETB_B (1)");
     }
 }

@@ -4,12 +4,12 @@
 
 use std::ffi::c_void;
 
-use super::args::{c_str, new_handle, optional_reference, out, reference, slice, timeout, Out};
+use super::args::{c_str, decode, new_handle, optional_reference, out, timeout, versioned, Out, Versioned};
 use super::boundary::FfiError;
 use super::client::EtbClient;
 use super::info::EtbBootstrapInfo;
 use super::naming::{call_naming_fn, EtbPathNamingFn};
-use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT, ETB_ERR_NAMING};
+use super::status::{EtbStatus, ETB_ERR_NAMING};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -88,8 +88,26 @@ struct Parsed {
 /// The smallest `struct_size` accepted: the end of the five fields every version has.
 const MIN_OPTIONS_SIZE: usize =
     std::mem::offset_of!(EtbBootstrapOptions, cuda_mode) + std::mem::size_of::<EtbCudaMode>();
-/// A `struct_size` past this is garbage (an uninitialized struct), not a newer caller.
-const MAX_OPTIONS_SIZE: usize = 4096;
+
+// SAFETY: `#[repr(C)]`, starts with `struct_size: u32`; its fields are integers, a float, a raw
+// pointer and an optional function pointer, for which every bit pattern is a valid value.
+unsafe impl Versioned for EtbBootstrapOptions {
+    const INIT_FN: &'static str = "etb_bootstrap_options_init";
+}
+
+/// The CUDA modes, for decoding.
+const CUDA_MODES: [(EtbCudaMode, &str, CudaMode); 3] = [
+    (ETB_CUDA_AUTO, "ETB_CUDA_AUTO", CudaMode::Auto),
+    (ETB_CUDA_REQUIRE, "ETB_CUDA_REQUIRE", CudaMode::Require),
+    (ETB_CUDA_SKIP, "ETB_CUDA_SKIP", CudaMode::Skip),
+];
+
+/// The ptrace modes, for decoding.
+const PTRACE_MODES: [(EtbPtraceMode, &str, PtraceMode); 3] = [
+    (ETB_PTRACE_AGENT, "ETB_PTRACE_AGENT", PtraceMode::Agent),
+    (ETB_PTRACE_ANY, "ETB_PTRACE_ANY", PtraceMode::Any),
+    (ETB_PTRACE_NONE, "ETB_PTRACE_NONE", PtraceMode::None),
+];
 
 ffi_fn! {
     /// Fills `*options` with the defaults: `struct_size` = `sizeof(EtbBootstrapOptions)`, default
@@ -122,90 +140,46 @@ fn default_options() -> EtbBootstrapOptions {
     }
 }
 
-/// Reads a caller's options, whatever version of the struct it was compiled with: an older
-/// caller's smaller struct (the fields it does not cover keep their defaults), or a newer
-/// caller's larger one, accepted only if every byte past this library's struct is zero (a
-/// request this library would silently ignore otherwise). Padding inside the struct is ignored.
-fn read_options(options: *const EtbBootstrapOptions) -> Result<Parsed, FfiError> {
-    const KNOWN: usize = std::mem::size_of::<EtbBootstrapOptions>();
-    // `struct_size` is the first field: read it alone, then exactly the bytes it announces.
-    let size = *reference(options.cast::<u32>(), "options")? as usize;
-    if !(MIN_OPTIONS_SIZE..=MAX_OPTIONS_SIZE).contains(&size) {
-        return Err(FfiError::new(
-            ETB_ERR_INVALID_ARGUMENT,
-            format!(
-                "options->struct_size is {size}, outside {MIN_OPTIONS_SIZE}..={MAX_OPTIONS_SIZE}: \
-                 fill the options with etb_bootstrap_options_init first"
-            ),
-        ));
-    }
-    let bytes = slice(options.cast::<u8>(), size, "options")?;
-    let (known, tail) = bytes.split_at(size.min(KNOWN));
-    if let Some(i) = tail.iter().position(|&b| b != 0) {
-        return Err(FfiError::new(
-            ETB_ERR_INVALID_ARGUMENT,
-            format!(
-                "options byte {} is set, past the fields this library ({}) knows: \
-                 the caller was built for a newer etha-tensor-bus",
-                KNOWN + i,
-                env!("CARGO_PKG_VERSION")
-            ),
-        ));
-    }
-    // Only the caller's bytes are read, into a local that starts with the defaults.
-    let mut local = default_options();
-    // SAFETY: `known` holds at most size_of::<EtbBootstrapOptions>() bytes and is copied over
-    // the start of a properly aligned local of that size; every bit pattern is a valid value of
-    // each field (integers, a float, a raw pointer, an optional function pointer).
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            known.as_ptr(),
-            (&mut local as *mut EtbBootstrapOptions).cast::<u8>(),
-            known.len(),
-        )
-    };
-    let mode = match local.cuda_mode {
-        ETB_CUDA_AUTO => CudaMode::Auto,
-        ETB_CUDA_REQUIRE => CudaMode::Require,
-        ETB_CUDA_SKIP => CudaMode::Skip,
-        other => {
-            return Err(FfiError::new(
-                ETB_ERR_INVALID_ARGUMENT,
-                format!("cuda_mode is {other}; use ETB_CUDA_AUTO (0), ETB_CUDA_REQUIRE (1) or ETB_CUDA_SKIP (2)"),
-            ))
-        }
-    };
-    let ptrace_mode = match local.ptrace_mode {
-        ETB_PTRACE_AGENT => PtraceMode::Agent,
-        ETB_PTRACE_ANY => PtraceMode::Any,
-        ETB_PTRACE_NONE => PtraceMode::None,
-        other => {
-            return Err(FfiError::new(
-                ETB_ERR_INVALID_ARGUMENT,
-                format!("ptrace_mode is {other}; use ETB_PTRACE_AGENT (0), ETB_PTRACE_ANY (1) or ETB_PTRACE_NONE (2)"),
-            ))
-        }
+/// Reads a caller's options, whatever version of the struct it was compiled with (an older,
+/// smaller one takes the defaults for what it does not cover; see `args::versioned`); NULL is
+/// the defaults when `null_is_default`, else `ETB_ERR_NULL_ARGUMENT`.
+fn read_options(options: *const EtbBootstrapOptions, null_is_default: bool) -> Result<Parsed, FfiError> {
+    let local = match optional_reference(options) {
+        None if null_is_default => default_options(),
+        _ => versioned(options, "options", MIN_OPTIONS_SIZE, default_options())?,
     };
     Ok(Parsed {
         path_naming_fn: local.path_naming_fn,
         user_data: local.user_data,
         connection_timeout_s: local.connection_timeout_s,
-        cuda_mode: mode,
-        ptrace_mode,
+        cuda_mode: decode(local.cuda_mode, "cuda_mode", &CUDA_MODES)?,
+        ptrace_mode: decode(local.ptrace_mode, "ptrace_mode", &PTRACE_MODES)?,
         trust: TrustPolicy { allow_shared_group: local.allow_shared_group != 0 },
         share_agent: local.allow_shared_agent != 0,
     })
 }
 
-/// The body both entry points share.
-fn bootstrap_into(
+/// Which agent to attach to: the environment's (with the options' naming), or one given with
+/// its paths.
+enum Target {
+    Environment,
+    Explicit { agent_rank: i64, paths: AgentPaths },
+}
+
+/// The one attach both `etb_bootstrap_client*` and `etb_client_connect` run: the options in the
+/// core's terms, the bootstrap, then the two handles written, only on success.
+fn attach(
     p: Parsed,
+    target: Target,
     client_out: Out<*mut EtbClient>,
     info_out: Out<*mut EtbBootstrapInfo>,
 ) -> Result<(), FfiError> {
     let connection_timeout = timeout(p.connection_timeout_s, "connection_timeout_s")?;
     let user_data = p.user_data;
-    let mut naming = p.path_naming_fn.map(|f| move |rank| call_naming_fn(f, user_data, rank));
+    let mut naming = match target {
+        Target::Environment => p.path_naming_fn.map(|f| move |rank| call_naming_fn(f, user_data, rank)),
+        Target::Explicit { .. } => None,
+    };
     let options = BootstrapOptions {
         path_naming: naming.as_mut().map(|n| n as _),
         connection_timeout,
@@ -215,7 +189,10 @@ fn bootstrap_into(
         trust: p.trust,
         share_agent: p.share_agent,
     };
-    let (client, info) = bootstrap_client(options)?;
+    let (client, info) = match target {
+        Target::Environment => bootstrap_client(options)?,
+        Target::Explicit { agent_rank, paths } => connect_client(agent_rank, paths, &options)?,
+    };
     let info = EtbBootstrapInfo::new(info).map_err(|e| FfiError::new(ETB_ERR_NAMING, e))?;
     // Written only now, on success.
     client_out.write(new_handle(EtbClient { client }));
@@ -260,8 +237,9 @@ ffi_fn! {
         info_out: *mut *mut EtbBootstrapInfo,
     ) -> EtbStatus {
         let (client_out, info_out) = (out(client_out, "client_out")?, out(info_out, "info_out")?);
-        let defaults = read_options(&default_options())?;
-        bootstrap_into(Parsed { path_naming_fn, user_data, connection_timeout_s, ..defaults }, client_out, info_out)
+        let defaults = read_options(std::ptr::null(), true)?;
+        let p = Parsed { path_naming_fn, user_data, connection_timeout_s, ..defaults };
+        attach(p, Target::Environment, client_out, info_out)
     }
 }
 
@@ -289,8 +267,7 @@ ffi_fn! {
         info_out: *mut *mut EtbBootstrapInfo,
     ) -> EtbStatus {
         let (client_out, info_out) = (out(client_out, "client_out")?, out(info_out, "info_out")?);
-        let read = read_options(options)?;
-        bootstrap_into(read, client_out, info_out)
+        attach(read_options(options, false)?, Target::Environment, client_out, info_out)
     }
 }
 
@@ -319,23 +296,6 @@ ffi_fn! {
         let (client_out, info_out) = (out(client_out, "client_out")?, out(info_out, "info_out")?);
         let path = |p, name| c_str(p, name).map(|c| PathBuf::from(OsStr::from_bytes(c.to_bytes())));
         let paths = AgentPaths { command_queue: path(command_queue_path, "command_queue_path")?, state: path(state_path, "state_path")? };
-        let p = match optional_reference(options) {
-            None => read_options(&default_options())?,
-            Some(_) => read_options(options)?,
-        };
-        let options = BootstrapOptions {
-            path_naming: None,
-            connection_timeout: timeout(p.connection_timeout_s, "connection_timeout_s")?,
-            env: &ProcessEnv,
-            cuda_mode: p.cuda_mode,
-            ptrace_mode: p.ptrace_mode,
-            trust: p.trust,
-            share_agent: p.share_agent,
-        };
-        let (client, info) = connect_client(agent_rank, paths, &options)?;
-        let info = EtbBootstrapInfo::new(info).map_err(|e| FfiError::new(ETB_ERR_NAMING, e))?;
-        client_out.write(new_handle(EtbClient { client }));
-        info_out.write(new_handle(info));
-        Ok(())
+        attach(read_options(options, true)?, Target::Explicit { agent_rank, paths }, client_out, info_out)
     }
 }

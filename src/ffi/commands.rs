@@ -20,12 +20,14 @@
 //! - If the agent process exits during a wait, the call returns `ETB_ERR_AGENT_DIED` at once
 //!   (within about 10 ms), and so does every later call on this client.
 
-use super::args::{new_handle, optional_slice, out, reference, slice, timeout, utf8};
+use super::args::{decode, new_handle, optional_slice, out, reference, slice, timeout, utf8, Out};
 use super::boundary::FfiError;
 use super::client::EtbClient;
 use super::completion::EtbCompletion;
-use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT};
+use super::status::EtbStatus;
+use etb_core::client::{Client, Completion};
 use etb_core::protocol::commands::TransferKind;
+use etb_core::timeout::Timeout;
 
 /// A transfer direction across the C ABI: `ETB_TRANSFER_SEND` or `ETB_TRANSFER_RECV`.
 pub type EtbTransferKind = i32;
@@ -45,15 +47,66 @@ pub struct EtbTensorPayload {
     pub len: usize,
 }
 
-fn transfer_kind(kind: EtbTransferKind) -> Result<TransferKind, FfiError> {
-    match kind {
-        ETB_TRANSFER_SEND => Ok(TransferKind::Send),
-        ETB_TRANSFER_RECV => Ok(TransferKind::Recv),
-        other => Err(FfiError::new(
-            ETB_ERR_INVALID_ARGUMENT,
-            format!("`kind` is {other}; use ETB_TRANSFER_SEND (0) or ETB_TRANSFER_RECV (1)"),
-        )),
-    }
+/// Hands a new completion to the caller.
+fn give(completion: Completion, completion_out: Out<*mut EtbCompletion>) {
+    completion_out.write(new_handle(EtbCompletion { completion }));
+}
+
+/// The transfer directions, for decoding.
+const TRANSFER_KINDS: [(EtbTransferKind, &str, TransferKind); 2] = [
+    (ETB_TRANSFER_SEND, "ETB_TRANSFER_SEND", TransferKind::Send),
+    (ETB_TRANSFER_RECV, "ETB_TRANSFER_RECV", TransferKind::Recv),
+];
+
+/// `InitPair`'s arguments, read once for its blocking and async exports.
+struct InitPairArgs<'a> {
+    client: &'a Client,
+    pair: &'a str,
+    local: &'a str,
+    remote: &'a str,
+    mesh: Option<&'a [u8]>,
+    placements: Option<&'a [u8]>,
+    timeout: Timeout,
+}
+
+/// Reads `InitPair`'s arguments after the client (and the out-pointer, for the async form): the
+/// order in which NULLs are reported.
+#[allow(clippy::too_many_arguments)]
+fn init_pair_args<'a>(
+    c: &'a EtbClient,
+    pair_name: *const libc::c_char,
+    local_name: *const libc::c_char,
+    remote_name: *const libc::c_char,
+    mesh_shape_payload: *const u8,
+    mesh_shape_payload_len: usize,
+    placements_payload: *const u8,
+    placements_payload_len: usize,
+    timeout_s: f64,
+) -> Result<InitPairArgs<'a>, FfiError> {
+    Ok(InitPairArgs {
+        client: &c.client,
+        pair: utf8(pair_name, "pair_name")?,
+        local: utf8(local_name, "local_name")?,
+        remote: utf8(remote_name, "remote_name")?,
+        mesh: optional_slice(mesh_shape_payload, mesh_shape_payload_len, "mesh_shape_payload")?,
+        placements: optional_slice(placements_payload, placements_payload_len, "placements_payload")?,
+        timeout: timeout(timeout_s, "timeout_s")?,
+    })
+}
+
+/// The arguments of a command about one batch (`QueryStatus`, `CleanupBatch`, the signal read),
+/// read once for each of its exports.
+fn batch_args<'a>(batch_id: *const libc::c_char, timeout_s: f64) -> Result<(&'a str, Timeout), FfiError> {
+    Ok((utf8(batch_id, "batch_id")?, timeout(timeout_s, "timeout_s")?))
+}
+
+/// `Transfer`'s arguments, read once for its blocking, async and detached exports.
+fn transfer_args<'a>(
+    batch_id: *const libc::c_char,
+    kind: EtbTransferKind,
+    timeout_s: f64,
+) -> Result<(&'a str, TransferKind, Timeout), FfiError> {
+    Ok((utf8(batch_id, "batch_id")?, decode(kind, "`kind`", &TRANSFER_KINDS)?, timeout(timeout_s, "timeout_s")?))
 }
 
 ffi_fn! {
@@ -81,13 +134,8 @@ ffi_fn! {
         timeout_s: f64,
     ) -> EtbStatus {
         let c = reference(client, "client")?;
-        let pair = utf8(pair_name, "pair_name")?;
-        let local = utf8(local_name, "local_name")?;
-        let remote = utf8(remote_name, "remote_name")?;
-        let mesh = optional_slice(mesh_shape_payload, mesh_shape_payload_len, "mesh_shape_payload")?;
-        let placements = optional_slice(placements_payload, placements_payload_len, "placements_payload")?;
-        let t = timeout(timeout_s, "timeout_s")?;
-        Ok(c.client.init_pair(pair, local, remote, expected_world_size, mesh, placements, t)?)
+        let a = init_pair_args(c, pair_name, local_name, remote_name, mesh_shape_payload, mesh_shape_payload_len, placements_payload, placements_payload_len, timeout_s)?;
+        Ok(a.client.init_pair(a.pair, a.local, a.remote, expected_world_size, a.mesh, a.placements, a.timeout)?)
     }
 }
 
@@ -138,7 +186,7 @@ ffi_fn! {
         timeout_s: f64,
     ) -> EtbStatus {
         let c = reference(client, "client")?;
-        let (batch, k, t) = (utf8(batch_id, "batch_id")?, transfer_kind(kind)?, timeout(timeout_s, "timeout_s")?);
+        let (batch, k, t) = transfer_args(batch_id, kind, timeout_s)?;
         Ok(c.client.transfer(batch, k, t)?)
     }
 }
@@ -159,7 +207,7 @@ ffi_fn! {
     ) -> EtbStatus {
         let c = reference(client, "client")?;
         let signal_out = out(signal_out, "signal_out")?;
-        let (batch, t) = (utf8(batch_id, "batch_id")?, timeout(timeout_s, "timeout_s")?);
+        let (batch, t) = batch_args(batch_id, timeout_s)?;
         signal_out.write(c.client.query_transfer_signal(batch, t)?);
         Ok(())
     }
@@ -177,7 +225,7 @@ ffi_fn! {
         timeout_s: f64,
     ) -> EtbStatus {
         let c = reference(client, "client")?;
-        let (batch, t) = (utf8(batch_id, "batch_id")?, timeout(timeout_s, "timeout_s")?);
+        let (batch, t) = batch_args(batch_id, timeout_s)?;
         Ok(c.client.cleanup_batch(batch, t)?)
     }
 }
@@ -206,9 +254,8 @@ ffi_fn! {
     ) -> EtbStatus {
         let c = reference(client, "client")?;
         let completion_out = out(completion_out, "completion_out")?;
-        let (batch, k, t) = (utf8(batch_id, "batch_id")?, transfer_kind(kind)?, timeout(timeout_s, "timeout_s")?);
-        let completion = c.client.transfer_async(batch, k, t)?;
-        completion_out.write(new_handle(EtbCompletion { completion }));
+        let (batch, k, t) = transfer_args(batch_id, kind, timeout_s)?;
+        give(c.client.transfer_async(batch, k, t)?, completion_out);
         Ok(())
     }
 }
@@ -227,7 +274,7 @@ ffi_fn! {
         timeout_s: f64,
     ) -> EtbStatus {
         let c = reference(client, "client")?;
-        let (batch, k, t) = (utf8(batch_id, "batch_id")?, transfer_kind(kind)?, timeout(timeout_s, "timeout_s")?);
+        let (batch, k, t) = transfer_args(batch_id, kind, timeout_s)?;
         Ok(c.client.transfer_detached(batch, k, t)?)
     }
 }
@@ -257,12 +304,8 @@ ffi_fn! {
     ) -> EtbStatus {
         let c = reference(client, "client")?;
         let completion_out = out(completion_out, "completion_out")?;
-        let (pair, local, remote) = (utf8(pair_name, "pair_name")?, utf8(local_name, "local_name")?, utf8(remote_name, "remote_name")?);
-        let mesh = optional_slice(mesh_shape_payload, mesh_shape_payload_len, "mesh_shape_payload")?;
-        let placements = optional_slice(placements_payload, placements_payload_len, "placements_payload")?;
-        let t = timeout(timeout_s, "timeout_s")?;
-        let completion = c.client.init_pair_async(pair, local, remote, expected_world_size, mesh, placements, t)?;
-        completion_out.write(new_handle(EtbCompletion { completion }));
+        let a = init_pair_args(c, pair_name, local_name, remote_name, mesh_shape_payload, mesh_shape_payload_len, placements_payload, placements_payload_len, timeout_s)?;
+        give(a.client.init_pair_async(a.pair, a.local, a.remote, expected_world_size, a.mesh, a.placements, a.timeout)?, completion_out);
         Ok(())
     }
 }
@@ -284,8 +327,8 @@ ffi_fn! {
     ) -> EtbStatus {
         let c = reference(client, "client")?;
         let completion_out = out(completion_out, "completion_out")?;
-        let (batch, t) = (utf8(batch_id, "batch_id")?, timeout(timeout_s, "timeout_s")?);
-        completion_out.write(new_handle(EtbCompletion { completion: c.client.cleanup_batch_async(batch, t)? }));
+        let (batch, t) = batch_args(batch_id, timeout_s)?;
+        give(c.client.cleanup_batch_async(batch, t)?, completion_out);
         Ok(())
     }
 }
@@ -308,8 +351,8 @@ ffi_fn! {
     ) -> EtbStatus {
         let c = reference(client, "client")?;
         let completion_out = out(completion_out, "completion_out")?;
-        let (batch, t) = (utf8(batch_id, "batch_id")?, timeout(timeout_s, "timeout_s")?);
-        completion_out.write(new_handle(EtbCompletion { completion: c.client.query_transfer_signal_async(batch, t)? }));
+        let (batch, t) = batch_args(batch_id, timeout_s)?;
+        give(c.client.query_transfer_signal_async(batch, t)?, completion_out);
         Ok(())
     }
 }

@@ -5,7 +5,9 @@
 
 use std::ffi::{c_void, CStr};
 
-use super::args::{new_handle, optional_reference, out, reference, slice, take_handle, utf8};
+use super::args::{
+    decode, new_handle, optional_reference, out, reference, slice, take_handle, utf8, versioned, Versioned,
+};
 use super::boundary::FfiError;
 use super::client::EtbClient;
 use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT};
@@ -93,32 +95,35 @@ pub const ETB_PLACEMENT_REPLICATE: i32 = 1;
 /// `Partial(reduce_op)`.
 pub const ETB_PLACEMENT_PARTIAL: i32 = 2;
 
-/// A `struct_size` past this is garbage (an uninitialized struct), not a newer caller.
-const MAX_STRUCT_SIZE: usize = 4096;
+/// The placement kinds, for decoding.
+const PLACEMENT_KINDS: [(i32, &str, i32); 3] = [
+    (ETB_PLACEMENT_SHARD, "ETB_PLACEMENT_SHARD", ETB_PLACEMENT_SHARD),
+    (ETB_PLACEMENT_REPLICATE, "ETB_PLACEMENT_REPLICATE", ETB_PLACEMENT_REPLICATE),
+    (ETB_PLACEMENT_PARTIAL, "ETB_PLACEMENT_PARTIAL", ETB_PLACEMENT_PARTIAL),
+];
 
 fn invalid(message: String) -> FfiError {
     FfiError::new(ETB_ERR_INVALID_ARGUMENT, message)
 }
 
-/// Reads a caller's `EtbCudaTensor`: this version's size, or a newer caller's larger one whose
-/// tail is zero.
-fn read_tensor(tensor: *const EtbCudaTensor) -> Result<EtbCudaTensor, FfiError> {
-    const KNOWN: usize = std::mem::size_of::<EtbCudaTensor>();
-    let size = *reference(tensor.cast::<u32>(), "tensor")? as usize;
-    if !(KNOWN..=MAX_STRUCT_SIZE).contains(&size) {
-        return Err(invalid(format!(
-            "tensor->struct_size is {size}, outside {KNOWN}..={MAX_STRUCT_SIZE}: fill the tensor with etb_cuda_tensor_init first"
-        )));
+// SAFETY: `#[repr(C)]`, starts with `struct_size: u32`; its fields are integers, raw pointers
+// and a `CUstream` pointer, for which every bit pattern is a valid value.
+unsafe impl Versioned for EtbCudaTensor {
+    const INIT_FN: &'static str = "etb_cuda_tensor_init";
+}
+
+/// What `etb_cuda_tensor_init` writes: this version's size, every other field zero.
+fn tensor_defaults() -> EtbCudaTensor {
+    EtbCudaTensor {
+        struct_size: std::mem::size_of::<EtbCudaTensor>() as u32,
+        dtype: 0,
+        data: 0,
+        ndim: 0,
+        wait_on_stream: 0,
+        shape: std::ptr::null(),
+        strides: std::ptr::null(),
+        stream: std::ptr::null_mut(),
     }
-    let bytes = slice(tensor.cast::<u8>(), size, "tensor")?;
-    if let Some(i) = bytes[KNOWN..].iter().position(|&b| b != 0) {
-        return Err(invalid(format!(
-            "tensor byte {} is set, past the fields this library ({}) knows: the caller was built for a newer etha-tensor-bus",
-            KNOWN + i,
-            env!("CARGO_PKG_VERSION")
-        )));
-    }
-    Ok(*reference(tensor, "tensor")?)
 }
 
 fn give(payload: Payload, out_ptr: super::args::Out<*mut EtbPayload>) {
@@ -132,16 +137,7 @@ ffi_fn! {
     /// # Safety
     /// `tensor` is NULL or points to `sizeof(EtbCudaTensor)` writable bytes.
     unsafe fn etb_cuda_tensor_init(tensor: *mut EtbCudaTensor) {
-        out(tensor, "tensor")?.write_zero_padded(EtbCudaTensor {
-            struct_size: std::mem::size_of::<EtbCudaTensor>() as u32,
-            dtype: 0,
-            data: 0,
-            ndim: 0,
-            wait_on_stream: 0,
-            shape: std::ptr::null(),
-            strides: std::ptr::null(),
-            stream: std::ptr::null_mut(),
-        });
+        out(tensor, "tensor")?.write_zero_padded(tensor_defaults());
         Ok(())
     }
 }
@@ -186,7 +182,8 @@ ffi_fn! {
         let c = reference(client, "client")?;
         reference(tensor.cast::<u32>(), "tensor")?;
         let payload_out = out(payload_out, "payload_out")?;
-        let t = read_tensor(tensor)?;
+        // Every field is needed: an older, smaller struct is refused.
+        let t = versioned(tensor, "tensor", std::mem::size_of::<EtbCudaTensor>(), tensor_defaults())?;
         c.client.check_cuda_bound()?;
         if t.ndim as usize > MAX_NDIM {
             return Err(invalid(format!("tensor->ndim is {}; at most {MAX_NDIM}", t.ndim)));
@@ -241,16 +238,12 @@ ffi_fn! {
         let entries = slice(placements, count, "placements")?;
         let mut list = Vec::with_capacity(entries.len());
         for (i, p) in entries.iter().enumerate() {
-            list.push(match p.kind {
+            let kind = decode(p.kind, &format!("placements[{i}].kind"), &PLACEMENT_KINDS)?;
+            list.push(match kind {
                 ETB_PLACEMENT_SHARD => Placement::Shard(i64::from(p.dim)),
                 ETB_PLACEMENT_REPLICATE => Placement::Replicate,
-                ETB_PLACEMENT_PARTIAL if optional_reference(p.reduce_op).is_none() => Placement::Partial("sum".into()),
-                ETB_PLACEMENT_PARTIAL => Placement::Partial(utf8(p.reduce_op, &format!("placements[{i}].reduce_op"))?.into()),
-                other => {
-                    return Err(invalid(format!(
-                        "placements[{i}].kind is {other}; use ETB_PLACEMENT_SHARD (0), ETB_PLACEMENT_REPLICATE (1) or ETB_PLACEMENT_PARTIAL (2)"
-                    )))
-                }
+                _ if optional_reference(p.reduce_op).is_none() => Placement::Partial("sum".into()),
+                _ => Placement::Partial(utf8(p.reduce_op, &format!("placements[{i}].reduce_op"))?.into()),
             });
         }
         give(Payload::plain(layout::placements(&list)?), payload_out);
