@@ -109,21 +109,22 @@ const PTRACE_MODES: [(EtbPtraceMode, &str, PtraceMode); 3] = [
     (ETB_PTRACE_NONE, "ETB_PTRACE_NONE", PtraceMode::None),
 ];
 
-ffi_fn! {
-    /// Fills `*options` with the defaults: `struct_size` = `sizeof(EtbBootstrapOptions)`, default
-    /// naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`, `ETB_PTRACE_AGENT`; every other byte zero.
-    /// NULL is ignored (and recorded as the thread's last error). Thread-safe; does not block.
-    ///
-    /// It writes this library version's `sizeof(EtbBootstrapOptions)` bytes. Fields are only ever
-    /// appended in a release that changes the SONAME (`libetha_tensor_bus.so.0.<minor>`), so a
-    /// program can never meet a library whose struct is larger than the one it was compiled with.
-    ///
-    /// # Safety
-    /// `options` is NULL or points to `sizeof(EtbBootstrapOptions)` writable bytes.
-    unsafe fn etb_bootstrap_options_init(options: *mut EtbBootstrapOptions) {
+/// Fills `*options` with the defaults: `struct_size` = `sizeof(EtbBootstrapOptions)`, default
+/// naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`, `ETB_PTRACE_AGENT`; every other byte zero.
+/// NULL is ignored (and recorded as the thread's last error). Thread-safe; does not block.
+///
+/// It writes this library version's `sizeof(EtbBootstrapOptions)` bytes. Fields are only ever
+/// appended in a release that changes the SONAME (`libetha_tensor_bus.so.0.<minor>`), so a
+/// program can never meet a library whose struct is larger than the one it was compiled with.
+///
+/// # Safety
+/// `options` is NULL or points to `sizeof(EtbBootstrapOptions)` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn etb_bootstrap_options_init(options: *mut EtbBootstrapOptions) {
+    value_boundary!((), {
         out(options, "options")?.write_zero_padded(default_options());
         Ok(())
-    }
+    })
 }
 
 fn default_options() -> EtbBootstrapOptions {
@@ -200,102 +201,108 @@ fn attach(
     Ok(())
 }
 
-ffi_fn! {
-    /// Finds this worker's agent and attaches to it, as the reference `bootstrap_client` does, then
-    /// binds the calling thread to its GPU as `ETB_CUDA_AUTO` says (see `etb_bootstrap_client_ex`).
-    ///
-    /// Reads `AGENT_RANK` (or `RANK` + `AGENT_RANK_OFFSET`; `RANK` is required either way) and
-    /// `LOCAL_RANK` from the process environment; names the agent's two LMDB files with
-    /// `path_naming_fn` (NULL: `/tmp/agent_rank{N}_command.lmdb` and `/tmp/agent_rank{N}_state.lmdb`);
-    /// waits until the state LMDB exists and carries a fresh heartbeat (younger than 5 s); attaches
-    /// to the command queue as a follower (nothing is created or written); and authorizes the agent's
-    /// process, when identified, to ptrace this one (failures are logged, not returned).
-    ///
-    /// - `connection_timeout_s`: seconds to wait for the agent, finite and >= 0 or +infinity; 0 makes
-    ///   a single attempt. NaN or negative: `ETB_ERR_INVALID_ARGUMENT`. Polls every millisecond, so a
-    ///   worker started before its agent connects within a few ms of the first heartbeat.
-    /// - Blocks up to `connection_timeout_s`; never reports a timeout before it.
-    /// - On success writes a new client to `*client_out` (owned by the caller: release with
-    ///   `etb_client_close`) and a new info to `*info_out` (release with `etb_info_free`); the two are
-    ///   independent. On failure writes neither and returns `ETB_ERR_ENV`, `ETB_ERR_NAMING`,
-    ///   `ETB_ERR_AGENT_NOT_FOUND`, `ETB_ERR_AGENT_NOT_RESPONDING`, `ETB_ERR_LMDB`, `ETB_ERR_IPC` or
-    ///   another code, with the details in `etb_last_error_message()`.
-    /// - `client_out` and `info_out` are required (`ETB_ERR_NULL_ARGUMENT`); `user_data` may be
-    ///   anything, and is only passed to `path_naming_fn`.
-    /// - Thread-safe: may run on several threads at once, also for the same agent (clients of one
-    ///   agent in one process share one LMDB environment per file). Reads the environment, so do not
-    ///   call `setenv` concurrently.
-    ///
-    /// # Safety
-    /// `path_naming_fn` is NULL or a function that keeps the callback contract of
-    /// `EtbPathNamingFn`; `client_out` and `info_out` are NULL or writable.
-    unsafe fn etb_bootstrap_client(
-        path_naming_fn: EtbPathNamingFn,
-        user_data: *mut c_void,
-        connection_timeout_s: f64,
-        client_out: *mut *mut EtbClient,
-        info_out: *mut *mut EtbBootstrapInfo,
-    ) -> EtbStatus {
+/// Finds this worker's agent and attaches to it, as the reference `bootstrap_client` does, then
+/// binds the calling thread to its GPU as `ETB_CUDA_AUTO` says (see `etb_bootstrap_client_ex`).
+///
+/// Reads `AGENT_RANK` (or `RANK` + `AGENT_RANK_OFFSET`; `RANK` is required either way) and
+/// `LOCAL_RANK` from the process environment; names the agent's two LMDB files with
+/// `path_naming_fn` (NULL: `/tmp/agent_rank{N}_command.lmdb` and `/tmp/agent_rank{N}_state.lmdb`);
+/// waits until the state LMDB exists and carries a fresh heartbeat (younger than 5 s); attaches
+/// to the command queue as a follower (nothing is created or written); and authorizes the agent's
+/// process, when identified, to ptrace this one (failures are logged, not returned).
+///
+/// - `connection_timeout_s`: seconds to wait for the agent, finite and >= 0 or +infinity; 0 makes
+///   a single attempt. NaN or negative: `ETB_ERR_INVALID_ARGUMENT`. Polls every millisecond, so a
+///   worker started before its agent connects within a few ms of the first heartbeat.
+/// - Blocks up to `connection_timeout_s`; never reports a timeout before it.
+/// - On success writes a new client to `*client_out` (owned by the caller: release with
+///   `etb_client_close`) and a new info to `*info_out` (release with `etb_info_free`); the two are
+///   independent. On failure writes neither and returns `ETB_ERR_ENV`, `ETB_ERR_NAMING`,
+///   `ETB_ERR_AGENT_NOT_FOUND`, `ETB_ERR_AGENT_NOT_RESPONDING`, `ETB_ERR_LMDB`, `ETB_ERR_IPC` or
+///   another code, with the details in `etb_last_error_message()`.
+/// - `client_out` and `info_out` are required (`ETB_ERR_NULL_ARGUMENT`); `user_data` may be
+///   anything, and is only passed to `path_naming_fn`.
+/// - Thread-safe: may run on several threads at once, also for the same agent (clients of one
+///   agent in one process share one LMDB environment per file). Reads the environment, so do not
+///   call `setenv` concurrently.
+///
+/// # Safety
+/// `path_naming_fn` is NULL or a function that keeps the callback contract of
+/// `EtbPathNamingFn`; `client_out` and `info_out` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_bootstrap_client(
+    path_naming_fn: EtbPathNamingFn,
+    user_data: *mut c_void,
+    connection_timeout_s: f64,
+    client_out: *mut *mut EtbClient,
+    info_out: *mut *mut EtbBootstrapInfo,
+) -> EtbStatus {
+    status_boundary!({
         let (client_out, info_out) = (out(client_out, "client_out")?, out(info_out, "info_out")?);
         let defaults = read_options(std::ptr::null(), true)?;
         let p = Parsed { path_naming_fn, user_data, connection_timeout_s, ..defaults };
         attach(p, Target::Environment, client_out, info_out)
-    }
+    })
 }
 
-ffi_fn! {
-    /// `etb_bootstrap_client` with options (NULL: `ETB_ERR_NULL_ARGUMENT`), an extensible struct
-    /// whose `struct_size` may be that of an older caller (fields it does not cover take their
-    /// defaults) or of a newer one (accepted only if every byte past the fields this library knows
-    /// is zero), else `ETB_ERR_INVALID_ARGUMENT`; an unknown `cuda_mode` or `ptrace_mode` too.
-    ///
-    /// CUDA (after the agent is validated): the driver (`libcuda.so.1`, or the library named by
-    /// `ETB_CUDA_DRIVER_PATH`) is loaded at run time, once per process, reusing one already loaded;
-    /// the device is `cuda:{LOCAL_RANK}` as the driver numbers it (so `CUDA_VISIBLE_DEVICES`
-    /// applies); its *primary* context (the one PyTorch and the CUDA runtime use) is retained and made
-    /// current on the calling thread. The client holds the retain and releases it on close. See
-    /// `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE`, `ETB_CUDA_SKIP` for what each mode does and costs.
-    /// Everything else as `etb_bootstrap_client`.
-    ///
-    /// # Safety
-    /// `options` is NULL or points to `options->struct_size` readable bytes (filled by
-    /// `etb_bootstrap_options_init`), whose naming callback keeps the `EtbPathNamingFn` contract;
-    /// `client_out` and `info_out` are NULL or writable.
-    unsafe fn etb_bootstrap_client_ex(
-        options: *const EtbBootstrapOptions,
-        client_out: *mut *mut EtbClient,
-        info_out: *mut *mut EtbBootstrapInfo,
-    ) -> EtbStatus {
+/// `etb_bootstrap_client` with options (NULL: `ETB_ERR_NULL_ARGUMENT`), an extensible struct
+/// whose `struct_size` may be that of an older caller (fields it does not cover take their
+/// defaults) or of a newer one (accepted only if every byte past the fields this library knows
+/// is zero), else `ETB_ERR_INVALID_ARGUMENT`; an unknown `cuda_mode` or `ptrace_mode` too.
+///
+/// CUDA (after the agent is validated): the driver (`libcuda.so.1`, or the library named by
+/// `ETB_CUDA_DRIVER_PATH`) is loaded at run time, once per process, reusing one already loaded;
+/// the device is `cuda:{LOCAL_RANK}` as the driver numbers it (so `CUDA_VISIBLE_DEVICES`
+/// applies); its *primary* context (the one PyTorch and the CUDA runtime use) is retained and made
+/// current on the calling thread. The client holds the retain and releases it on close. See
+/// `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE`, `ETB_CUDA_SKIP` for what each mode does and costs.
+/// Everything else as `etb_bootstrap_client`.
+///
+/// # Safety
+/// `options` is NULL or points to `options->struct_size` readable bytes (filled by
+/// `etb_bootstrap_options_init`), whose naming callback keeps the `EtbPathNamingFn` contract;
+/// `client_out` and `info_out` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_bootstrap_client_ex(
+    options: *const EtbBootstrapOptions,
+    client_out: *mut *mut EtbClient,
+    info_out: *mut *mut EtbBootstrapInfo,
+) -> EtbStatus {
+    status_boundary!({
         let (client_out, info_out) = (out(client_out, "client_out")?, out(info_out, "info_out")?);
         attach(read_options(options, false)?, Target::Environment, client_out, info_out)
-    }
+    })
 }
 
-ffi_fn! {
-    /// Connects to agent `agent_rank` at the two given paths, reading nothing of the environment:
-    /// the reference's `TensorBusClient(agent_rank, lmdb_command_queue_path,
-    /// agent_state_lmdb_path)`. Validates the agent, attaches its queue and authorizes it as
-    /// `etb_bootstrap_client_ex` does, with `options` (NULL: the defaults; its naming callback is
-    /// ignored). The info's method is `"direct"`, its global rank -1 and its device `cuda:0` (the
-    /// CUDA mode binds to device 0: use `etb_bootstrap_client_ex` to bind to `LOCAL_RANK`). Paths are
-    /// bytes (any but NUL). Writes `*client_out` and `*info_out` on success only (release with
-    /// `etb_client_close` and `etb_info_free`). Blocks up to the options' connection timeout.
-    /// Thread-safe.
-    ///
-    /// # Safety
-    /// The paths are NULL or NUL-terminated; `options` is NULL or as for `etb_bootstrap_client_ex`;
-    /// `client_out` and `info_out` are NULL or writable.
-    unsafe fn etb_client_connect(
-        agent_rank: i64,
-        command_queue_path: *const libc::c_char,
-        state_path: *const libc::c_char,
-        options: *const EtbBootstrapOptions,
-        client_out: *mut *mut EtbClient,
-        info_out: *mut *mut EtbBootstrapInfo,
-    ) -> EtbStatus {
+/// Connects to agent `agent_rank` at the two given paths, reading nothing of the environment:
+/// the reference's `TensorBusClient(agent_rank, lmdb_command_queue_path,
+/// agent_state_lmdb_path)`. Validates the agent, attaches its queue and authorizes it as
+/// `etb_bootstrap_client_ex` does, with `options` (NULL: the defaults; its naming callback is
+/// ignored). The info's method is `"direct"`, its global rank -1 and its device `cuda:0` (the
+/// CUDA mode binds to device 0: use `etb_bootstrap_client_ex` to bind to `LOCAL_RANK`). Paths are
+/// bytes (any but NUL). Writes `*client_out` and `*info_out` on success only (release with
+/// `etb_client_close` and `etb_info_free`). Blocks up to the options' connection timeout.
+/// Thread-safe.
+///
+/// # Safety
+/// The paths are NULL or NUL-terminated; `options` is NULL or as for `etb_bootstrap_client_ex`;
+/// `client_out` and `info_out` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_connect(
+    agent_rank: i64,
+    command_queue_path: *const libc::c_char,
+    state_path: *const libc::c_char,
+    options: *const EtbBootstrapOptions,
+    client_out: *mut *mut EtbClient,
+    info_out: *mut *mut EtbBootstrapInfo,
+) -> EtbStatus {
+    status_boundary!({
         let (client_out, info_out) = (out(client_out, "client_out")?, out(info_out, "info_out")?);
         let path = |p, name| c_str(p, name).map(|c| PathBuf::from(OsStr::from_bytes(c.to_bytes())));
-        let paths = AgentPaths { command_queue: path(command_queue_path, "command_queue_path")?, state: path(state_path, "state_path")? };
+        let paths = AgentPaths {
+            command_queue: path(command_queue_path, "command_queue_path")?,
+            state: path(state_path, "state_path")?,
+        };
         attach(read_options(options, true)?, Target::Explicit { agent_rank, paths }, client_out, info_out)
-    }
+    })
 }

@@ -1,5 +1,8 @@
-//! The C boundary: the one macro every export is written with ([`ffi_fn!`]), the panic boundary
-//! it puts around every body, and the thread's last error, recorded (and logged) in one place.
+//! The C boundary: the two macros every export's body is written with ([`status_boundary!`],
+//! [`value_boundary!`]), the panic boundary they put around the body, and the thread's last
+//! error, recorded (and logged) in one place. Every export is a plain `#[no_mangle] pub [unsafe]
+//! extern "C" fn` in the source (so that grep, ctags and cbindgen see it as it is), whose whole
+//! body is one of the two macros.
 //!
 //! Every error message reads `ETB_ERR_X: etb_function: what failed ...`: the status name and the
 //! export's name are added here, once, so no export repeats its own name and no helper needs it.
@@ -13,54 +16,42 @@ use std::sync::Once;
 use super::status::{status_name, status_of, EtbStatus, ETB_ERR_NULL_ARGUMENT, ETB_ERR_PANIC, ETB_OK};
 use etb_core::error::{Error, ErrorKind};
 
-/// Writes one exported function: `#[no_mangle] pub [unsafe] extern "C" fn`, with its body run
-/// inside the panic boundary under the function's own name (for messages). The body is a block
-/// that evaluates to `Result<T, FfiError>`:
-///
-/// - `-> EtbStatus { .. }`: the body gives `Result<(), FfiError>`; `Ok` is `ETB_OK`, an error
-///   its status (recorded as the thread's last error).
-/// - `-> T = sentinel; { .. }`: an accessor; the body gives `Result<T, FfiError>`; an error (or a
-///   panic) is recorded and the export returns `sentinel`.
-/// - no return type: a release or init function; errors are recorded, nothing is returned.
-///
-/// `unsafe fn` makes an `unsafe extern "C" fn` (it takes pointers: its doc comment has a
-/// `# Safety` section); plain `fn` a safe one (no pointer arguments).
-macro_rules! ffi_fn {
-    ($(#[$attr:meta])* unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> EtbStatus $body:block) => {
-        $(#[$attr])*
-        #[no_mangle]
-        pub unsafe extern "C" fn $name($($arg: $ty),*) -> EtbStatus {
-            $crate::ffi::boundary::status(stringify!($name), move || $body)
-        }
+/// The name of the export this expands in, for messages: the enclosing function's name, read from
+/// the type name of a function item declared in its body (no second hand-written copy of the
+/// name; `tests/exports.rs` checks every export's messages name it). Expand it at the top of the
+/// export's body, outside any closure.
+macro_rules! export_name {
+    () => {{
+        fn here() {}
+        $crate::ffi::boundary::enclosing_function(::std::any::type_name_of_val(&here))
+    }};
+}
+
+/// The body of a status-returning export: `status_boundary!({ .. })` runs the block, which
+/// evaluates to `Result<(), FfiError>`, inside the panic boundary under the export's own name;
+/// `Ok` is `ETB_OK`, an error its status (recorded as the thread's last error), a panic
+/// `ETB_ERR_PANIC`.
+macro_rules! status_boundary {
+    ($body:block) => {
+        $crate::ffi::boundary::status(export_name!(), move || $body)
     };
-    ($(#[$attr:meta])* unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $sentinel:expr; $body:block) => {
-        $(#[$attr])*
-        #[no_mangle]
-        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
-            $crate::ffi::boundary::value(stringify!($name), $sentinel, move || $body)
-        }
+}
+
+/// The body of an export that returns a value (an accessor) or nothing (a release function):
+/// `value_boundary!(sentinel, { .. })` runs the block, which evaluates to `Result<T, FfiError>`,
+/// inside the panic boundary; an error (or a panic) is recorded and the export returns `sentinel`
+/// (`()` for a function that returns nothing).
+macro_rules! value_boundary {
+    ($sentinel:expr, $body:block) => {
+        $crate::ffi::boundary::value(export_name!(), $sentinel, move || $body)
     };
-    ($(#[$attr:meta])* unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$attr])*
-        #[no_mangle]
-        pub unsafe extern "C" fn $name($($arg: $ty),*) {
-            $crate::ffi::boundary::value(stringify!($name), (), move || $body)
-        }
-    };
-    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> EtbStatus $body:block) => {
-        $(#[$attr])*
-        #[no_mangle]
-        pub extern "C" fn $name($($arg: $ty),*) -> EtbStatus {
-            $crate::ffi::boundary::status(stringify!($name), move || $body)
-        }
-    };
-    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $sentinel:expr; $body:block) => {
-        $(#[$attr])*
-        #[no_mangle]
-        pub extern "C" fn $name($($arg: $ty),*) -> $ret {
-            $crate::ffi::boundary::value(stringify!($name), $sentinel, move || $body)
-        }
-    };
+}
+
+/// The function's own name out of the type name of a function item declared in its body
+/// (`etha_tensor_bus::ffi::commands::etb_client_transfer::here` gives `etb_client_transfer`).
+pub(crate) fn enclosing_function(item_type_name: &'static str) -> &'static str {
+    let path = item_type_name.strip_suffix("::here").unwrap_or(item_type_name);
+    path.rsplit("::").next().unwrap_or(path)
 }
 
 /// A failure on its way to C: a status and a message (without the status or function name,
@@ -213,6 +204,17 @@ mod tests {
         assert!(FfiError::from(e).message.ends_with("once a new agent runs (etb_client_reconnect)"));
         let other = Error::new(ErrorKind::Timeout, "reconnect the client once a new agent runs");
         assert!(!FfiError::from(other).message.contains("etb_client_reconnect"));
+    }
+
+    #[test]
+    fn the_export_name_is_the_enclosing_function() {
+        fn etb_example() -> EtbStatus {
+            status_boundary!({ Err(FfiError::new(ETB_ERR_NULL_ARGUMENT, "x")) })
+        }
+        assert_eq!(etb_example(), ETB_ERR_NULL_ARGUMENT);
+        assert_eq!(last(), "ETB_ERR_NULL_ARGUMENT: etb_example: x");
+        assert_eq!(enclosing_function("a::b::etb_c::here"), "etb_c");
+        assert_eq!(enclosing_function("etb_d"), "etb_d");
     }
 
     #[test]

@@ -109,55 +109,67 @@ fn transfer_args<'a>(
     Ok((utf8(batch_id, "batch_id")?, decode(kind, "`kind`", &TRANSFER_KINDS)?, timeout(timeout_s, "timeout_s")?))
 }
 
-ffi_fn! {
-    /// Sends `InitPair` and waits for it: the agent rendezvouses with every local and remote rank
-    /// (this can take minutes: size `timeout_s` for it). Succeeds only if the agent then records the
-    /// pair as matched (`pair:{pair_name}/state:match`), else `ETB_ERR_PAIR_NOT_MATCHED`.
-    /// `expected_world_size` must be >= 1. The payloads are the pickled mesh shape and placements,
-    /// or NULL/0 for none; a payload that does not look like a pickle is `ETB_ERR_INVALID_ARGUMENT`
-    /// (nothing enqueued). A timeout says the agent is waiting for the pair's peers.
-    /// Blocks as the command conventions at the top of the header say; thread-safe.
-    ///
-    /// # Safety
-    /// `client` is NULL or a live client; each string is NULL or NUL-terminated; each payload
-    /// pointer is NULL or points to its length in readable bytes. All borrowed for the call.
-    unsafe fn etb_client_init_pair(
-        client: *const EtbClient,
-        pair_name: *const libc::c_char,
-        local_name: *const libc::c_char,
-        remote_name: *const libc::c_char,
-        expected_world_size: i64,
-        mesh_shape_payload: *const u8,
-        mesh_shape_payload_len: usize,
-        placements_payload: *const u8,
-        placements_payload_len: usize,
-        timeout_s: f64,
-    ) -> EtbStatus {
+/// Sends `InitPair` and waits for it: the agent rendezvouses with every local and remote rank
+/// (this can take minutes: size `timeout_s` for it). Succeeds only if the agent then records the
+/// pair as matched (`pair:{pair_name}/state:match`), else `ETB_ERR_PAIR_NOT_MATCHED`.
+/// `expected_world_size` must be >= 1. The payloads are the pickled mesh shape and placements,
+/// or NULL/0 for none; a payload that does not look like a pickle is `ETB_ERR_INVALID_ARGUMENT`
+/// (nothing enqueued). A timeout says the agent is waiting for the pair's peers.
+/// Blocks as the command conventions at the top of the header say; thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; each string is NULL or NUL-terminated; each payload
+/// pointer is NULL or points to its length in readable bytes. All borrowed for the call.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_init_pair(
+    client: *const EtbClient,
+    pair_name: *const libc::c_char,
+    local_name: *const libc::c_char,
+    remote_name: *const libc::c_char,
+    expected_world_size: i64,
+    mesh_shape_payload: *const u8,
+    mesh_shape_payload_len: usize,
+    placements_payload: *const u8,
+    placements_payload_len: usize,
+    timeout_s: f64,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
-        let a = init_pair_args(c, pair_name, local_name, remote_name, mesh_shape_payload, mesh_shape_payload_len, placements_payload, placements_payload_len, timeout_s)?;
+        let a = init_pair_args(
+            c,
+            pair_name,
+            local_name,
+            remote_name,
+            mesh_shape_payload,
+            mesh_shape_payload_len,
+            placements_payload,
+            placements_payload_len,
+            timeout_s,
+        )?;
         Ok(a.client.init_pair(a.pair, a.local, a.remote, expected_world_size, a.mesh, a.placements, a.timeout)?)
-    }
+    })
 }
 
-ffi_fn! {
-    /// Sends `RegisterTensors` and waits for it. `tensors` points to `tensor_count` entries (NULL
-    /// only when the count is 0); `bucket_size` <= 0 sends nil (the agent's default). Every
-    /// payload must look like a pickle (`ForkingPickler.dumps(tensor)`, or a payload this library
-    /// made): else `ETB_ERR_INVALID_ARGUMENT` and nothing is enqueued (the agent would die on it).
-    /// Blocks as the command conventions at the top of the header say; thread-safe.
-    ///
-    /// # Safety
-    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated; `tensors` is NULL
-    /// or points to `tensor_count` readable entries whose strings and payloads follow the same
-    /// rules. All borrowed for the call.
-    unsafe fn etb_client_register_tensors(
-        client: *const EtbClient,
-        batch_id: *const libc::c_char,
-        tensors: *const EtbTensorPayload,
-        tensor_count: usize,
-        bucket_size: i64,
-        timeout_s: f64,
-    ) -> EtbStatus {
+/// Sends `RegisterTensors` and waits for it. `tensors` points to `tensor_count` entries (NULL
+/// only when the count is 0); `bucket_size` <= 0 sends nil (the agent's default). Every
+/// payload must look like a pickle (`ForkingPickler.dumps(tensor)`, or a payload this library
+/// made): else `ETB_ERR_INVALID_ARGUMENT` and nothing is enqueued (the agent would die on it).
+/// Blocks as the command conventions at the top of the header say; thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated; `tensors` is NULL
+/// or points to `tensor_count` readable entries whose strings and payloads follow the same
+/// rules. All borrowed for the call.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_register_tensors(
+    client: *const EtbClient,
+    batch_id: *const libc::c_char,
+    tensors: *const EtbTensorPayload,
+    tensor_count: usize,
+    bucket_size: i64,
+    timeout_s: f64,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
         let batch = utf8(batch_id, "batch_id")?;
         let entries = slice(tensors, tensor_count, "tensors")?;
@@ -169,206 +181,240 @@ ffi_fn! {
         }
         let t = timeout(timeout_s, "timeout_s")?;
         Ok(c.client.register_tensors(batch, &list, (bucket_size > 0).then_some(bucket_size), t)?)
-    }
+    })
 }
 
-ffi_fn! {
-    /// Sends `Transfer` (`ETB_TRANSFER_SEND` or `ETB_TRANSFER_RECV`) and waits until the agent
-    /// acknowledges it (after its NCCL send or recv of the whole batch).
-    /// Blocks as the command conventions at the top of the header say; thread-safe.
-    ///
-    /// # Safety
-    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
-    unsafe fn etb_client_transfer(
-        client: *const EtbClient,
-        batch_id: *const libc::c_char,
-        kind: EtbTransferKind,
-        timeout_s: f64,
-    ) -> EtbStatus {
+/// Sends `Transfer` (`ETB_TRANSFER_SEND` or `ETB_TRANSFER_RECV`) and waits until the agent
+/// acknowledges it (after its NCCL send or recv of the whole batch).
+/// Blocks as the command conventions at the top of the header say; thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_transfer(
+    client: *const EtbClient,
+    batch_id: *const libc::c_char,
+    kind: EtbTransferKind,
+    timeout_s: f64,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
         let (batch, k, t) = transfer_args(batch_id, kind, timeout_s)?;
         Ok(c.client.transfer(batch, k, t)?)
-    }
+    })
 }
 
-ffi_fn! {
-    /// Sends `QueryStatus` for the batch's transfer signal, waits for it, and writes the signal the
-    /// agent recorded to `*signal_out` (false when absent, as the reference). `signal_out` required.
-    /// Blocks as the command conventions at the top of the header say; thread-safe.
-    ///
-    /// # Safety
-    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
-    /// `signal_out` is NULL or writable.
-    unsafe fn etb_client_query_transfer_signal(
-        client: *const EtbClient,
-        batch_id: *const libc::c_char,
-        timeout_s: f64,
-        signal_out: *mut bool,
-    ) -> EtbStatus {
+/// Sends `QueryStatus` for the batch's transfer signal, waits for it, and writes the signal the
+/// agent recorded to `*signal_out` (false when absent, as the reference). `signal_out` required.
+/// Blocks as the command conventions at the top of the header say; thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+/// `signal_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_query_transfer_signal(
+    client: *const EtbClient,
+    batch_id: *const libc::c_char,
+    timeout_s: f64,
+    signal_out: *mut bool,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
         let signal_out = out(signal_out, "signal_out")?;
         let (batch, t) = batch_args(batch_id, timeout_s)?;
         signal_out.write(c.client.query_transfer_signal(batch, t)?);
         Ok(())
-    }
+    })
 }
 
-ffi_fn! {
-    /// Sends `CleanupBatch` and waits for it: the agent forgets the batch.
-    /// Blocks as the command conventions at the top of the header say; thread-safe.
-    ///
-    /// # Safety
-    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
-    unsafe fn etb_client_cleanup_batch(
-        client: *const EtbClient,
-        batch_id: *const libc::c_char,
-        timeout_s: f64,
-    ) -> EtbStatus {
+/// Sends `CleanupBatch` and waits for it: the agent forgets the batch.
+/// Blocks as the command conventions at the top of the header say; thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_cleanup_batch(
+    client: *const EtbClient,
+    batch_id: *const libc::c_char,
+    timeout_s: f64,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
         let (batch, t) = batch_args(batch_id, timeout_s)?;
         Ok(c.client.cleanup_batch(batch, t)?)
-    }
+    })
 }
 
-ffi_fn! {
-    /// Sends `Transfer` without waiting for it, as the reference's `transfer(blocking=False)`:
-    /// `timeout_s` bounds only the wait for queue space. On success writes a new completion to
-    /// `*completion_out` (required), owned by the caller: wait on it with `etb_completion_wait` or
-    /// poll it with `etb_completion_poll`, then release it with `etb_completion_free`. Each pending
-    /// completion holds a named semaphore: a 4 KiB page of /dev/shm and one memory mapping (glibc
-    /// keeps no descriptor open), so the practical limit is the process's mapping limit,
-    /// `vm.max_map_count` (65530 by default, shared with everything else the process maps): free
-    /// completions you no longer need.
-    /// NULL `client`, `batch_id` or `completion_out`: `ETB_ERR_NULL_ARGUMENT`. Thread-safe (command
-    /// conventions at the top of the header).
-    ///
-    /// # Safety
-    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
-    /// `completion_out` is NULL or writable.
-    unsafe fn etb_client_transfer_async(
-        client: *const EtbClient,
-        batch_id: *const libc::c_char,
-        kind: EtbTransferKind,
-        timeout_s: f64,
-        completion_out: *mut *mut EtbCompletion,
-    ) -> EtbStatus {
+/// Sends `Transfer` without waiting for it, as the reference's `transfer(blocking=False)`:
+/// `timeout_s` bounds only the wait for queue space. On success writes a new completion to
+/// `*completion_out` (required), owned by the caller: wait on it with `etb_completion_wait` or
+/// poll it with `etb_completion_poll`, then release it with `etb_completion_free`. Each pending
+/// completion holds a named semaphore: a 4 KiB page of /dev/shm and one memory mapping (glibc
+/// keeps no descriptor open), so the practical limit is the process's mapping limit,
+/// `vm.max_map_count` (65530 by default, shared with everything else the process maps): free
+/// completions you no longer need.
+/// NULL `client`, `batch_id` or `completion_out`: `ETB_ERR_NULL_ARGUMENT`. Thread-safe (command
+/// conventions at the top of the header).
+///
+/// # Safety
+/// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+/// `completion_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_transfer_async(
+    client: *const EtbClient,
+    batch_id: *const libc::c_char,
+    kind: EtbTransferKind,
+    timeout_s: f64,
+    completion_out: *mut *mut EtbCompletion,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
         let completion_out = out(completion_out, "completion_out")?;
         let (batch, k, t) = transfer_args(batch_id, kind, timeout_s)?;
         give(c.client.transfer_async(batch, k, t)?, completion_out);
         Ok(())
-    }
+    })
 }
 
-ffi_fn! {
-    /// Sends `Transfer` with no completion semaphore (`semaphore_name` nil): fire and forget,
-    /// nothing to wait on. `timeout_s` bounds the wait for queue space.
-    /// Blocks as the command conventions at the top of the header say; thread-safe.
-    ///
-    /// # Safety
-    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
-    unsafe fn etb_client_transfer_detached(
-        client: *const EtbClient,
-        batch_id: *const libc::c_char,
-        kind: EtbTransferKind,
-        timeout_s: f64,
-    ) -> EtbStatus {
+/// Sends `Transfer` with no completion semaphore (`semaphore_name` nil): fire and forget,
+/// nothing to wait on. `timeout_s` bounds the wait for queue space.
+/// Blocks as the command conventions at the top of the header say; thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_transfer_detached(
+    client: *const EtbClient,
+    batch_id: *const libc::c_char,
+    kind: EtbTransferKind,
+    timeout_s: f64,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
         let (batch, k, t) = transfer_args(batch_id, kind, timeout_s)?;
         Ok(c.client.transfer_detached(batch, k, t)?)
-    }
+    })
 }
 
-ffi_fn! {
-    /// Sends `InitPair` without waiting for it (the reference's `init_pair(blocking=False)`):
-    /// arguments as `etb_client_init_pair`, `timeout_s` bounding only the wait for queue space. On
-    /// success writes a new completion to `*completion_out` (required, owned by the caller:
-    /// release with `etb_completion_free`), whose wait and poll report done only once the agent
-    /// survived the command and recorded the pair as matched (`ETB_ERR_PAIR_NOT_MATCHED` when it
-    /// survived without matching). Thread-safe.
-    ///
-    /// # Safety
-    /// As for `etb_client_init_pair`; `completion_out` is NULL or writable.
-    unsafe fn etb_client_init_pair_async(
-        client: *const EtbClient,
-        pair_name: *const libc::c_char,
-        local_name: *const libc::c_char,
-        remote_name: *const libc::c_char,
-        expected_world_size: i64,
-        mesh_shape_payload: *const u8,
-        mesh_shape_payload_len: usize,
-        placements_payload: *const u8,
-        placements_payload_len: usize,
-        timeout_s: f64,
-        completion_out: *mut *mut EtbCompletion,
-    ) -> EtbStatus {
+/// Sends `InitPair` without waiting for it (the reference's `init_pair(blocking=False)`):
+/// arguments as `etb_client_init_pair`, `timeout_s` bounding only the wait for queue space. On
+/// success writes a new completion to `*completion_out` (required, owned by the caller:
+/// release with `etb_completion_free`), whose wait and poll report done only once the agent
+/// survived the command and recorded the pair as matched (`ETB_ERR_PAIR_NOT_MATCHED` when it
+/// survived without matching). Thread-safe.
+///
+/// # Safety
+/// As for `etb_client_init_pair`; `completion_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_init_pair_async(
+    client: *const EtbClient,
+    pair_name: *const libc::c_char,
+    local_name: *const libc::c_char,
+    remote_name: *const libc::c_char,
+    expected_world_size: i64,
+    mesh_shape_payload: *const u8,
+    mesh_shape_payload_len: usize,
+    placements_payload: *const u8,
+    placements_payload_len: usize,
+    timeout_s: f64,
+    completion_out: *mut *mut EtbCompletion,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
         let completion_out = out(completion_out, "completion_out")?;
-        let a = init_pair_args(c, pair_name, local_name, remote_name, mesh_shape_payload, mesh_shape_payload_len, placements_payload, placements_payload_len, timeout_s)?;
-        give(a.client.init_pair_async(a.pair, a.local, a.remote, expected_world_size, a.mesh, a.placements, a.timeout)?, completion_out);
+        let a = init_pair_args(
+            c,
+            pair_name,
+            local_name,
+            remote_name,
+            mesh_shape_payload,
+            mesh_shape_payload_len,
+            placements_payload,
+            placements_payload_len,
+            timeout_s,
+        )?;
+        give(
+            a.client.init_pair_async(
+                a.pair,
+                a.local,
+                a.remote,
+                expected_world_size,
+                a.mesh,
+                a.placements,
+                a.timeout,
+            )?,
+            completion_out,
+        );
         Ok(())
-    }
+    })
 }
 
-ffi_fn! {
-    /// Sends `CleanupBatch` without waiting for it (the reference's `BatchHandler.close(blocking=False)`):
-    /// `timeout_s` bounds only the wait for queue space. On success writes a new completion to
-    /// `*completion_out` (required; release with `etb_completion_free`, also unwaited: its
-    /// semaphore is removed). Thread-safe.
-    ///
-    /// # Safety
-    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
-    /// `completion_out` is NULL or writable.
-    unsafe fn etb_client_cleanup_batch_async(
-        client: *const EtbClient,
-        batch_id: *const libc::c_char,
-        timeout_s: f64,
-        completion_out: *mut *mut EtbCompletion,
-    ) -> EtbStatus {
+/// Sends `CleanupBatch` without waiting for it (the reference's `BatchHandler.close(blocking=False)`):
+/// `timeout_s` bounds only the wait for queue space. On success writes a new completion to
+/// `*completion_out` (required; release with `etb_completion_free`, also unwaited: its
+/// semaphore is removed). Thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+/// `completion_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_cleanup_batch_async(
+    client: *const EtbClient,
+    batch_id: *const libc::c_char,
+    timeout_s: f64,
+    completion_out: *mut *mut EtbCompletion,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
         let completion_out = out(completion_out, "completion_out")?;
         let (batch, t) = batch_args(batch_id, timeout_s)?;
         give(c.client.cleanup_batch_async(batch, t)?, completion_out);
         Ok(())
-    }
+    })
 }
 
-ffi_fn! {
-    /// Sends `QueryStatus` for the batch's transfer signal without waiting for it (the reference's
-    /// `query_transfer_signal(blocking=False)`): `timeout_s` bounds only the wait for queue space.
-    /// On success writes a new completion to `*completion_out` (required; release with
-    /// `etb_completion_free`). `etb_client_read_transfer_signal` reads what the state holds at any
-    /// time (the agent records the answer when it handles the query). Thread-safe.
-    ///
-    /// # Safety
-    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
-    /// `completion_out` is NULL or writable.
-    unsafe fn etb_client_query_transfer_signal_async(
-        client: *const EtbClient,
-        batch_id: *const libc::c_char,
-        timeout_s: f64,
-        completion_out: *mut *mut EtbCompletion,
-    ) -> EtbStatus {
+/// Sends `QueryStatus` for the batch's transfer signal without waiting for it (the reference's
+/// `query_transfer_signal(blocking=False)`): `timeout_s` bounds only the wait for queue space.
+/// On success writes a new completion to `*completion_out` (required; release with
+/// `etb_completion_free`). `etb_client_read_transfer_signal` reads what the state holds at any
+/// time (the agent records the answer when it handles the query). Thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+/// `completion_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_query_transfer_signal_async(
+    client: *const EtbClient,
+    batch_id: *const libc::c_char,
+    timeout_s: f64,
+    completion_out: *mut *mut EtbCompletion,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
         let completion_out = out(completion_out, "completion_out")?;
         let (batch, t) = batch_args(batch_id, timeout_s)?;
         give(c.client.query_transfer_signal_async(batch, t)?, completion_out);
         Ok(())
-    }
+    })
 }
 
-ffi_fn! {
-    /// Reads the transfer signal the agent's state holds now for the batch (false when absent, as
-    /// the reference), without sending anything; writes `*signal_out` (required). One short read
-    /// transaction; thread-safe.
-    ///
-    /// # Safety
-    /// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
-    /// `signal_out` is NULL or writable.
-    unsafe fn etb_client_read_transfer_signal(client: *const EtbClient, batch_id: *const libc::c_char, signal_out: *mut bool) -> EtbStatus {
+/// Reads the transfer signal the agent's state holds now for the batch (false when absent, as
+/// the reference), without sending anything; writes `*signal_out` (required). One short read
+/// transaction; thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+/// `signal_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_read_transfer_signal(
+    client: *const EtbClient,
+    batch_id: *const libc::c_char,
+    signal_out: *mut bool,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
         let signal_out = out(signal_out, "signal_out")?;
         signal_out.write(c.client.read_transfer_signal(utf8(batch_id, "batch_id")?)?);
         Ok(())
-    }
+    })
 }

@@ -54,17 +54,18 @@ impl Callback {
     }
 }
 
-ffi_fn! {
-    /// Sends the library's log records to `fn` instead of standard error (NULL: back to standard
-    /// error). `ETB_LOG` still filters first. Callable before or after bootstrap, from any thread;
-    /// once it returns, the previous callback is never called again (a record being delivered to it
-    /// finishes first). `ETB_ERR_INVALID_ARGUMENT` when called from inside the callback. See
-    /// `EtbLogFn` for what the callback may do.
-    ///
-    /// # Safety
-    /// `fn` is NULL or a function keeping the `EtbLogFn` contract; `user_data` is whatever it
-    /// needs, usable from any thread until the callback is replaced.
-    unsafe fn etb_set_log_callback(r#fn: EtbLogFn, user_data: *mut c_void) -> EtbStatus {
+/// Sends the library's log records to `fn` instead of standard error (NULL: back to standard
+/// error). `ETB_LOG` still filters first. Callable before or after bootstrap, from any thread;
+/// once it returns, the previous callback is never called again (a record being delivered to it
+/// finishes first). `ETB_ERR_INVALID_ARGUMENT` when called from inside the callback. See
+/// `EtbLogFn` for what the callback may do.
+///
+/// # Safety
+/// `fn` is NULL or a function keeping the `EtbLogFn` contract; `user_data` is whatever it
+/// needs, usable from any thread until the callback is replaced.
+#[no_mangle]
+pub unsafe extern "C" fn etb_set_log_callback(r#fn: EtbLogFn, user_data: *mut c_void) -> EtbStatus {
+    status_boundary!({
         let sink: Option<etb_core::logging::Sink> = r#fn.map(|f| {
             let callback = Callback { f, user_data };
             Box::new(move |level: log::Level, target: &str, message: &str| callback.call(level, target, message))
@@ -72,5 +73,5 @@ ffi_fn! {
         });
         etb_core::logging::set_sink(sink)?;
         Ok(())
-    }
+    })
 }

@@ -1,6 +1,10 @@
-//! The C ABI. Every export is written with `ffi_fn!` (`boundary`): it only checks its pointers
-//! and converts arguments (`args`), calls the core, and reports through an `EtbStatus` and the
-//! thread's last-error message; panics are caught at the boundary and become `ETB_ERR_PANIC`.
+//! The C ABI. Every export is a plain `#[no_mangle] pub [unsafe] extern "C" fn` whose body is one
+//! boundary macro (`status_boundary!` or `value_boundary!`, in `boundary`): it only checks its
+//! pointers and converts arguments (`args`), calls the core, and reports through an `EtbStatus`
+//! and the thread's last-error message; panics are caught at the boundary and become
+//! `ETB_ERR_PANIC`. One file per handle or concept: `bootstrap` (the options and the entry
+//! points), `client`, `commands`, `completion`, `info`, `payload`, `naming` (the callback),
+//! `ptrace`, `log`, `error` (status names, the last error), `status` (the codes), `version`.
 //!
 //! Conventions that hold for every function (also in the header's preamble and the README, "API
 //! conventions"):

@@ -130,55 +130,57 @@ fn give(payload: Payload, out_ptr: super::args::Out<*mut EtbPayload>) {
     out_ptr.write(new_handle(EtbPayload { payload }));
 }
 
-ffi_fn! {
-    /// Fills `*tensor` with this version's `struct_size` and zeroes every other byte. NULL is
-    /// ignored (and recorded as the thread's last error). Thread-safe; does not block.
-    ///
-    /// # Safety
-    /// `tensor` is NULL or points to `sizeof(EtbCudaTensor)` writable bytes.
-    unsafe fn etb_cuda_tensor_init(tensor: *mut EtbCudaTensor) {
+/// Fills `*tensor` with this version's `struct_size` and zeroes every other byte. NULL is
+/// ignored (and recorded as the thread's last error). Thread-safe; does not block.
+///
+/// # Safety
+/// `tensor` is NULL or points to `sizeof(EtbCudaTensor)` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn etb_cuda_tensor_init(tensor: *mut EtbCudaTensor) {
+    value_boundary!((), {
         out(tensor, "tensor")?.write_zero_padded(tensor_defaults());
         Ok(())
-    }
+    })
 }
 
-ffi_fn! {
-    /// The bytes the agent's `ForkingPickler.loads` turns into a tensor of `tensor`'s dtype, shape
-    /// and strides aliasing the caller's memory (a pickle of
-    /// `torch.multiprocessing.reductions.rebuild_cuda_tensor`), written to `*payload_out` (owned by
-    /// the caller: release with `etb_payload_free`). Uses the client's CUDA binding and context,
-    /// made current on the calling thread for the call and restored after, so any thread may call.
-    ///
-    /// Checks, in this order: NULL arguments (`ETB_ERR_NULL_ARGUMENT`); `struct_size`; the
-    /// client's binding (an unbound client is `ETB_ERR_CUDA`, saying why it is unbound, also for
-    /// a tensor with no elements); then the fields (`ETB_ERR_INVALID_ARGUMENT`: unknown dtype, ndim
-    /// over 64, negative sizes or strides, a span that overflows 64 bits, `wait_on_stream` not 0 or
-    /// 1) and the memory: only device memory from `cuMemAlloc`/`cudaMalloc` on the client's device;
-    /// host, managed, virtual-memory (`cuMemCreate`) or pool (`cudaMallocAsync`) memory, memory of
-    /// another device, a pointer the driver does not know, or a span past the end of its
-    /// allocation is `ETB_ERR_INVALID_ARGUMENT` saying what was found and what to use instead. A
-    /// driver that lacks an entry point, or a driver call that fails: `ETB_ERR_CUDA`. Nothing is
-    /// allocated on failure.
-    ///
-    /// The IPC handle is the one of the allocation holding `data` (the same bytes for every
-    /// payload of that allocation); the storage runs from `data` to the allocation's end. With
-    /// `wait_on_stream`, an interprocess event is recorded on `stream` and lives with the payload.
-    /// The payload holds a reference-counter slot: `etb_payload_in_use` tells when no consumer
-    /// holds the memory any more. **Keep the memory allocated and unchanged while
-    /// `etb_payload_in_use` says true**: freeing or reusing it while the agent still maps it is
-    /// undefined behaviour on the GPU (the agent reads or writes whatever lives there then).
-    /// Thread-safe.
-    ///
-    /// # Safety
-    /// `client` is NULL or a live client; `tensor` is NULL or points to `tensor->struct_size`
-    /// readable bytes whose `shape` (and `strides`, when not NULL) point to `ndim` readable
-    /// int64s; `stream`, when waited on, is a stream of the client's context; `payload_out` is
-    /// NULL or writable.
-    unsafe fn etb_client_cuda_tensor_payload(
-        client: *const EtbClient,
-        tensor: *const EtbCudaTensor,
-        payload_out: *mut *mut EtbPayload,
-    ) -> EtbStatus {
+/// The bytes the agent's `ForkingPickler.loads` turns into a tensor of `tensor`'s dtype, shape
+/// and strides aliasing the caller's memory (a pickle of
+/// `torch.multiprocessing.reductions.rebuild_cuda_tensor`), written to `*payload_out` (owned by
+/// the caller: release with `etb_payload_free`). Uses the client's CUDA binding and context,
+/// made current on the calling thread for the call and restored after, so any thread may call.
+///
+/// Checks, in this order: NULL arguments (`ETB_ERR_NULL_ARGUMENT`); `struct_size`; the
+/// client's binding (an unbound client is `ETB_ERR_CUDA`, saying why it is unbound, also for
+/// a tensor with no elements); then the fields (`ETB_ERR_INVALID_ARGUMENT`: unknown dtype, ndim
+/// over 64, negative sizes or strides, a span that overflows 64 bits, `wait_on_stream` other
+/// than 0 and 1) and the memory: only device memory from `cuMemAlloc`/`cudaMalloc` on the client's device;
+/// host, managed, virtual-memory (`cuMemCreate`) or pool (`cudaMallocAsync`) memory, memory of
+/// another device, a pointer the driver does not know, or a span past the end of its
+/// allocation is `ETB_ERR_INVALID_ARGUMENT` saying what was found and what to use instead. A
+/// driver that lacks an entry point, or a driver call that fails: `ETB_ERR_CUDA`. Nothing is
+/// allocated on failure.
+///
+/// The IPC handle is the one of the allocation holding `data` (the same bytes for every
+/// payload of that allocation); the storage runs from `data` to the allocation's end. With
+/// `wait_on_stream`, an interprocess event is recorded on `stream` and lives with the payload.
+/// The payload holds a reference-counter slot: `etb_payload_in_use` tells when no consumer
+/// holds the memory any more. **Keep the memory allocated and unchanged while
+/// `etb_payload_in_use` says true**: freeing or reusing it while the agent still maps it is
+/// undefined behaviour on the GPU (the agent reads or writes whatever lives there then).
+/// Thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; `tensor` is NULL or points to `tensor->struct_size`
+/// readable bytes whose `shape` (and `strides`, when not NULL) point to `ndim` readable
+/// int64s; `stream`, when waited on, is a stream of the client's context; `payload_out` is
+/// NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_cuda_tensor_payload(
+    client: *const EtbClient,
+    tensor: *const EtbCudaTensor,
+    payload_out: *mut *mut EtbPayload,
+) -> EtbStatus {
+    status_boundary!({
         let c = reference(client, "client")?;
         reference(tensor.cast::<u32>(), "tensor")?;
         let payload_out = out(payload_out, "payload_out")?;
@@ -201,39 +203,45 @@ ffi_fn! {
         let core = CudaTensor { dtype: t.dtype, data: t.data, shape, strides, wait_on_stream };
         give(c.client.cuda_tensor_payload(&core)?, payload_out);
         Ok(())
-    }
+    })
 }
 
-ffi_fn! {
-    /// What the reference sends for `tuple(device_mesh.mesh.shape)`: a tuple of the `ndims` ints
-    /// at `dims` (ndims >= 1, every dim >= 1, else `ETB_ERR_INVALID_ARGUMENT`), written to
-    /// `*payload_out` (release with `etb_payload_free`). Needs no client and no GPU. Thread-safe.
-    ///
-    /// # Safety
-    /// `dims` is NULL or points to `ndims` readable int64s; `payload_out` is NULL or writable.
-    unsafe fn etb_mesh_shape_payload(dims: *const i64, ndims: usize, payload_out: *mut *mut EtbPayload) -> EtbStatus {
+/// What the reference sends for `tuple(device_mesh.mesh.shape)`: a tuple of the `ndims` ints
+/// at `dims` (ndims >= 1, every dim >= 1, else `ETB_ERR_INVALID_ARGUMENT`), written to
+/// `*payload_out` (release with `etb_payload_free`). Needs no client and no GPU. Thread-safe.
+///
+/// # Safety
+/// `dims` is NULL or points to `ndims` readable int64s; `payload_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_mesh_shape_payload(
+    dims: *const i64,
+    ndims: usize,
+    payload_out: *mut *mut EtbPayload,
+) -> EtbStatus {
+    status_boundary!({
         let payload_out = out(payload_out, "payload_out")?;
         let dims = slice(dims, ndims, "dims")?;
         give(Payload::plain(layout::mesh_shape(dims)?), payload_out);
         Ok(())
-    }
+    })
 }
 
-ffi_fn! {
-    /// A tuple of `torch.distributed.tensor.placement_types` objects equal to `Shard(dim)`,
-    /// `Replicate()` and `Partial(reduce_op)`, written as constructor calls so that the same bytes
-    /// unpickle on torch 2.10 through 2.15; `count` 0 gives the empty tuple (`placements` may then
-    /// be NULL). An unknown kind or an empty `reduce_op` is `ETB_ERR_INVALID_ARGUMENT`. Written to
-    /// `*payload_out` (release with `etb_payload_free`). Needs no client and no GPU. Thread-safe.
-    ///
-    /// # Safety
-    /// `placements` is NULL or points to `count` readable entries whose `reduce_op` is NULL or
-    /// NUL-terminated; `payload_out` is NULL or writable.
-    unsafe fn etb_placements_payload(
-        placements: *const EtbPlacement,
-        count: usize,
-        payload_out: *mut *mut EtbPayload,
-    ) -> EtbStatus {
+/// A tuple of `torch.distributed.tensor.placement_types` objects equal to `Shard(dim)`,
+/// `Replicate()` and `Partial(reduce_op)`, written as constructor calls so that the same bytes
+/// unpickle on torch 2.10 through 2.15; `count` 0 gives the empty tuple (`placements` may then
+/// be NULL). An unknown kind or an empty `reduce_op` is `ETB_ERR_INVALID_ARGUMENT`. Written to
+/// `*payload_out` (release with `etb_payload_free`). Needs no client and no GPU. Thread-safe.
+///
+/// # Safety
+/// `placements` is NULL or points to `count` readable entries whose `reduce_op` is NULL or
+/// NUL-terminated; `payload_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_placements_payload(
+    placements: *const EtbPlacement,
+    count: usize,
+    payload_out: *mut *mut EtbPayload,
+) -> EtbStatus {
+    status_boundary!({
         let payload_out = out(payload_out, "payload_out")?;
         let entries = slice(placements, count, "placements")?;
         let mut list = Vec::with_capacity(entries.len());
@@ -248,82 +256,82 @@ ffi_fn! {
         }
         give(Payload::plain(layout::placements(&list)?), payload_out);
         Ok(())
-    }
+    })
 }
 
-ffi_fn! {
-    /// The payload's bytes: owned by the payload, valid until `etb_payload_free`. NULL when
-    /// `payload` is NULL. Thread-safe.
-    ///
-    /// # Safety
-    /// `payload` is NULL or a live payload.
-    unsafe fn etb_payload_data(payload: *const EtbPayload) -> *const u8 = std::ptr::null(); {
-        Ok(reference(payload, "payload")?.payload.bytes().as_ptr())
-    }
+/// The payload's bytes: owned by the payload, valid until `etb_payload_free`. NULL when
+/// `payload` is NULL. Thread-safe.
+///
+/// # Safety
+/// `payload` is NULL or a live payload.
+#[no_mangle]
+pub unsafe extern "C" fn etb_payload_data(payload: *const EtbPayload) -> *const u8 {
+    value_boundary!(std::ptr::null(), { Ok(reference(payload, "payload")?.payload.bytes().as_ptr()) })
 }
 
-ffi_fn! {
-    /// The payload's length in bytes; 0 when `payload` is NULL. Thread-safe.
-    ///
-    /// # Safety
-    /// `payload` is NULL or a live payload.
-    unsafe fn etb_payload_len(payload: *const EtbPayload) -> usize = 0; {
-        Ok(reference(payload, "payload")?.payload.bytes().len())
-    }
+/// The payload's length in bytes; 0 when `payload` is NULL. Thread-safe.
+///
+/// # Safety
+/// `payload` is NULL or a live payload.
+#[no_mangle]
+pub unsafe extern "C" fn etb_payload_len(payload: *const EtbPayload) -> usize {
+    value_boundary!(0, { Ok(reference(payload, "payload")?.payload.bytes().len()) })
 }
 
-ffi_fn! {
-    /// For a CUDA tensor payload, whether a consumer still holds the memory: torch decrements the
-    /// payload's reference-counter slot when its tensor dies (e.g. after `CleanupBatch`). False for
-    /// every other payload, and for a tensor with no elements. When a consumer already holds a
-    /// storage for the same allocation and offset, torch reuses it and gives the new payload's slot
-    /// back at once: the memory is free only when *every* payload made for it reads false. Writes
-    /// `*in_use_out` (required). In a process forked after the payload was made: `ETB_ERR_FORKED`.
-    /// One atomic load; thread-safe.
-    ///
-    /// # Safety
-    /// `payload` is NULL or a live payload; `in_use_out` is NULL or writable.
-    unsafe fn etb_payload_in_use(payload: *const EtbPayload, in_use_out: *mut bool) -> EtbStatus {
+/// For a CUDA tensor payload, whether a consumer still holds the memory: torch decrements the
+/// payload's reference-counter slot when its tensor dies (e.g. after `CleanupBatch`). False for
+/// every other payload, and for a tensor with no elements. When a consumer already holds a
+/// storage for the same allocation and offset, torch reuses it and gives the new payload's slot
+/// back at once: the memory is free only when *every* payload made for it reads false. Writes
+/// `*in_use_out` (required). In a process forked after the payload was made: `ETB_ERR_FORKED`.
+/// One atomic load; thread-safe.
+///
+/// # Safety
+/// `payload` is NULL or a live payload; `in_use_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_payload_in_use(payload: *const EtbPayload, in_use_out: *mut bool) -> EtbStatus {
+    status_boundary!({
         let p = reference(payload, "payload")?;
         let in_use_out = out(in_use_out, "in_use_out")?;
         in_use_out.write(p.payload.in_use()?);
         Ok(())
-    }
+    })
 }
 
-ffi_fn! {
-    /// Releases a payload: its bytes, and for a CUDA tensor payload its event and its
-    /// reference-counter slot (given back; reused only once it reads 0). NULL is accepted and
-    /// ignored. In a process forked after it was made it only forgets it. Freeing twice or using
-    /// it afterwards is undefined behaviour. Does not block.
-    /// Thread-safety: no other thread may use this payload during or after the free.
-    ///
-    /// # Safety
-    /// `payload` is NULL or a payload from this library not yet freed; the caller gives it up.
-    unsafe fn etb_payload_free(payload: *mut EtbPayload) {
+/// Releases a payload: its bytes, and for a CUDA tensor payload its event and its
+/// reference-counter slot (given back; reused only once it reads 0). NULL is accepted and
+/// ignored. In a process forked after it was made it only forgets it. Freeing twice or using
+/// it afterwards is undefined behaviour. Does not block.
+/// Thread-safety: no other thread may use this payload during or after the free.
+///
+/// # Safety
+/// `payload` is NULL or a payload from this library not yet freed; the caller gives it up.
+#[no_mangle]
+pub unsafe extern "C" fn etb_payload_free(payload: *mut EtbPayload) {
+    value_boundary!((), {
         drop(take_handle(payload));
         Ok(())
-    }
+    })
 }
 
-ffi_fn! {
-    /// torch's name of a dtype (e.g. `"bfloat16"`), a static string; NULL if `dtype` is not an
-    /// `ETB_DTYPE_*`. Thread-safe.
-    /// Takes no pointer argument (nothing can be NULL).
-    fn etb_dtype_name(dtype: EtbDtype) -> *const libc::c_char = std::ptr::null(); {
+/// torch's name of a dtype (e.g. `"bfloat16"`), a static string; NULL if `dtype` is not an
+/// `ETB_DTYPE_*`. Thread-safe.
+/// Takes no pointer argument (nothing can be NULL).
+#[no_mangle]
+pub extern "C" fn etb_dtype_name(dtype: EtbDtype) -> *const libc::c_char {
+    value_boundary!(std::ptr::null(), {
         Ok(match dtype::name(dtype) {
             Some(_) => DTYPE_NAMES[dtype as usize].as_ptr(),
             None => std::ptr::null(),
         })
-    }
+    })
 }
 
-ffi_fn! {
-    /// Bytes per element of a dtype; 0 if `dtype` is not an `ETB_DTYPE_*`. Thread-safe.
-    /// Takes no pointer argument (nothing can be NULL).
-    fn etb_dtype_size(dtype: EtbDtype) -> usize = 0; {
-        Ok(dtype::size(dtype))
-    }
+/// Bytes per element of a dtype; 0 if `dtype` is not an `ETB_DTYPE_*`. Thread-safe.
+/// Takes no pointer argument (nothing can be NULL).
+#[no_mangle]
+pub extern "C" fn etb_dtype_size(dtype: EtbDtype) -> usize {
+    value_boundary!(0, { Ok(dtype::size(dtype)) })
 }
 
 /// The dtype names as static C strings, by number.

@@ -9,18 +9,17 @@ pub const ETB_VERSION_MINOR: u32 = 1;
 /// The library's patch version.
 pub const ETB_VERSION_PATCH: u32 = 0;
 
-ffi_fn! {
-    /// The library's version, `"MAJOR.MINOR.PATCH"` (from Cargo.toml). A static string, valid
-    /// forever. Thread-safe.
-    /// Takes no pointer argument (nothing can be NULL).
-    fn etb_version() -> *const libc::c_char = c"".as_ptr(); {
-        Ok(static_str(
-            match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-                Ok(s) => s,
-                Err(_) => c"",
-            },
-        ))
-    }
+/// The library's version, `"MAJOR.MINOR.PATCH"` (from Cargo.toml). A static string, valid
+/// forever. Thread-safe.
+/// Takes no pointer argument (nothing can be NULL).
+#[no_mangle]
+pub extern "C" fn etb_version() -> *const libc::c_char {
+    value_boundary!(c"".as_ptr(), {
+        Ok(static_str(match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(s) => s,
+            Err(_) => c"",
+        }))
+    })
 }
 
 #[cfg(test)]
