@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lmdb::lock_path;
-use crate::lmdb::registry::FileId;
 use crate::protocol::command_queue::{AttachError, CommandQueue};
 use crate::protocol::naming::{rank_ranges, AgentPaths, NamingTemplate};
 use crate::protocol::state_db::{StateDb, StateError, HEARTBEAT_FRESH_SECS};
 use crate::sys::process::{has_open_for_writing, lock_holders, pick_agent, Holders};
 use crate::sys::ptrace::{self, Tracer};
+use crate::sys::registry::FileId;
 use crate::sys::trust::{self, TrustPolicy};
 use crate::timeout::Deadline;
 

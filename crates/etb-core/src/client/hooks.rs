@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::link::Link;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lmdb::registry::FileId;
 use crate::protocol::naming::AgentPaths;
+use crate::sys::registry::FileId;
 
 /// A view of one client's agent link, for tests.
 pub struct TestHooks {

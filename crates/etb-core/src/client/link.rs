@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lmdb::registry::FileId;
 use crate::protocol::command_queue::CommandQueue;
 use crate::protocol::naming::AgentPaths;
 use crate::protocol::state_db::{StateDb, HEARTBEAT_KEY};
 use crate::sys::process_watch::AgentWatch;
+use crate::sys::registry::FileId;
 
 /// What a client shares with the completions it issued.
 pub(super) struct Shared {

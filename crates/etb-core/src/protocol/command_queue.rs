@@ -14,9 +14,9 @@ use std::sync::Mutex;
 
 use once_cell::sync::Lazy;
 
-use crate::lmdb::registry::{FileId, Lease, Registry};
 use crate::lmdb::{lock_path, Dbi, EnvOptions, Environment, LmdbError};
 use crate::protocol::naming::file_stem;
+use crate::sys::registry::{FileId, Lease, Registry};
 use crate::sys::semaphore::{NamedSemaphore, SemError, WaitError};
 use crate::sys::trust::{check_file, check_semaphore, Distrust, TrustPolicy};
 use crate::timeout::Deadline;

@@ -14,9 +14,9 @@ use once_cell::sync::Lazy;
 
 use crate::lmdb::file_check;
 pub use crate::lmdb::lock_path;
-use crate::lmdb::registry::{FileId, Lease, Registry};
 use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
 use crate::sys::process::{lock_holder, probe_lock_file, LockProbe};
+use crate::sys::registry::{FileId, Lease, Registry};
 use crate::sys::trust::{check_file, Distrust, TrustPolicy};
 
 pub const DB_NAME: &str = "pair_state";

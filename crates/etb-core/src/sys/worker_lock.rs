@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use once_cell::sync::Lazy;
 
 use crate::error::{errno_text, Error, ErrorKind, Result};
-use crate::lmdb::registry::{FileId, Lease, Registry};
 use crate::sys::fs::{try_lock, Range};
+use crate::sys::registry::{FileId, Lease, Registry};
 use crate::sys::trust::{check_file, Distrust, TrustPolicy};
 
 /// The lock file of the agent whose state LMDB is `state`.

@@ -1,4 +1,6 @@
-//! One open environment per file per process, shared by reference count.
+//! One shared value per file per process, by reference count: the open LMDB environments of the
+//! agent's files (`protocol::state_db`, `protocol::command_queue`) and the worker lock
+//! (`sys::worker_lock`), keyed by the file's device and inode ([`FileId`]).
 //!
 //! LMDB forbids opening the same environment twice in one process: the second `mdb_env_open`
 //! would take its own reader slots, and closing either one closes a descriptor of the lock
