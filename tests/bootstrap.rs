@@ -300,3 +300,37 @@ fn one_worker_per_agent() {
     drop((a, b));
     drop(boot_as(false).unwrap());
 }
+
+/// Bootstrap and `etb doctor` run the one list of steps: a successful bootstrap passed exactly
+/// `STEPS`, in order, and the doctor reports exactly `STEPS`, in order, for the same agent.
+#[test]
+fn bootstrap_and_doctor_run_the_same_steps() {
+    use etb_core::connection::steps::STEPS;
+    let rank = unique_rank();
+    let dir = TempDir::new("steps");
+    let paths = AgentPaths {
+        command_queue: dir.0.join(format!("{rank}_command.lmdb")),
+        state: dir.0.join(format!("{rank}_state.lmdb")),
+    };
+    let agent = DevAgent::start(&paths, &[], true);
+    let (client, info) = boot_paths(&paths, 5.0).unwrap();
+    assert_eq!(info.steps, STEPS.to_vec(), "the steps bootstrap passed");
+    drop(client);
+    let etb = common::dev_agent_exe().with_file_name("etb");
+    let out = std::process::Command::new(&etb)
+        .args(["doctor", "--json", "--state"])
+        .arg(dir.0.join("{rank}_state.lmdb"))
+        .arg("--queue")
+        .arg(dir.0.join("{rank}_command.lmdb"))
+        .env("AGENT_RANK", rank.to_string())
+        .env("RANK", "0")
+        .env("ETB_CUDA_DRIVER_PATH", "/nonexistent/libcuda.so.1")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (build the workspace first)", etb.display()));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    let names: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let expected: Vec<&str> = STEPS.iter().map(|s| s.name()).collect();
+    assert_eq!(names, expected, "the steps the doctor reports");
+    drop(agent);
+}

@@ -3,175 +3,206 @@
 //! bootstrap itself would give (the library's own error builders), so what the doctor says is
 //! what the worker will see.
 //!
-//! Steps, in order: `environment`, `paths`, `state_file`, `trust`, `heartbeat`, `queue`,
-//! `worker_lock`, then the informational `ptrace` and `cuda` (they never fail the verdict). The
-//! first failing step ends the run.
-
-use std::path::Path;
+//! Steps: bootstrap's own list (`connection::steps::STEPS`), in its order: `environment`,
+//! `paths`, `state_file`, `trust`, `heartbeat`, `queue`, `worker_lock`, then the informational
+//! `ptrace` and `cuda` (they never fail the verdict). The first failing step ends the run.
 
 use etb_core::bootstrap::rank_origin;
-use etb_core::connection::{queue_error, state_error, state_writer, Origin, StateWriter};
+use etb_core::connection::steps::{Step, STEPS};
+use etb_core::connection::{check_agent_files, queue_error, state_error, state_writer, Origin, StateWriter};
 use etb_core::protocol::command_queue::{read_positions, AttachError, QueueNames, ReadError};
 use etb_core::protocol::naming::{AgentPaths, NamingTemplate};
-use etb_core::protocol::rank::{self, ProcessEnv};
+use etb_core::protocol::rank::{self, ProcessEnv, RankInfo};
 use etb_core::protocol::state_db::{StateDb, StateError};
-use etb_core::sys::trust::{check_agent_process, check_file, check_semaphore, Distrust, TrustPolicy};
+use etb_core::sys::trust::{check_agent_process, check_semaphore, Distrust, TrustPolicy};
 use etb_core::sys::worker_lock;
 use serde_json::json;
 
 /// One step of the report.
-struct Step {
+struct Row {
     name: &'static str,
     ok: bool,
     message: String,
 }
 
 struct Report {
-    steps: Vec<Step>,
+    rows: Vec<Row>,
     agent_rank: Option<i64>,
 }
 
-impl Report {
-    fn pass(&mut self, name: &'static str, message: impl Into<String>) {
-        self.steps.push(Step { name, ok: true, message: message.into() });
-    }
+/// What the steps found so far, for the steps after them.
+struct Found<'a> {
+    template: &'a NamingTemplate,
+    policy: TrustPolicy,
+    ranks: Option<RankInfo>,
+    origin: Option<Origin>,
+    paths: Option<AgentPaths>,
+    writer: StateWriter,
+}
 
-    /// Records a failing step; the run ends there.
-    fn fail(&mut self, name: &'static str, message: impl Into<String>) -> bool {
-        self.steps.push(Step { name, ok: false, message: message.into() });
-        false
+impl Found<'_> {
+    // Each step runs only once the steps before it passed: what they found is there.
+    fn ranks(&self) -> &RankInfo {
+        self.ranks.as_ref().expect("the environment step passed")
+    }
+    fn origin(&self) -> &Origin {
+        self.origin.as_ref().expect("the environment step passed")
+    }
+    fn paths(&self) -> &AgentPaths {
+        self.paths.as_ref().expect("the paths step passed")
     }
 }
 
-fn permission(d: Distrust) -> Option<String> {
-    match d {
-        Distrust::Permission(m) => Some(m),
-        _ => None,
-    }
-}
-
-/// The checks bootstrap makes, in its order; false at the first failing one.
+/// Runs bootstrap's steps (`connection::steps::STEPS`), in its order, without attaching, locking
+/// or authorizing anything; false at the first failing one (informational steps never fail).
 fn diagnose(report: &mut Report, template: &NamingTemplate) -> bool {
-    let policy = TrustPolicy::default();
-    // environment
-    let ranks = match rank::resolve(&ProcessEnv) {
-        Ok(r) => r,
-        Err(e) => return report.fail("environment", e.message()),
+    let mut found = Found {
+        template,
+        policy: TrustPolicy::default(),
+        ranks: None,
+        origin: None,
+        paths: None,
+        writer: StateWriter::Unknown,
     };
-    report.agent_rank = Some(ranks.agent_rank);
-    let default_naming = *template == NamingTemplate::default();
-    let origin: Origin = rank_origin(&ranks, default_naming);
-    report.pass("environment", format!("{origin}; LOCAL_RANK {} (device {})", ranks.local_rank, ranks.device()));
-    // paths
-    let paths: AgentPaths = match template.paths_for(ranks.agent_rank).validate() {
-        Ok(p) => p,
-        Err(e) => return report.fail("paths", e.message()),
-    };
-    report.pass("paths", format!("state {}, command queue {}", paths.state.display(), paths.command_queue.display()));
-    // state_file
+    for step in STEPS {
+        let outcome = match step {
+            Step::Environment => environment(&mut found),
+            Step::Paths => paths(&mut found),
+            Step::StateFile => state_file(&found),
+            Step::Trust => trust(&mut found),
+            Step::Heartbeat => heartbeat(&found),
+            Step::Queue => queue(&found),
+            Step::WorkerLock => worker_lock_step(&found),
+            Step::Ptrace => Ok(ptrace(&found)),
+            Step::Cuda => Ok(cuda(&found)),
+        };
+        if step == Step::Environment {
+            report.agent_rank = found.ranks.as_ref().map(|r| r.agent_rank);
+        }
+        match outcome {
+            Ok(message) => report.rows.push(Row { name: step.name(), ok: true, message }),
+            Err(message) if step.informational() => report.rows.push(Row { name: step.name(), ok: true, message }),
+            Err(message) => {
+                report.rows.push(Row { name: step.name(), ok: false, message });
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn environment(found: &mut Found<'_>) -> Result<String, String> {
+    let ranks = rank::resolve(&ProcessEnv).map_err(|e| e.message().to_string())?;
+    let default_naming = *found.template == NamingTemplate::default();
+    let origin = rank_origin(&ranks, default_naming);
+    let message = format!("{origin}; LOCAL_RANK {} (device {})", ranks.local_rank, ranks.device());
+    found.ranks = Some(ranks);
+    found.origin = Some(origin);
+    Ok(message)
+}
+
+fn paths(found: &mut Found<'_>) -> Result<String, String> {
+    let paths = found.template.paths_for(found.ranks().agent_rank).validate().map_err(|e| e.message().to_string())?;
+    let message = format!("state {}, command queue {}", paths.state.display(), paths.command_queue.display());
+    found.paths = Some(paths);
+    Ok(message)
+}
+
+fn state_file(found: &Found<'_>) -> Result<String, String> {
+    let paths = found.paths();
     if std::fs::symlink_metadata(&paths.state).is_err() {
-        let e = state_error(&paths.state, StateError::Missing(std::io::ErrorKind::NotFound), 0.0, &origin);
-        return report.fail("state_file", e.message());
+        let e = state_error(&paths.state, StateError::Missing(std::io::ErrorKind::NotFound), 0.0, found.origin());
+        return Err(e.message().to_string());
     }
-    report.pass("state_file", format!("{} exists", paths.state.display()));
-    // trust: every file and semaphore bootstrap opens, and the agent's process.
-    let lock = etb_core::lmdb::lock_path(&paths.state);
-    let queue_lock = etb_core::lmdb::lock_path(&paths.command_queue);
-    let checks: [(&Path, &str); 4] = [
-        (&paths.state, "agent state LMDB"),
-        (&lock, "agent state LMDB lock file"),
-        (&paths.command_queue, "agent command queue LMDB"),
-        (&queue_lock, "agent command queue lock file"),
-    ];
-    for (path, what) in checks {
-        if let Some(m) = check_file(path, what, policy).err().and_then(permission) {
-            return report.fail("trust", m);
-        }
+    Ok(format!("{} exists", paths.state.display()))
+}
+
+/// Every file and semaphore bootstrap opens (bootstrap's own check), and the agent's process.
+fn trust(found: &mut Found<'_>) -> Result<String, String> {
+    let paths = found.paths().clone();
+    check_agent_files(&paths, found.policy).map_err(|e| e.message().to_string())?;
+    found.writer = state_writer(&paths.state);
+    if let StateWriter::Alive(pid) = found.writer {
+        check_agent_process(pid).map_err(|e| e.message().to_string())?;
     }
-    let names = QueueNames::for_path(&paths.command_queue);
-    for name in [&names.items, &names.space] {
-        if let Some(m) = check_semaphore(name, policy).err().and_then(permission) {
-            return report.fail("trust", m);
-        }
-    }
-    let writer = state_writer(&paths.state);
-    if let StateWriter::Alive(pid) = writer {
-        if let Err(e) = check_agent_process(pid) {
-            return report.fail("trust", e.message());
-        }
-    }
-    report.pass("trust", "the agent's files and semaphores belong to this user or root and are not writable by others");
-    // heartbeat
-    let state = match StateDb::open(&paths.state, policy) {
-        Ok(s) => s,
-        Err(e) => return report.fail("heartbeat", state_error(&paths.state, e, 0.0, &origin).message()),
-    };
+    Ok("the agent's files and semaphores belong to this user or root and are not writable by others".to_string())
+}
+
+fn heartbeat(found: &Found<'_>) -> Result<String, String> {
+    let (paths, origin) = (found.paths(), found.origin());
+    let state = StateDb::open(&paths.state, found.policy)
+        .map_err(|e| state_error(&paths.state, e, 0.0, origin).message().to_string())?;
     match state.fresh_heartbeat_age() {
-        Ok(age) => report.pass("heartbeat", format!("fresh: {:.3} s old", age)),
-        Err(e) => return report.fail("heartbeat", state_error(&paths.state, e, 0.0, &origin).message()),
+        Ok(age) => Ok(format!("fresh: {:.3} s old", age)),
+        Err(e) => Err(state_error(&paths.state, e, 0.0, origin).message().to_string()),
     }
-    // queue: the file, read-only, and the two semaphores a worker opens.
-    let depth = match read_positions(&paths.command_queue, policy) {
+}
+
+/// The queue: the file, read-only, and the two semaphores a worker opens.
+fn queue(found: &Found<'_>) -> Result<String, String> {
+    let (paths, origin) = (found.paths(), found.origin());
+    let attach_error = |e: AttachError| queue_error(&paths.command_queue, e, 0.0, origin).message().to_string();
+    let depth = match read_positions(&paths.command_queue, found.policy) {
         Ok((head, tail)) => tail.saturating_sub(head),
-        Err(ReadError::Missing) => {
-            return report
-                .fail("queue", queue_error(&paths.command_queue, AttachError::MissingFile, 0.0, &origin).message())
-        }
-        Err(ReadError::Untrusted(m)) => return report.fail("queue", m),
-        Err(ReadError::NotLmdb(m)) => {
-            return report
-                .fail("queue", queue_error(&paths.command_queue, AttachError::NotLmdb(m), 0.0, &origin).message())
-        }
+        Err(ReadError::Missing) => return Err(attach_error(AttachError::MissingFile)),
+        Err(ReadError::Untrusted(m)) => return Err(m),
+        Err(ReadError::NotLmdb(m)) => return Err(attach_error(AttachError::NotLmdb(m))),
     };
+    let names = QueueNames::for_path(&paths.command_queue);
     let missing: Vec<String> = [&names.items, &names.space]
         .into_iter()
-        .filter(|n| check_semaphore(n, policy).is_err_and(|d| d == Distrust::Missing))
+        .filter(|n| check_semaphore(n, found.policy).is_err_and(|d| d == Distrust::Missing))
         .map(|n| String::from_utf8_lossy(n).into_owned())
         .collect();
     if !missing.is_empty() {
-        let e = queue_error(&paths.command_queue, AttachError::MissingSemaphores(missing), 0.0, &origin);
-        return report.fail("queue", e.message());
+        return Err(attach_error(AttachError::MissingSemaphores(missing)));
     }
-    report.pass("queue", format!("ready, {depth} command(s) waiting"));
-    // worker_lock
-    match worker_lock::holder_of(&paths.state) {
-        Some(pid) => {
-            return report.fail("worker_lock", worker_lock::busy(&paths.state, &format!("pid {pid}")).message())
-        }
-        None => report.pass("worker_lock", "no other worker is attached"),
+    Ok(format!("ready, {depth} command(s) waiting"))
+}
+
+fn worker_lock_step(found: &Found<'_>) -> Result<String, String> {
+    let state = &found.paths().state;
+    match worker_lock::holder_of(state) {
+        Some(pid) => Err(worker_lock::busy(state, &format!("pid {pid}")).message().to_string()),
+        None => Ok("no other worker is attached".to_string()),
     }
-    // ptrace (informational)
+}
+
+/// Informational: what bootstrap would authorize.
+fn ptrace(found: &Found<'_>) -> String {
     let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok().map(|s| s.trim().to_string());
     let yama = match &scope {
         None => "the kernel has no Yama: no consent is needed".to_string(),
         Some(s) => format!("Yama ptrace_scope {s}"),
     };
-    let tracer = match writer {
+    let tracer = match found.writer {
         StateWriter::Alive(pid) => format!("would authorize exactly the agent, pid {pid} (PR_SET_PTRACER)"),
         _ => "the agent's process cannot be identified: would authorize every process (PR_SET_PTRACER_ANY), \
               with a warning"
             .to_string(),
     };
-    report.pass("ptrace", format!("{tracer}; {yama}"));
-    // cuda (informational)
-    let cuda = match etb_core::cuda::probe_driver() {
-        Ok(path) => format!("would bind {} (its primary context) through {path}, in the default mode", ranks.device()),
-        Err(why) => format!("{}: {why}: the default mode goes on unbound; the require mode would fail", ranks.device()),
-    };
-    report.pass("cuda", cuda);
-    true
+    format!("{tracer}; {yama}")
+}
+
+/// Informational: what bootstrap would bind.
+fn cuda(found: &Found<'_>) -> String {
+    let device = found.ranks().device();
+    match etb_core::cuda::probe_driver() {
+        Ok(path) => format!("would bind {device} (its primary context) through {path}, in the default mode"),
+        Err(why) => format!("{device}: {why}: the default mode goes on unbound; the require mode would fail"),
+    }
 }
 
 /// Prints the report; true when a bootstrap would succeed now.
 pub fn run(template: &NamingTemplate, json: bool) -> bool {
-    let mut report = Report { steps: Vec::new(), agent_rank: None };
+    let mut report = Report { rows: Vec::new(), agent_rank: None };
     let ok = diagnose(&mut report, template);
     if json {
         let steps: Vec<_> =
-            report.steps.iter().map(|s| json!({"name": s.name, "ok": s.ok, "message": s.message})).collect();
+            report.rows.iter().map(|s| json!({"name": s.name, "ok": s.ok, "message": s.message})).collect();
         crate::print_json(&json!({"ok": ok, "agent_rank": report.agent_rank, "steps": steps}));
     } else {
-        for s in &report.steps {
+        for s in &report.rows {
             println!("{:<12} {:<4} {}", s.name, if s.ok { "ok" } else { "FAIL" }, s.message);
         }
         println!(

@@ -1,13 +1,16 @@
-//! `bootstrap_client`: from the environment to an attached client (docs/protocol.md sections 1-3).
+//! `bootstrap_client`: from the environment to an attached client (docs/protocol.md sections 1-3),
+//! running the one list of bootstrap steps (`connection::steps::STEPS`) in its order:
 //!
-//! 1. Resolve the agent rank (`rank`), then the two paths (`naming`).
-//! 2. Connect ([`connection::connect`]): within one deadline, a fresh heartbeat in the state
-//!    LMDB, the command queue attached as a follower, the agent's process identified.
-//! 3. Take the worker lock, then authorize the agent (only its pid, when known) to ptrace this
-//!    process.
-//! 4. Bind this thread to `cuda:{LOCAL_RANK}`'s primary context, as the CUDA mode says.
+//! 1. `environment`, `paths`: resolve the agent rank (`rank`), then the two paths (`naming`).
+//! 2. `state_file`, `trust`, `heartbeat`, `queue` ([`connection::connect`]): within one
+//!    deadline, the agent's files trusted, a fresh heartbeat in the state LMDB, the command queue
+//!    attached as a follower, the agent's process identified.
+//! 3. `worker_lock`, `ptrace`: take the worker lock, then authorize the agent (only its pid, when
+//!    known) to ptrace this process.
+//! 4. `cuda`: bind this thread to `cuda:{LOCAL_RANK}`'s primary context, as the CUDA mode says.
 
 use crate::client::Client;
+use crate::connection::steps::{Step, Trail};
 use crate::connection::{self, Settings};
 use crate::cuda::{self, CudaMode, CudaReport};
 use crate::error::Result;
@@ -54,6 +57,8 @@ pub struct BootstrapInfo {
     pub agent_pid: Option<i32>,
     /// The CUDA driver's version and, when bound, the device's identity.
     pub cuda: CudaReport,
+    /// The bootstrap steps passed, in order (all of `connection::steps::STEPS` on success).
+    pub steps: Vec<Step>,
 }
 
 /// How the rank and the paths were found, for error messages.
@@ -78,15 +83,18 @@ pub fn rank_origin(r: &RankInfo, default_naming: bool) -> connection::Origin {
 
 /// Runs the whole bootstrap.
 pub fn bootstrap_client(mut options: BootstrapOptions<'_>) -> Result<(Client, BootstrapInfo)> {
+    let mut trail = Trail::new();
     let ranks = rank::resolve(options.env)?;
+    trail.pass(Step::Environment);
     let default_naming = options.path_naming.is_none();
     let paths = match options.path_naming.as_mut() {
         Some(naming) => naming(ranks.agent_rank)?,
         None => AgentPaths::default_for_rank(ranks.agent_rank),
     }
     .validate()?;
+    trail.pass(Step::Paths);
     let origin = rank_origin(&ranks, default_naming);
-    attach(&ranks, paths, origin, &options)
+    attach(&ranks, paths, origin, &options, trail)
 }
 
 /// Connects to agent `agent_rank` at explicit `paths`, reading nothing of the environment (the
@@ -98,8 +106,12 @@ pub fn connect_client(
     paths: AgentPaths,
     options: &BootstrapOptions<'_>,
 ) -> Result<(Client, BootstrapInfo)> {
-    let paths = paths.validate()?;
+    let mut trail = Trail::new();
+    // The environment step: the rank is given, nothing is read.
     let ranks = RankInfo { agent_rank, global_rank: -1, rank_offset: None, local_rank: 0, method: Method::Direct };
+    trail.pass(Step::Environment);
+    let paths = paths.validate()?;
+    trail.pass(Step::Paths);
     let origin = connection::Origin {
         text: format!("agent rank {agent_rank} given with its paths"),
         agent_rank,
@@ -107,7 +119,7 @@ pub fn connect_client(
         rank_offset: None,
         default_naming: false,
     };
-    attach(&ranks, paths, origin, options)
+    attach(&ranks, paths, origin, options, trail)
 }
 
 /// From resolved ranks and paths to an attached client.
@@ -116,15 +128,19 @@ fn attach(
     paths: AgentPaths,
     origin: connection::Origin,
     options: &BootstrapOptions<'_>,
+    mut trail: Trail,
 ) -> Result<(Client, BootstrapInfo)> {
     let deadline = options.connection_timeout.start();
     let settings =
         Settings { trust: options.trust, ptrace_mode: options.ptrace_mode, default_naming: origin.default_naming };
-    let connection = connection::connect(&paths, settings.trust, &deadline, &origin)?;
+    let connection = connection::connect(&paths, settings.trust, &deadline, &origin, &mut trail)?;
     let worker_lock = worker_lock::acquire(&paths.state, options.share_agent, settings.trust)?;
+    trail.pass(Step::WorkerLock);
     connection::authorize_agent(&connection.agent, settings.ptrace_mode);
+    trail.pass(Step::Ptrace);
     // Only once the agent is validated: a missing agent never costs a CUDA initialization.
     let (cuda_binding, cuda) = cuda::bind(ranks.local_rank, options.cuda_mode)?;
+    trail.pass(Step::Cuda);
     let unbound = cuda.unbound_reason.clone().unwrap_or_default();
 
     let info = BootstrapInfo {
@@ -137,6 +153,7 @@ fn attach(
         method: ranks.method,
         agent_pid: connection.agent.pid(),
         cuda,
+        steps: trail.passed().to_vec(),
     };
     log::info!(
         "bootstrapped: {origin}, state {}, queue {}, agent {}, {:.3} ms",

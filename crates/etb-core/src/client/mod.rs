@@ -26,6 +26,7 @@ pub use completion::Completion;
 pub use hooks::TestHooks;
 use link::Link;
 
+use crate::connection::steps::{Step, Trail};
 use crate::connection::{self, Connection, Settings};
 use crate::cuda::{CuContext, CudaBinding};
 use crate::error::{Error, ErrorKind, Result};
@@ -112,7 +113,8 @@ impl Client {
         // agent is a live process other than the old one (verified as the state's writer), or,
         // when it cannot be identified, new files.
         let connection = loop {
-            let c = connection::connect(&self.paths, self.settings.trust, &deadline, &origin)?;
+            let mut trail = Trail::starting_at(Step::StateFile);
+            let c = connection::connect(&self.paths, self.settings.trust, &deadline, &origin, &mut trail)?;
             let new_process = c.agent.pid().is_some_and(|p| Some(p) != old_pid && process_alive(p));
             if new_process || (c.agent.pid().is_none() && c.state.file_id() != old_state) {
                 break c;

@@ -1,11 +1,19 @@
 //! Finding a live agent and letting it in: the part of bootstrap that `Client::reconnect` repeats
-//! for a new agent (docs/protocol.md sections 1-3).
+//! for a new agent (docs/protocol.md sections 1-3), as the steps `state_file`, `trust`,
+//! `heartbeat` and `queue` of the one list of bootstrap steps ([`steps`]).
 //!
-//! Within one deadline: wait for the state LMDB, open it read-only, wait for a fresh heartbeat;
-//! then attach to the command queue as a follower; then identify the agent's process. Polls
-//! every millisecond (the reference polls every 100 ms), so a worker started before its agent
-//! connects within a few ms of the first heartbeat. Then [`authorize_agent`] lets the agent (only
-//! it, when identified) ptrace this worker.
+//! Within one deadline: wait for the state LMDB, check that the agent's files are trusted, open
+//! the state read-only and wait for a fresh heartbeat; then attach to the command queue as a
+//! follower; then identify the agent's process. Polls every millisecond (the reference polls
+//! every 100 ms), so a worker started before its agent connects within a few ms of the first
+//! heartbeat. Then [`authorize_agent`] lets the agent (only it, when identified) ptrace this
+//! worker. The messages of every way this can fail are built in [`messages`].
+
+mod messages;
+pub mod steps;
+
+pub use messages::{queue_error, state_error};
+use steps::{Step, Trail};
 
 use std::fmt;
 use std::path::Path;
@@ -13,13 +21,13 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lmdb::lock_path;
-use crate::protocol::command_queue::{AttachError, CommandQueue};
-use crate::protocol::naming::{rank_ranges, AgentPaths, NamingTemplate};
-use crate::protocol::state_db::{StateDb, StateError, HEARTBEAT_FRESH_SECS};
+use crate::protocol::command_queue::{AttachError, CommandQueue, QueueNames};
+use crate::protocol::naming::AgentPaths;
+use crate::protocol::state_db::{StateDb, StateError};
 use crate::sys::process::{has_open_for_writing, lock_holders, pick_agent, Holders};
 use crate::sys::ptrace::{self, Tracer};
 use crate::sys::registry::FileId;
-use crate::sys::trust::{self, TrustPolicy};
+use crate::sys::trust::{self, check_file, check_semaphore, Distrust, TrustPolicy};
 use crate::timeout::Deadline;
 
 /// How often the waits poll.
@@ -103,12 +111,22 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// Validates the agent (state, fresh heartbeat, queue, process) within `deadline`.
-pub fn connect(paths: &AgentPaths, trust: TrustPolicy, deadline: &Deadline, origin: &Origin) -> Result<Connection> {
+/// Validates the agent within `deadline`, running the steps `state_file`, `trust`, `heartbeat`
+/// and `queue` (and recording each in `trail`).
+pub fn connect(
+    paths: &AgentPaths,
+    trust: TrustPolicy,
+    deadline: &Deadline,
+    origin: &Origin,
+    trail: &mut Trail,
+) -> Result<Connection> {
+    wait_for_state_file(&paths.state, trust, deadline, origin)?;
+    trail.pass(Step::StateFile);
+    check_agent_files(paths, trust)?;
+    trail.pass(Step::Trust);
     let state = wait_for_state(&paths.state, trust, deadline, origin)?;
-    log::trace!("state ready after {:.3} ms", deadline.elapsed_secs() * 1e3);
+    trail.pass(Step::Heartbeat);
     let queue = wait_for_queue(&paths.command_queue, state.file_id(), trust, deadline, origin)?;
-    log::trace!("queue attached after {:.3} ms", deadline.elapsed_secs() * 1e3);
     let agent = match identify_agent(&state, &paths.state) {
         Ok(pid) => {
             trust::check_agent_process(pid)?;
@@ -119,7 +137,49 @@ pub fn connect(paths: &AgentPaths, trust: TrustPolicy, deadline: &Deadline, orig
             AgentIdentity::Unknown(why)
         }
     };
+    trail.pass(Step::Queue);
     Ok(Connection { state, queue, agent })
+}
+
+/// Step `state_file`: waits until the state LMDB exists (anything at the path: what it is, and
+/// whether it is trusted, the next steps tell).
+fn wait_for_state_file(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: &Origin) -> Result<()> {
+    loop {
+        if !matches!(check_file(path, "agent state LMDB", trust), Err(Distrust::Missing)) {
+            return Ok(());
+        }
+        if !deadline.sleep_step(POLL_INTERVAL) {
+            let missing = StateError::Missing(std::io::ErrorKind::NotFound);
+            return Err(state_error(path, missing, deadline.elapsed_secs(), origin));
+        }
+    }
+}
+
+/// Step `trust`: every file and semaphore of the agent that bootstrap opens belongs to this user
+/// (or root, or a group the policy allows) and is not writable by others, and none is a symbolic
+/// link; `Permission` otherwise, with the check's own message. What does not exist yet is
+/// checked again when it is opened (so is everything: a file may be replaced meanwhile).
+pub fn check_agent_files(paths: &AgentPaths, trust: TrustPolicy) -> Result<()> {
+    let state_lock = lock_path(&paths.state);
+    let queue_lock = lock_path(&paths.command_queue);
+    let files: [(&Path, &str); 4] = [
+        (&paths.state, "agent state LMDB"),
+        (&state_lock, "agent state LMDB lock file"),
+        (&paths.command_queue, "agent command queue LMDB"),
+        (&queue_lock, "agent command queue lock file"),
+    ];
+    for (path, what) in files {
+        if let Err(Distrust::Permission(m)) = check_file(path, what, trust) {
+            return Err(Error::new(ErrorKind::Permission, m));
+        }
+    }
+    let names = QueueNames::for_path(&paths.command_queue);
+    for name in [&names.items, &names.space, &names.ready] {
+        if let Err(Distrust::Permission(m) | Distrust::NotRegular(m)) = check_semaphore(name, trust) {
+            return Err(Error::new(ErrorKind::Permission, m));
+        }
+    }
+    Ok(())
 }
 
 fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: &Origin) -> Result<StateDb> {
@@ -159,65 +219,6 @@ fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: 
     }
 }
 
-/// The error bootstrap reports when the state LMDB was not ready by its deadline (`last` says why).
-pub fn state_error(path: &Path, last: StateError, secs: f64, origin: &Origin) -> Error {
-    let p = path.display();
-    let hint = format!("Check AGENT_RANK, or RANK and AGENT_RANK_OFFSET ({origin}).");
-    match last {
-        StateError::Missing(std::io::ErrorKind::PermissionDenied) => Error::new(
-            ErrorKind::Lmdb,
-            format!("Agent state LMDB at {p} cannot be reached: permission denied on the path. {hint}"),
-        ),
-        StateError::Missing(_) => Error::new(
-            ErrorKind::AgentNotFound,
-            format!(
-                "Agent LMDB not found at {p} after {secs:.3}s. Please ensure the agent process is running. {hint} {}",
-                agents_elsewhere(origin)
-            ),
-        ),
-        StateError::Lmdb(e) => Error::new(
-            ErrorKind::Lmdb,
-            format!("Agent state LMDB at {p} could not be read after {secs:.3}s: {}. {hint}", e.text()),
-        ),
-        StateError::NotLmdb(why) => Error::new(
-            ErrorKind::Lmdb,
-            format!("Agent state LMDB at {p} is still not a usable LMDB file after {secs:.3}s: {why}. {hint}"),
-        ),
-        StateError::Permission(why) => Error::new(ErrorKind::Permission, why),
-        other => {
-            let why = match other {
-                StateError::NoDatabase => "The state LMDB has no 'pair_state' database yet".to_string(),
-                StateError::NoHeartbeat => "Heartbeat is missing".to_string(),
-                StateError::BadHeartbeat(v) => format!("Heartbeat {v:?} is not a finite number of seconds"),
-                StateError::Stale(age) if age < 0.0 => {
-                    format!("Heartbeat lies {:.3}s in the future", -age)
-                }
-                StateError::Stale(age) if state_writer(path) == StateWriter::Gone => {
-                    return Error::new(
-                        ErrorKind::AgentNotResponding,
-                        format!(
-                            "Agent at {p} is gone: its heartbeat is too old ({age:.1}s) and no process (in this pid \
-                             namespace) holds the state LMDB's lock with the file open for writing, so the agent \
-                             that wrote these files has exited and left them behind (waited {secs:.3}s). Start the \
-                             agent again (its launch script clears the old files). {hint}"
-                        ),
-                    );
-                }
-                StateError::Stale(age) => {
-                    format!("Heartbeat is too old ({age:.3}s; fresh means under {HEARTBEAT_FRESH_SECS}s)")
-                }
-                StateError::Missing(_) | StateError::Lmdb(_) | StateError::NotLmdb(_) | StateError::Permission(_) => {
-                    unreachable!("handled above")
-                }
-            };
-            Error::new(
-                ErrorKind::AgentNotResponding,
-                format!("Agent at {p} is not responding after {secs:.3}s. {why}. Agent may have crashed or be stalled. {hint}"),
-            )
-        }
-    }
-}
-
 fn wait_for_queue(
     path: &Path,
     state_id: FileId,
@@ -238,51 +239,6 @@ fn wait_for_queue(
         if permanent || !deadline.sleep_step(POLL_INTERVAL) {
             return Err(queue_error(path, last, deadline.elapsed_secs(), origin));
         }
-    }
-}
-
-/// The error bootstrap reports when the command queue could not be attached by its deadline.
-pub fn queue_error(path: &Path, last: AttachError, secs: f64, origin: &Origin) -> Error {
-    let p = path.display();
-    let tail = format!(
-        "The agent creates its queue before its state, so it may have crashed, or it uses another queue path ({origin})."
-    );
-    match last {
-        AttachError::Permission(why) => Error::new(ErrorKind::Permission, why),
-        AttachError::NotLmdb(why) => Error::new(
-            ErrorKind::Lmdb,
-            format!("Agent command queue at {p} is still not a usable LMDB file after {secs:.3}s: {why}"),
-        ),
-        AttachError::SameFileAsState => {
-            Error::new(ErrorKind::Naming, format!("the command queue path {p} is the state LMDB itself (same file)"))
-        }
-        AttachError::MissingSemaphores(names) => Error::new(
-            ErrorKind::AgentNotFound,
-            format!(
-                "Agent command queue at {p} is not ready after {secs:.3}s: semaphore {} missing. {tail}",
-                names.join(" and ")
-            ),
-        ),
-        AttachError::MissingFile => Error::new(
-            ErrorKind::AgentNotFound,
-            format!("Agent command queue LMDB not found at {p} after {secs:.3}s. {tail}"),
-        ),
-        AttachError::Semaphore(name, e) if e.errno == libc::ENAMETOOLONG => Error::new(
-            ErrorKind::Naming,
-            format!(
-                "the command queue path {p} gives semaphore name {name:?}, longer than the {} bytes POSIX allows: \
-                 use a shorter file name (the semaphores are named after the file's stem)",
-                crate::sys::semaphore::MAX_NAME_LEN
-            ),
-        ),
-        AttachError::Semaphore(name, e) => Error::new(
-            ErrorKind::Ipc,
-            format!("Agent command queue semaphore {name} could not be opened: {}", e.text()),
-        ),
-        AttachError::Lmdb(e) => Error::new(
-            ErrorKind::Lmdb,
-            format!("Agent command queue LMDB at {p} could not be opened after {secs:.3}s: {}", e.text()),
-        ),
     }
 }
 
@@ -313,40 +269,6 @@ fn identify_agent(state: &StateDb, path: &Path) -> std::result::Result<i32, Stri
             n => format!("none, or more than one, of the {n} holders of the state LMDB's lock has the state file open for writing (pids {})", join_pids(&pids)),
         }),
     }
-}
-
-/// Where the other agents of this node are, for a bootstrap that found none at its path: computed
-/// once, at the deadline (it lists a folder).
-fn agents_elsewhere(origin: &Origin) -> String {
-    if !origin.default_naming {
-        return "A naming callback chose this path, so the library cannot list the node's other agents: \
-                `etb status --state TEMPLATE --queue TEMPLATE` with the job's naming lists them."
-            .to_string();
-    }
-    let template = NamingTemplate::default();
-    let found: Vec<i64> = template.scan().into_iter().filter(|&r| r != origin.agent_rank).collect();
-    let folder = Path::new(&template.state).parent().map_or_else(String::new, |f| f.display().to_string());
-    let Some(&first) = found.first() else {
-        return format!("No other agent's state file is in {folder} either.");
-    };
-    let mut text = format!(
-        "No agent for rank {} there; agents found in {folder}: ranks {}",
-        origin.agent_rank,
-        rank_ranges(&found)
-    );
-    // A job whose ranks start at 0 and uses the agents from `first` on has that offset.
-    if let (Some(global), offset) = (origin.global_rank, origin.rank_offset.unwrap_or(0)) {
-        if first != offset && found.contains(&(global + first)) {
-            if offset == 0 {
-                text.push_str(&format!(": is AGENT_RANK_OFFSET={first} missing?"));
-            } else {
-                text.push_str(&format!(": is AGENT_RANK_OFFSET={first} meant (it is {offset})?"));
-            }
-            return text;
-        }
-    }
-    text.push('.');
-    text
 }
 
 /// Whether the process that writes an agent's state file is still there, judged by LMDB's lock
