@@ -7,16 +7,18 @@
 //! `ErrorKind`). The items here are `pub` for the workspace's crates and tests; this crate is not
 //! a stable API of its own.
 //!
-//! Layers, bottom up (a module imports only from its own layer or those below it):
+//! Layers, bottom up (a module imports only from its own layer or those below it; `tests/layers.rs`
+//! at the workspace root checks it on every `crate::` path, and finds import cycles):
 //! - [`error`], [`timeout`], [`logging`]: vocabulary every layer uses;
 //! - [`sys`]: OS primitives: POSIX semaphores, file and lock probes, process identity and watch,
-//!   ptrace authorization, trust checks, the worker lock;
-//! - [`lmdb`]: the safe LMDB wrapper, the pre-open file check, the per-file registry;
+//!   ptrace authorization, trust checks, the per-file registry, the worker lock;
+//! - [`lmdb`]: the safe LMDB wrapper, the pre-open file check;
 //! - [`cuda`]: the run-time-loaded CUDA driver binding;
 //! - [`protocol`]: the agent's protocol: rank and naming, command messages, the command queue,
 //!   the state DB, completion semaphores;
 //! - [`payload`]: payloads a native worker makes (CUDA tensors, mesh shapes, placements);
-//! - [`connection`]: finding and validating a live agent and authorizing it;
+//! - [`connection`]: finding and validating a live agent and authorizing it, and the one list of
+//!   bootstrap steps;
 //! - [`client`] and [`bootstrap`] on top.
 
 pub mod error;
