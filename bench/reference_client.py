@@ -91,7 +91,18 @@ class ReferenceClient:
                 raise ConnectionError(f"Agent LMDB not found at {state_path}")
             time.sleep(POLL)
         self.state = lmdb.open(state_path, subdir=False, readonly=True, lock=False, max_dbs=2)
-        db = self.state.open_db(b"pair_state", create=False)
+        while True:
+            # The reference raises here when it looks between the agent's creation of the file and
+            # that of its database (a race of the reference's, seen on a loaded machine): the
+            # benchmark waits instead, so that the race cannot fail a run (it changes no timing
+            # of a run that does not hit it).
+            try:
+                db = self.state.open_db(b"pair_state", create=False)
+                break
+            except lmdb.NotFoundError:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"Agent at {state_path} has no pair_state database") from None
+                time.sleep(POLL)
         while True:
             with self.state.begin(db=db) as txn:
                 beat = txn.get(b"agent:heartbeat")
