@@ -638,6 +638,23 @@ struct BootstrapOptions {
     bool allow_shared_agent = false;
 };
 
+namespace detail {
+/// `options` as the C struct, filled by etb_bootstrap_options_init first: the naming function
+/// goes through the trampoline with `naming` as its user data (nullptr: no naming function).
+inline EtbBootstrapOptions c_options(const BootstrapOptions &options, NamingContext *naming) noexcept {
+    EtbBootstrapOptions c;
+    etb_bootstrap_options_init(&c);
+    c.path_naming_fn = naming ? &naming_trampoline : nullptr;
+    c.user_data = naming;
+    c.connection_timeout_s = options.connection_timeout_s;
+    c.cuda_mode = static_cast<EtbCudaMode>(options.cuda_mode);
+    c.ptrace_mode = static_cast<EtbPtraceMode>(options.ptrace_mode);
+    c.allow_shared_group = options.allow_shared_group ? 1u : 0u;
+    c.allow_shared_agent = options.allow_shared_agent ? 1u : 0u;
+    return c;
+}
+}  // namespace detail
+
 /// Finds this worker's agent and attaches to it (etb_bootstrap_client_ex): reads AGENT_RANK (or
 /// RANK + AGENT_RANK_OFFSET) and LOCAL_RANK, waits up to connection_timeout_s, binds the calling
 /// thread's GPU as cuda_mode says. Returns the client and the info, owned by the caller and
@@ -647,15 +664,7 @@ struct BootstrapOptions {
     EtbClient *client = nullptr;
     EtbBootstrapInfo *info = nullptr;
     detail::NamingContext ctx{&options.path_naming_fn, nullptr};
-    EtbBootstrapOptions c;
-    etb_bootstrap_options_init(&c);
-    c.path_naming_fn = options.path_naming_fn ? &detail::naming_trampoline : nullptr;
-    c.user_data = options.path_naming_fn ? &ctx : nullptr;
-    c.connection_timeout_s = options.connection_timeout_s;
-    c.cuda_mode = static_cast<EtbCudaMode>(options.cuda_mode);
-    c.ptrace_mode = static_cast<EtbPtraceMode>(options.ptrace_mode);
-    c.allow_shared_group = options.allow_shared_group ? 1u : 0u;
-    c.allow_shared_agent = options.allow_shared_agent ? 1u : 0u;
+    EtbBootstrapOptions c = detail::c_options(options, options.path_naming_fn ? &ctx : nullptr);
     EtbStatus status = etb_bootstrap_client_ex(&c, &client, &info);
     if (ctx.error) std::rethrow_exception(ctx.error);
     detail::check(status);
