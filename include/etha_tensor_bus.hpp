@@ -402,16 +402,18 @@ private:
     std::vector<std::string> pair_names_;
 };
 
-/// A transfer issued without waiting (Client::transfer_async). Move-only; destroying it removes
-/// its semaphore, whether or not the command was acknowledged, before or after its client's
-/// close. Use it from one thread at a time.
+/// A command issued without waiting (Client::transfer_async, init_pair_async,
+/// cleanup_batch_async, query_transfer_signal_async). Move-only; destroying it removes its
+/// semaphore, whether or not the command was acknowledged, before or after its client's close.
+/// Use it from one thread at a time.
 class Completion {
 public:
     /// Adopts `completion` (released with etb_completion_free).
     explicit Completion(EtbCompletion *completion) noexcept : completion_(completion) {}
 
     /// Waits until the agent acknowledged the command and was seen to survive it. Throws
-    /// etb::Error: ETB_ERR_TIMEOUT, ETB_ERR_AGENT_DIED, ETB_ERR_CLOSED (its client was closed).
+    /// etb::Error: ETB_ERR_TIMEOUT, ETB_ERR_AGENT_DIED, ETB_ERR_CLOSED (its client was closed),
+    /// ETB_ERR_PAIR_NOT_MATCHED (an InitPair the agent survived without matching the pair).
     void wait(double timeout_s = 30.0) { detail::check(etb_completion_wait(completion_.get(), timeout_s)); }
     /// Whether the command is acknowledged, without blocking. Throws etb::Error as wait().
     [[nodiscard]] bool poll() {
@@ -426,9 +428,9 @@ private:
     std::unique_ptr<EtbCompletion, detail::CompletionDeleter> completion_;
 };
 
-/// A worker's connection to its agent (made by bootstrap_client). Move-only; closed
-/// (etb_client_close) when destroyed. Every method is const and may run on several threads at
-/// once, except destruction and assignment. Commands block as the C header's conventions say
+/// A worker's connection to its agent (made by bootstrap_client or connect_client). Move-only;
+/// closed (etb_client_close) when destroyed. Every method is const and may run on several threads
+/// at once, except destruction and assignment. Commands block as the C header's conventions say
 /// (timeout_s covers the wait for queue space and for the completion) and throw etb::Error.
 /// Payloads and completions it made outlive it.
 class Client {
@@ -453,6 +455,31 @@ public:
         Payload mesh = mesh_shape_payload(mesh_shape);
         Payload place = placements_payload(placements);
         init_pair(pair_name, local_name, remote_name, expected_world_size, mesh.view(), place.view(), timeout_s);
+    }
+    /// Sends InitPair without waiting for it (the reference's init_pair(blocking=False)): timeout_s
+    /// bounds only the wait for queue space. The Completion's wait and poll report done only once
+    /// the agent survived the command and recorded the pair as matched (else they throw
+    /// ETB_ERR_PAIR_NOT_MATCHED). Payloads as init_pair's, borrowed for the call.
+    [[nodiscard]] Completion init_pair_async(const std::string &pair_name, const std::string &local_name,
+                                             const std::string &remote_name, int64_t expected_world_size,
+                                             Bytes mesh_shape_payload = Bytes(), Bytes placements_payload = Bytes(),
+                                             double timeout_s = 30.0) const {
+        EtbCompletion *completion = nullptr;
+        detail::check(etb_client_init_pair_async(client_.get(), pair_name.c_str(), local_name.c_str(),
+                                                 remote_name.c_str(), expected_world_size, mesh_shape_payload.data(),
+                                                 mesh_shape_payload.size(), placements_payload.data(),
+                                                 placements_payload.size(), timeout_s, &completion));
+        return Completion(completion);
+    }
+    /// init_pair_async with the payloads made from a mesh shape and placements.
+    [[nodiscard]] Completion init_pair_async(const std::string &pair_name, const std::string &local_name,
+                                             const std::string &remote_name, int64_t expected_world_size,
+                                             const std::vector<int64_t> &mesh_shape,
+                                             const std::vector<Placement> &placements, double timeout_s = 30.0) const {
+        Payload mesh = mesh_shape_payload(mesh_shape);
+        Payload place = placements_payload(placements);
+        return init_pair_async(pair_name, local_name, remote_name, expected_world_size, mesh.view(), place.view(),
+                               timeout_s);
     }
 
     /// The payload for a tensor in this client's device memory (see CudaTensorView): owned by the
@@ -554,9 +581,32 @@ public:
         detail::check(etb_client_query_transfer_signal(client_.get(), batch_id.c_str(), timeout_s, &signal));
         return signal;
     }
+    /// Sends QueryStatus without waiting for it (the reference's query_transfer_signal(blocking=False)):
+    /// timeout_s bounds only the wait for queue space. The agent records the answer when it
+    /// handles the query: read it with read_transfer_signal once the Completion is done.
+    [[nodiscard]] Completion query_transfer_signal_async(const std::string &batch_id, double timeout_s = 30.0) const {
+        EtbCompletion *completion = nullptr;
+        detail::check(etb_client_query_transfer_signal_async(client_.get(), batch_id.c_str(), timeout_s, &completion));
+        return Completion(completion);
+    }
+    /// The batch's transfer signal as the agent's state holds it now (false when absent), without
+    /// sending anything: one short read.
+    [[nodiscard]] bool read_transfer_signal(const std::string &batch_id) const {
+        bool signal = false;
+        detail::check(etb_client_read_transfer_signal(client_.get(), batch_id.c_str(), &signal));
+        return signal;
+    }
     /// Sends CleanupBatch and waits for it: the agent forgets the batch (and drops its tensors).
     void cleanup_batch(const std::string &batch_id, double timeout_s = 30.0) const {
         detail::check(etb_client_cleanup_batch(client_.get(), batch_id.c_str(), timeout_s));
+    }
+    /// Sends CleanupBatch without waiting for it (the reference's BatchHandler.close(blocking=False)):
+    /// timeout_s bounds only the wait for queue space. A Completion dropped unwaited still removes
+    /// its semaphore.
+    [[nodiscard]] Completion cleanup_batch_async(const std::string &batch_id, double timeout_s = 30.0) const {
+        EtbCompletion *completion = nullptr;
+        detail::check(etb_client_cleanup_batch_async(client_.get(), batch_id.c_str(), timeout_s, &completion));
+        return Completion(completion);
     }
     /// The CUcontext the client holds (the device's primary context); nullptr when unbound. Owned
     /// by the client: valid while it lives.
@@ -680,6 +730,30 @@ inline EtbBootstrapOptions c_options(const BootstrapOptions &options, NamingCont
     options.connection_timeout_s = connection_timeout_s;
     options.cuda_mode = cuda_mode;
     return bootstrap_client(options);
+}
+
+/// Connects to agent `agent_rank` at the two given paths, reading nothing of the environment
+/// (etb_client_connect: the reference's TensorBusClient(agent_rank, lmdb_command_queue_path,
+/// agent_state_lmdb_path)). Validates the agent, attaches its queue and authorizes it as
+/// bootstrap_client does, with `options` (its path_naming_fn is not used: the paths are given).
+/// The info's method is "direct", its global rank -1 and its device cuda:0 (cuda_mode binds
+/// device 0: use bootstrap_client to bind to LOCAL_RANK). Paths are bytes, any but NUL (a NUL is
+/// ETB_ERR_INVALID_ARGUMENT). Returns the client and the info, owned by the caller and
+/// independent. Throws etb::Error. Thread-safe.
+[[nodiscard]] inline std::pair<Client, BootstrapInfo> connect_client(int64_t agent_rank,
+                                                                     const std::string &command_queue_path,
+                                                                     const std::string &state_path,
+                                                                     const BootstrapOptions &options = BootstrapOptions()) {
+    const char *where = "etb::connect_client";
+    if (command_queue_path.find('\0') != std::string::npos)
+        detail::fail(ETB_ERR_INVALID_ARGUMENT, where, "command_queue_path has a NUL byte");
+    if (state_path.find('\0') != std::string::npos)
+        detail::fail(ETB_ERR_INVALID_ARGUMENT, where, "state_path has a NUL byte");
+    EtbClient *client = nullptr;
+    EtbBootstrapInfo *info = nullptr;
+    EtbBootstrapOptions c = detail::c_options(options, nullptr);
+    detail::check(etb_client_connect(agent_rank, command_queue_path.c_str(), state_path.c_str(), &c, &client, &info));
+    return std::pair<Client, BootstrapInfo>(Client(client), BootstrapInfo(info));
 }
 
 /// The reference's setup_ptrace(): lets every process of this user ptrace this one. Affects the
