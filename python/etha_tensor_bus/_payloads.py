@@ -3,14 +3,29 @@ unpickles: torch objects as the reference sends them (imported lazily: never whe
 object is passed), pre-pickled bytes as they are, and the torch-free forms through the
 library's native payloads."""
 import ctypes
+import re
 import sys
 
 from . import _native
 
-# numpy-style typestr of __cuda_array_interface__ -> ETB_DTYPE_*
-_TYPESTR = {"<f4": 0, "<f8": 1, "<f2": 2, "|u1": 4, "<u1": 4, "|i1": 5, "<i1": 5, "<i2": 6, "<i4": 7, "<i8": 8,
-            "|b1": 9, "<b1": 9}
-_PLACEMENT_KIND = {"shard": 0, "replicate": 1, "partial": 2}
+
+def _typestrs():
+    """numpy-style typestrs (of __cuda_array_interface__) -> ETB_DTYPE_*, for the header's dtypes
+    that numpy has: floatN, intN, uintN (N bits: N/8 bytes) and bool, the one-byte ones with either
+    byte-order mark; bfloat16 and the float8 types have no typestr."""
+    out = {}
+    for name, code in _native.enum("ETB_DTYPE_").items():
+        m = re.fullmatch(r"(float|int|uint)(\d+)", name)
+        if not m and name != "bool":
+            continue
+        kind, size = ("b", 1) if name == "bool" else ({"float": "f", "int": "i", "uint": "u"}[m[1]], int(m[2]) // 8)
+        for order in ("|", "<") if size == 1 else ("<",):
+            out[f"{order}{kind}{size}"] = code
+    return out
+
+
+_TYPESTR = _typestrs()
+_PLACEMENT_KIND = _native.enum("ETB_PLACEMENT_")  # {"shard": ETB_PLACEMENT_SHARD, "replicate": ..., "partial": ...}
 
 
 def _torch_loaded():
@@ -58,12 +73,12 @@ def mesh_bytes(device_mesh):
 
 def _native_placement(p):
     if p == "replicate":
-        return _native.Placement(1, 0, None)
+        return _native.Placement(_PLACEMENT_KIND["replicate"], 0, None)
     if isinstance(p, tuple) and len(p) == 2 and p[0] in ("shard", "partial"):
         if p[0] == "shard" and isinstance(p[1], int):
-            return _native.Placement(0, p[1], None)
+            return _native.Placement(_PLACEMENT_KIND["shard"], p[1], None)
         if p[0] == "partial" and isinstance(p[1], str):
-            return _native.Placement(2, 0, p[1].encode("utf-8"))
+            return _native.Placement(_PLACEMENT_KIND["partial"], 0, p[1].encode("utf-8"))
     raise TypeError(f"a placement must be ('shard', dim), 'replicate' or ('partial', op), not {p!r}")
 
 

@@ -10,7 +10,7 @@ from .client import TensorBusClient, _check
 
 __all__ = ["BootstrapInfo", "bootstrap_client", "setup_ptrace", "setup_ptrace_pid"]
 
-_CUDA_MODES = {"auto": 0, "require": 1, "skip": 2}
+_CUDA_MODES = _native.enum("ETB_CUDA_")  # {"auto": ETB_CUDA_AUTO, "require": ..., "skip": ...}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from .errors import STATUS, AcquireTimeout, TensorBusError, error_for
 
 __all__ = ["BatchHandler", "Completion", "TensorBusClient"]
 
-_TRANSFER = {"send": 0, "recv": 1}
+_TRANSFER = _native.enum("ETB_TRANSFER_")  # {"send": ETB_TRANSFER_SEND, "recv": ETB_TRANSFER_RECV}
 
 
 def _check(status):

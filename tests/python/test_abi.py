@@ -78,3 +78,23 @@ def test_abi_module_is_what_the_header_makes():
                                              "_abi.py (from the header)"))[:40])
     assert checked_in == made, ("python/etha_tensor_bus/_abi.py is stale: regenerate it with "
                                 f"`.venv/bin/python scripts/python_abi.py` and commit it\n{diff}")
+
+
+def test_dtype_table_is_the_librarys(lib):
+    """The header's ETB_DTYPE_* name the library's dtypes (the core's table, etb_dtype_name): the
+    same names, no number missing on either side; the typestrs the package derives from those
+    names have the library's element sizes."""
+    from etha_tensor_bus import _payloads
+
+    dtypes = _native.enum("ETB_DTYPE_")
+    for name, code in dtypes.items():
+        assert lib.etb_dtype_name(code) == name.encode(), f"ETB_DTYPE_{name.upper()}"
+    count = len(dtypes)
+    assert sorted(dtypes.values()) == list(range(count)), "numbers are dense"
+    assert lib.etb_dtype_name(count) is None and lib.etb_dtype_size(count) == 0, "a dtype of the library is missing"
+    assert _payloads._TYPESTR, "no typestr derived"
+    for typestr, code in _payloads._TYPESTR.items():
+        kind, size = typestr[1], int(typestr[2:])
+        assert lib.etb_dtype_size(code) == size, typestr
+        want = "bool" if kind == "b" else {"f": "float", "i": "int", "u": "uint"}[kind] + str(8 * size)
+        assert lib.etb_dtype_name(code) == want.encode(), typestr
