@@ -14,6 +14,10 @@
  *    assigned to.
  *  - Byte strings passed in are etb::Bytes: a borrowed view (pointer and size) of a Payload, a
  *    std::vector<uint8_t> or any memory, read during the call only.
+ *  - It covers the whole C API: every C function has its form here and every enumeration of
+ *    macros its enum class (of the C type, one enumerator per macro), but for the few deliberate
+ *    omissions that tests/python/test_wrappers.py lists with their reasons; that test fails when
+ *    a function or a macro is added to the C API only.
  *
  *   auto [client, info] = etb::bootstrap_client();
  *   client.init_pair("pair", "local", "remote", 2, {2, 4}, {etb::Placement::shard(0)});
@@ -172,8 +176,9 @@ private:
 
 inline Bytes::Bytes(const Payload &payload) noexcept : Bytes(payload.view()) {}
 
-/// The dtypes of CUDA tensor payloads, numbered as ETB_DTYPE_* (torch's dtypes).
-enum class Dtype : int32_t {
+/// The dtypes of CUDA tensor payloads, numbered as ETB_DTYPE_* (torch's dtypes): one enumerator per
+/// macro, of the C type (tests/python/test_wrappers.py checks that none is missing).
+enum class Dtype : EtbDtype {
     Float32 = ETB_DTYPE_FLOAT32,
     Float64 = ETB_DTYPE_FLOAT64,
     Float16 = ETB_DTYPE_FLOAT16,
@@ -227,7 +232,7 @@ struct CudaTensorView {
 /// and init_pair. Made by the factory functions; a plain value type.
 class Placement {
 public:
-    enum class Kind : int32_t {
+    enum class Kind : decltype(EtbPlacement::kind) {
         Shard = ETB_PLACEMENT_SHARD,
         Replicate = ETB_PLACEMENT_REPLICATE,
         Partial = ETB_PLACEMENT_PARTIAL,
@@ -337,8 +342,8 @@ private:
     std::unique_ptr<EtbBootstrapInfo, detail::InfoDeleter> info_;
 };
 
-/// A transfer direction.
-enum class TransferKind : int32_t { Send = ETB_TRANSFER_SEND, Recv = ETB_TRANSFER_RECV };
+/// A transfer direction (ETB_TRANSFER_*).
+enum class TransferKind : EtbTransferKind { Send = ETB_TRANSFER_SEND, Recv = ETB_TRANSFER_RECV };
 
 /// One tensor of the byte overload of Client::register_tensors: its pair and its payload (a
 /// pickle: a Payload, `ForkingPickler.dumps(tensor)`, ...), both borrowed for the call.
@@ -667,11 +672,11 @@ inline int32_t naming_trampoline(int64_t agent_rank, char *command_queue_path, s
 }  // namespace detail
 
 /// When to bind the worker to its GPU (ETB_CUDA_*).
-enum class CudaMode : int32_t { Auto = ETB_CUDA_AUTO, Require = ETB_CUDA_REQUIRE, Skip = ETB_CUDA_SKIP };
+enum class CudaMode : EtbCudaMode { Auto = ETB_CUDA_AUTO, Require = ETB_CUDA_REQUIRE, Skip = ETB_CUDA_SKIP };
 
 /// Whom bootstrap lets ptrace this worker (ETB_PTRACE_*): the agent's process only (default),
 /// every process of this user, or nothing (authorize it yourself with setup_ptrace_pid).
-enum class PtraceMode : int32_t { Agent = ETB_PTRACE_AGENT, Any = ETB_PTRACE_ANY, None = ETB_PTRACE_NONE };
+enum class PtraceMode : EtbPtraceMode { Agent = ETB_PTRACE_AGENT, Any = ETB_PTRACE_ANY, None = ETB_PTRACE_NONE };
 
 /// Every option of etb_bootstrap_client_ex (mapped onto an EtbBootstrapOptions filled by
 /// etb_bootstrap_options_init). A plain value type; the defaults are the library's.

@@ -30,6 +30,13 @@ static_assert(std::is_trivially_copyable<etb::Bytes>::value, "Bytes is a view");
 static_assert(std::is_base_of<std::runtime_error, etb::Error>::value, "Error is a runtime_error");
 static_assert(static_cast<int32_t>(etb::Dtype::Float8E5M2) == ETB_DTYPE_FLOAT8_E5M2, "dtypes mirror ETB_DTYPE_*");
 static_assert(static_cast<int32_t>(etb::PtraceMode::None) == ETB_PTRACE_NONE, "ptrace modes mirror ETB_PTRACE_*");
+// The enums are of the C types they stand for (their enumerators: tests/python/test_wrappers.py).
+static_assert(std::is_same<std::underlying_type_t<etb::Dtype>, EtbDtype>::value, "Dtype is an EtbDtype");
+static_assert(std::is_same<std::underlying_type_t<etb::TransferKind>, EtbTransferKind>::value, "an EtbTransferKind");
+static_assert(std::is_same<std::underlying_type_t<etb::CudaMode>, EtbCudaMode>::value, "an EtbCudaMode");
+static_assert(std::is_same<std::underlying_type_t<etb::PtraceMode>, EtbPtraceMode>::value, "an EtbPtraceMode");
+static_assert(std::is_same<std::underlying_type_t<etb::Placement::Kind>, decltype(EtbPlacement::kind)>::value,
+              "a placement kind is EtbPlacement::kind's type");
 
 /* ---- the fake CUDA driver's control functions (the same library the etb library loads) ---- */
 
