@@ -7,6 +7,7 @@ import re
 import sys
 
 from . import _native
+from ._common import check
 
 
 def _typestrs():
@@ -47,13 +48,6 @@ def _take(handle):
         lib.etb_payload_free(handle)
 
 
-def _check(status):
-    from .errors import error_for
-
-    if status != 0:
-        raise error_for(status, _native.lib().etb_last_error_message().decode("utf-8", "replace"))
-
-
 def mesh_bytes(device_mesh):
     """None, pre-pickled bytes, a torch DeviceMesh (the reference's
     ForkingPickler.dumps(tuple(mesh.mesh.shape))), or a tuple of ints (native payload)."""
@@ -66,7 +60,7 @@ def mesh_bytes(device_mesh):
     if isinstance(device_mesh, (tuple, list)) and all(isinstance(d, int) for d in device_mesh):
         dims = (ctypes.c_int64 * max(1, len(device_mesh)))(*device_mesh)
         out = ctypes.c_void_p()
-        _check(_native.lib().etb_mesh_shape_payload(dims, len(device_mesh), ctypes.byref(out)))
+        check(_native.lib().etb_mesh_shape_payload(dims, len(device_mesh), ctypes.byref(out)))
         return _take(out)
     raise TypeError(f"device_mesh must be a torch DeviceMesh, a tuple of ints or bytes, not {type(device_mesh).__name__}")
 
@@ -95,7 +89,7 @@ def placements_bytes(placements):
     native = [_native_placement(p) for p in items]
     array = (_native.Placement * max(1, len(native)))(*native)
     out = ctypes.c_void_p()
-    _check(_native.lib().etb_placements_payload(array, len(native), ctypes.byref(out)))
+    check(_native.lib().etb_placements_payload(array, len(native), ctypes.byref(out)))
     return _take(out)
 
 
@@ -145,7 +139,7 @@ def _cuda_array_payload(iface, client_handle, keep):
     if stream is not None:  # the consumer waits for the work queued on it (1 and 2 are CUDA's special streams)
         t.wait_on_stream, t.stream = 1, (0 if stream == 1 else stream)
     out = ctypes.c_void_p()
-    _check(lib.etb_client_cuda_tensor_payload(client_handle, ctypes.byref(t), ctypes.byref(out)))
+    check(lib.etb_client_cuda_tensor_payload(client_handle, ctypes.byref(t), ctypes.byref(out)))
     payload = _NativePayload(out)
     keep.append(payload)
     return payload.bytes()
@@ -163,7 +157,7 @@ class _NativePayload:
 
     def in_use(self):
         busy = ctypes.c_bool(False)
-        _check(_native.lib().etb_payload_in_use(self._handle, ctypes.byref(busy)))
+        check(_native.lib().etb_payload_in_use(self._handle, ctypes.byref(busy)))
         return busy.value
 
     def close(self):
