@@ -1,9 +1,12 @@
 """The package's shared helpers, between the declarations (_native) and the public modules:
-the one status check, the one check of a string argument, BootstrapInfo and the one reader of
-an EtbBootstrapInfo, the CUDA modes, and the base of every object that owns a library handle.
+the one status check, the one check of a string argument, the one builder of the bootstrap
+options, BootstrapInfo and the one reader of an EtbBootstrapInfo, and the base of every object
+that owns a library handle. The same bad input raises the same exception wherever it is given.
 
-Layers: _abi <- _native, errors <- _common <- _payloads, client <- bootstrap <- the package; no
-module imports one above it, none imports in a circle."""
+Layers (tests/python/test_package_layers.py checks them): _abi <- _native, errors <- _common <-
+_payloads, client <- bootstrap <- the package; no module imports one above it, none imports in
+a circle, also inside a function."""
+import ctypes
 import dataclasses
 import os
 from typing import Optional
@@ -12,6 +15,23 @@ from . import _native
 from .errors import STATUS, error_for
 
 CUDA_MODES = _native.enum("ETB_CUDA_")  # {"auto": ETB_CUDA_AUTO, "require": ..., "skip": ...}
+
+
+def options(connection_timeout, cuda_mode, share_agent, naming=None):
+    """An EtbBootstrapOptions: the library's defaults (etb_bootstrap_options_init), then the
+    options the Python forms take. A `cuda_mode` that is not one of CUDA_MODES is a ValueError,
+    raised before the library is loaded. `naming`: a NAMING_FN, which the caller keeps alive for
+    the call that uses the options."""
+    if cuda_mode not in CUDA_MODES:
+        raise ValueError(f"cuda_mode must be one of {sorted(CUDA_MODES)}, not {cuda_mode!r}")
+    o = _native.BootstrapOptions()
+    _native.lib().etb_bootstrap_options_init(ctypes.byref(o))
+    if naming is not None:
+        o.path_naming_fn = naming
+    o.connection_timeout_s = float(connection_timeout)
+    o.cuda_mode = CUDA_MODES[cuda_mode]
+    o.allow_shared_agent = 1 if share_agent else 0
+    return o
 
 
 def check(status):

@@ -7,7 +7,7 @@ import re
 import sys
 
 from . import _native
-from ._common import check
+from ._common import Owned, check
 
 
 def _typestrs():
@@ -145,8 +145,10 @@ def _cuda_array_payload(iface, client_handle, keep):
     return payload.bytes()
 
 
-class _NativePayload:
+class _NativePayload(Owned):
     """A native payload kept alive with its batch (it holds the reference-counter slot)."""
+
+    _release = "etb_payload_free"
 
     def __init__(self, handle):
         self._handle = handle
@@ -160,9 +162,3 @@ class _NativePayload:
         check(_native.lib().etb_payload_in_use(self._handle, ctypes.byref(busy)))
         return busy.value
 
-    def close(self):
-        if self._handle:
-            _native.lib().etb_payload_free(self._handle)
-            self._handle = None
-
-    __del__ = close

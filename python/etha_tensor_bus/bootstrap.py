@@ -5,7 +5,7 @@ import os
 from typing import Callable, Optional, Tuple
 
 from . import _native
-from ._common import CUDA_MODES, BootstrapInfo, check, read_info
+from ._common import BootstrapInfo, check, options, read_info
 from .client import TensorBusClient
 
 __all__ = ["BootstrapInfo", "bootstrap_client", "setup_ptrace", "setup_ptrace_pid"]
@@ -32,9 +32,6 @@ def bootstrap_client(path_naming_fn: Optional[Callable[[int], Tuple[str, str]]] 
     `cuda_mode` ("auto" binds to cuda:{LOCAL_RANK} when a driver and the device exist, "require"
     fails without them, "skip" never touches CUDA) and `share_agent` (allow other workers on the
     same agent; by default a second worker gets a ConnectionError)."""
-    if cuda_mode not in CUDA_MODES:
-        raise ValueError(f"cuda_mode must be one of {sorted(CUDA_MODES)}, not {cuda_mode!r}")
-    lib = _native.lib()
     raised = []
 
     def naming(rank, cq, cq_cap, st, st_cap, _user_data):
@@ -50,15 +47,10 @@ def bootstrap_client(path_naming_fn: Optional[Callable[[int], Tuple[str, str]]] 
             raised.append(e)
             return 1
 
-    callback = _native.NAMING_FN(naming) if path_naming_fn is not None else _native.NAMING_FN()
-    options = _native.BootstrapOptions()
-    lib.etb_bootstrap_options_init(ctypes.byref(options))
-    options.path_naming_fn = callback  # kept alive by `callback` for the call
-    options.connection_timeout_s = float(connection_timeout)
-    options.cuda_mode = CUDA_MODES[cuda_mode]
-    options.allow_shared_agent = 1 if share_agent else 0
+    callback = _native.NAMING_FN(naming) if path_naming_fn is not None else None  # alive for the call
+    opts = options(connection_timeout, cuda_mode, share_agent, naming=callback)
     handle, info = ctypes.c_void_p(), ctypes.c_void_p()
-    status = lib.etb_bootstrap_client_ex(ctypes.byref(options), ctypes.byref(handle), ctypes.byref(info))
+    status = _native.lib().etb_bootstrap_client_ex(ctypes.byref(opts), ctypes.byref(handle), ctypes.byref(info))
     if raised:
         raise raised[0]
     check(status)

@@ -9,7 +9,7 @@ import time
 from typing import List, Optional, Sequence, Tuple
 
 from . import _native, _payloads
-from ._common import CUDA_MODES, Owned, check, read_info, text
+from ._common import Owned, check, options, read_info, text
 from .errors import STATUS, AcquireTimeout, TensorBusError
 
 __all__ = ["BatchHandler", "Completion", "TensorBusClient"]
@@ -91,15 +91,10 @@ class TensorBusClient(Owned):
         if not cq or not st:
             raise ValueError("the agent's paths are needed: pass lmdb_command_queue_path and agent_state_lmdb_path, "
                              "or set TENSOR_BUS_COMMAND_QUEUE_PATH and TENSOR_BUS_STATE_PATH")
-        lib = _native.lib()
-        options = _native.BootstrapOptions()
-        lib.etb_bootstrap_options_init(ctypes.byref(options))
-        options.connection_timeout_s = float(connection_timeout)
-        options.cuda_mode = CUDA_MODES[cuda_mode]
-        options.allow_shared_agent = 1 if share_agent else 0
+        opts = options(connection_timeout, cuda_mode, share_agent)
         handle, info = ctypes.c_void_p(), ctypes.c_void_p()
-        check(lib.etb_client_connect(int(agent_rank), os.fsencode(cq), os.fsencode(st), ctypes.byref(options),
-                                      ctypes.byref(handle), ctypes.byref(info)))
+        check(_native.lib().etb_client_connect(int(agent_rank), os.fsencode(cq), os.fsencode(st), ctypes.byref(opts),
+                                               ctypes.byref(handle), ctypes.byref(info)))
         self._handle = handle
         self.info = read_info(info)
 
