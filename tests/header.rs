@@ -53,9 +53,12 @@ fn every_export_is_in_the_header() {
 
 fn generate(root: &std::path::Path) -> Vec<u8> {
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
+    // The version macros are derived from Cargo.toml's version, which cbindgen cannot evaluate
+    // (src/ffi/version.rs).
     let bindings = cbindgen::Builder::new()
         .with_crate(root)
         .with_config(config)
+        .with_after_include(etha_tensor_bus::ffi::version::header_macros())
         .generate()
         .expect("cbindgen generates the header");
     let mut generated = Vec::new();

@@ -288,7 +288,7 @@ def python_package_tests():
     build_env = dict(env, CARGO_TARGET_DIR=str(BUILD / "pkg-cargo"))
     steps = [[sys.executable, "-m", "venv", str(venv)],
              [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-              str(tree / "python"), "pytest==9.0.2", "posix-ipc==1.3.2"]]
+              str(tree / "python"), "pytest==9.0.2", "posix-ipc==1.3.2", "tomli==2.2.1; python_version < '3.11'"]]
     for argv in steps:
         out = run(argv, env=build_env, timeout=1800)
         if out.returncode != 0:
