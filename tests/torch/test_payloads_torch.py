@@ -1,5 +1,6 @@
-"""Native payloads against the real torch, pinned to the agent's 2.11.0 (scripts/setup-torch-venv.sh):
-mesh shapes and placements unpickle equal to what torch builds itself; CUDA tensor payloads,
+"""Native payloads against the real torch, pinned to the agent's version (tests/torch-version; its
+venv: scripts/setup-torch-venv.sh): mesh shapes and placements unpickle equal to what torch
+builds itself; CUDA tensor payloads,
 made through the fake CUDA driver (tests/fake_cuda, ETB_CUDA_DRIVER_PATH), unpickle into the 15
 arguments of torch.multiprocessing.reductions.rebuild_cuda_tensor (replaced by a recorder: no
 GPU here), and their reference counter is the file torch opens and releases.
@@ -32,7 +33,9 @@ _ranks = itertools.count(os.getpid() * 1000 + 900)
 
 
 def test_torch_is_the_agents_version():
-    assert torch.__version__.split("+")[0] == "2.11.0", torch.__version__
+    with open(os.path.join(ROOT, "tests", "torch-version")) as f:
+        pinned = f.read().strip()
+    assert torch.__version__.split("+")[0] == pinned, torch.__version__
 
 
 def test_typestrs_are_numpys():
