@@ -18,7 +18,8 @@ pub struct TorchRange {
 }
 
 /// The torch versions whose unpickling [`FORMAT`] matches: the bytes it writes become the same
-/// objects on each of them.
+/// objects on each of them. The docs quote this range (README, header, docs/torch-ipc.md,
+/// docs/contributing.md): a test checks that each quote is this one.
 pub const SUPPORTED_TORCH: TorchRange = TorchRange { first: "2.10", last: "2.15" };
 
 /// How one range of torch versions unpickles the payloads.
@@ -106,6 +107,40 @@ impl Format {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every "torch X through Y" (or "X to Y") of the text.
+    fn quoted_ranges(text: &str) -> Vec<(String, String)> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let number = |w: &str| w.trim_matches(|c: char| !c.is_ascii_digit()).to_string();
+        words
+            .windows(4)
+            .filter(|w| w[0].ends_with("torch") && (w[2] == "through" || w[2] == "to") && w[1].starts_with("2."))
+            .map(|w| (number(w[1]), number(w[3])))
+            .collect()
+    }
+
+    #[test]
+    fn the_docs_quote_the_supported_range() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let want = (SUPPORTED_TORCH.first.to_string(), SUPPORTED_TORCH.last.to_string());
+        for (file, at_least) in [
+            ("README.md", 1),
+            ("include/etha_tensor_bus.h", 1),
+            ("docs/torch-ipc.md", 1),
+            ("docs/contributing.md", 1),
+            ("src/ffi/payload.rs", 1),
+            ("crates/etb-core/src/payload/layout.rs", 1),
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let found = quoted_ranges(&text);
+            assert!(found.len() >= at_least, "{file} does not quote the supported torch range {want:?}");
+            for range in found {
+                assert_eq!(range, want, "{file} quotes torch {range:?}; SUPPORTED_TORCH is {want:?}");
+            }
+        }
+        assert_eq!(quoted_ranges("on\n/// torch 2.10 through 2.15."), vec![("2.10".into(), "2.15".into())]);
+        assert_eq!(quoted_ranges("torch 2.9 to 2.12;"), vec![("2.9".into(), "2.12".into())]);
+    }
 
     #[test]
     fn the_empty_tensor_has_no_storage() {
