@@ -1,6 +1,6 @@
 """The floor of what a Python worker pays per tensor: ForkingPickler.dumps of shared CPU tensors
 (the file_system sharing strategy, as the Python package's tests use), run by bench/run.py in the
-torch 2.11.0 environment beside our native payloads. Prints one JSON object.
+pinned torch environment (tests/torch-version) beside our native payloads. Prints one JSON object.
 
     python torch_dumps.py N"""
 import json

@@ -48,6 +48,21 @@
 #include <stdint.h>
 
 /**
+ * The library's major version (from Cargo.toml).
+ */
+#define ETB_VERSION_MAJOR 0
+
+/**
+ * The library's minor version.
+ */
+#define ETB_VERSION_MINOR 1
+
+/**
+ * The library's patch version.
+ */
+#define ETB_VERSION_PATCH 0
+
+/**
  * An error.
  */
 #define ETB_LOG_ERROR 1
@@ -86,21 +101,6 @@
  * `Partial(reduce_op)`.
  */
 #define ETB_PLACEMENT_PARTIAL 2
-
-/**
- * The library's major version (from Cargo.toml; a test checks they agree).
- */
-#define ETB_VERSION_MAJOR 0
-
-/**
- * The library's minor version.
- */
-#define ETB_VERSION_MINOR 1
-
-/**
- * The library's patch version.
- */
-#define ETB_VERSION_PATCH 0
 
 /**
  * What `etb_bootstrap_client` found out. Opaque; read through the `etb_info_*` accessors,

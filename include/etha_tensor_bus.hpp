@@ -14,6 +14,10 @@
  *    assigned to.
  *  - Byte strings passed in are etb::Bytes: a borrowed view (pointer and size) of a Payload, a
  *    std::vector<uint8_t> or any memory, read during the call only.
+ *  - It covers the whole C API: every C function has its form here and every enumeration of
+ *    macros its enum class (of the C type, one enumerator per macro), but for the few deliberate
+ *    omissions that tests/python/test_wrappers.py lists with their reasons; that test fails when
+ *    a function or a macro is added to the C API only.
  *
  *   auto [client, info] = etb::bootstrap_client();
  *   client.init_pair("pair", "local", "remote", 2, {2, 4}, {etb::Placement::shard(0)});
@@ -172,8 +176,9 @@ private:
 
 inline Bytes::Bytes(const Payload &payload) noexcept : Bytes(payload.view()) {}
 
-/// The dtypes of CUDA tensor payloads, numbered as ETB_DTYPE_* (torch's dtypes).
-enum class Dtype : int32_t {
+/// The dtypes of CUDA tensor payloads, numbered as ETB_DTYPE_* (torch's dtypes): one enumerator per
+/// macro, of the C type (tests/python/test_wrappers.py checks that none is missing).
+enum class Dtype : EtbDtype {
     Float32 = ETB_DTYPE_FLOAT32,
     Float64 = ETB_DTYPE_FLOAT64,
     Float16 = ETB_DTYPE_FLOAT16,
@@ -227,7 +232,7 @@ struct CudaTensorView {
 /// and init_pair. Made by the factory functions; a plain value type.
 class Placement {
 public:
-    enum class Kind : int32_t {
+    enum class Kind : decltype(EtbPlacement::kind) {
         Shard = ETB_PLACEMENT_SHARD,
         Replicate = ETB_PLACEMENT_REPLICATE,
         Partial = ETB_PLACEMENT_PARTIAL,
@@ -337,8 +342,8 @@ private:
     std::unique_ptr<EtbBootstrapInfo, detail::InfoDeleter> info_;
 };
 
-/// A transfer direction.
-enum class TransferKind : int32_t { Send = ETB_TRANSFER_SEND, Recv = ETB_TRANSFER_RECV };
+/// A transfer direction (ETB_TRANSFER_*).
+enum class TransferKind : EtbTransferKind { Send = ETB_TRANSFER_SEND, Recv = ETB_TRANSFER_RECV };
 
 /// One tensor of the byte overload of Client::register_tensors: its pair and its payload (a
 /// pickle: a Payload, `ForkingPickler.dumps(tensor)`, ...), both borrowed for the call.
@@ -402,16 +407,18 @@ private:
     std::vector<std::string> pair_names_;
 };
 
-/// A transfer issued without waiting (Client::transfer_async). Move-only; destroying it removes
-/// its semaphore, whether or not the command was acknowledged, before or after its client's
-/// close. Use it from one thread at a time.
+/// A command issued without waiting (Client::transfer_async, init_pair_async,
+/// cleanup_batch_async, query_transfer_signal_async). Move-only; destroying it removes its
+/// semaphore, whether or not the command was acknowledged, before or after its client's close.
+/// Use it from one thread at a time.
 class Completion {
 public:
     /// Adopts `completion` (released with etb_completion_free).
     explicit Completion(EtbCompletion *completion) noexcept : completion_(completion) {}
 
     /// Waits until the agent acknowledged the command and was seen to survive it. Throws
-    /// etb::Error: ETB_ERR_TIMEOUT, ETB_ERR_AGENT_DIED, ETB_ERR_CLOSED (its client was closed).
+    /// etb::Error: ETB_ERR_TIMEOUT, ETB_ERR_AGENT_DIED, ETB_ERR_CLOSED (its client was closed),
+    /// ETB_ERR_PAIR_NOT_MATCHED (an InitPair the agent survived without matching the pair).
     void wait(double timeout_s = 30.0) { detail::check(etb_completion_wait(completion_.get(), timeout_s)); }
     /// Whether the command is acknowledged, without blocking. Throws etb::Error as wait().
     [[nodiscard]] bool poll() {
@@ -426,9 +433,9 @@ private:
     std::unique_ptr<EtbCompletion, detail::CompletionDeleter> completion_;
 };
 
-/// A worker's connection to its agent (made by bootstrap_client). Move-only; closed
-/// (etb_client_close) when destroyed. Every method is const and may run on several threads at
-/// once, except destruction and assignment. Commands block as the C header's conventions say
+/// A worker's connection to its agent (made by bootstrap_client or connect_client). Move-only;
+/// closed (etb_client_close) when destroyed. Every method is const and may run on several threads
+/// at once, except destruction and assignment. Commands block as the C header's conventions say
 /// (timeout_s covers the wait for queue space and for the completion) and throw etb::Error.
 /// Payloads and completions it made outlive it.
 class Client {
@@ -453,6 +460,31 @@ public:
         Payload mesh = mesh_shape_payload(mesh_shape);
         Payload place = placements_payload(placements);
         init_pair(pair_name, local_name, remote_name, expected_world_size, mesh.view(), place.view(), timeout_s);
+    }
+    /// Sends InitPair without waiting for it (the reference's init_pair(blocking=False)): timeout_s
+    /// bounds only the wait for queue space. The Completion's wait and poll report done only once
+    /// the agent survived the command and recorded the pair as matched (else they throw
+    /// ETB_ERR_PAIR_NOT_MATCHED). Payloads as init_pair's, borrowed for the call.
+    [[nodiscard]] Completion init_pair_async(const std::string &pair_name, const std::string &local_name,
+                                             const std::string &remote_name, int64_t expected_world_size,
+                                             Bytes mesh_shape_payload = Bytes(), Bytes placements_payload = Bytes(),
+                                             double timeout_s = 30.0) const {
+        EtbCompletion *completion = nullptr;
+        detail::check(etb_client_init_pair_async(client_.get(), pair_name.c_str(), local_name.c_str(),
+                                                 remote_name.c_str(), expected_world_size, mesh_shape_payload.data(),
+                                                 mesh_shape_payload.size(), placements_payload.data(),
+                                                 placements_payload.size(), timeout_s, &completion));
+        return Completion(completion);
+    }
+    /// init_pair_async with the payloads made from a mesh shape and placements.
+    [[nodiscard]] Completion init_pair_async(const std::string &pair_name, const std::string &local_name,
+                                             const std::string &remote_name, int64_t expected_world_size,
+                                             const std::vector<int64_t> &mesh_shape,
+                                             const std::vector<Placement> &placements, double timeout_s = 30.0) const {
+        Payload mesh = mesh_shape_payload(mesh_shape);
+        Payload place = placements_payload(placements);
+        return init_pair_async(pair_name, local_name, remote_name, expected_world_size, mesh.view(), place.view(),
+                               timeout_s);
     }
 
     /// The payload for a tensor in this client's device memory (see CudaTensorView): owned by the
@@ -554,9 +586,32 @@ public:
         detail::check(etb_client_query_transfer_signal(client_.get(), batch_id.c_str(), timeout_s, &signal));
         return signal;
     }
+    /// Sends QueryStatus without waiting for it (the reference's query_transfer_signal(blocking=False)):
+    /// timeout_s bounds only the wait for queue space. The agent records the answer when it
+    /// handles the query: read it with read_transfer_signal once the Completion is done.
+    [[nodiscard]] Completion query_transfer_signal_async(const std::string &batch_id, double timeout_s = 30.0) const {
+        EtbCompletion *completion = nullptr;
+        detail::check(etb_client_query_transfer_signal_async(client_.get(), batch_id.c_str(), timeout_s, &completion));
+        return Completion(completion);
+    }
+    /// The batch's transfer signal as the agent's state holds it now (false when absent), without
+    /// sending anything: one short read.
+    [[nodiscard]] bool read_transfer_signal(const std::string &batch_id) const {
+        bool signal = false;
+        detail::check(etb_client_read_transfer_signal(client_.get(), batch_id.c_str(), &signal));
+        return signal;
+    }
     /// Sends CleanupBatch and waits for it: the agent forgets the batch (and drops its tensors).
     void cleanup_batch(const std::string &batch_id, double timeout_s = 30.0) const {
         detail::check(etb_client_cleanup_batch(client_.get(), batch_id.c_str(), timeout_s));
+    }
+    /// Sends CleanupBatch without waiting for it (the reference's BatchHandler.close(blocking=False)):
+    /// timeout_s bounds only the wait for queue space. A Completion dropped unwaited still removes
+    /// its semaphore.
+    [[nodiscard]] Completion cleanup_batch_async(const std::string &batch_id, double timeout_s = 30.0) const {
+        EtbCompletion *completion = nullptr;
+        detail::check(etb_client_cleanup_batch_async(client_.get(), batch_id.c_str(), timeout_s, &completion));
+        return Completion(completion);
     }
     /// The CUcontext the client holds (the device's primary context); nullptr when unbound. Owned
     /// by the client: valid while it lives.
@@ -617,11 +672,11 @@ inline int32_t naming_trampoline(int64_t agent_rank, char *command_queue_path, s
 }  // namespace detail
 
 /// When to bind the worker to its GPU (ETB_CUDA_*).
-enum class CudaMode : int32_t { Auto = ETB_CUDA_AUTO, Require = ETB_CUDA_REQUIRE, Skip = ETB_CUDA_SKIP };
+enum class CudaMode : EtbCudaMode { Auto = ETB_CUDA_AUTO, Require = ETB_CUDA_REQUIRE, Skip = ETB_CUDA_SKIP };
 
 /// Whom bootstrap lets ptrace this worker (ETB_PTRACE_*): the agent's process only (default),
 /// every process of this user, or nothing (authorize it yourself with setup_ptrace_pid).
-enum class PtraceMode : int32_t { Agent = ETB_PTRACE_AGENT, Any = ETB_PTRACE_ANY, None = ETB_PTRACE_NONE };
+enum class PtraceMode : EtbPtraceMode { Agent = ETB_PTRACE_AGENT, Any = ETB_PTRACE_ANY, None = ETB_PTRACE_NONE };
 
 /// Every option of etb_bootstrap_client_ex (mapped onto an EtbBootstrapOptions filled by
 /// etb_bootstrap_options_init). A plain value type; the defaults are the library's.
@@ -638,6 +693,23 @@ struct BootstrapOptions {
     bool allow_shared_agent = false;
 };
 
+namespace detail {
+/// `options` as the C struct, filled by etb_bootstrap_options_init first: the naming function
+/// goes through the trampoline with `naming` as its user data (nullptr: no naming function).
+inline EtbBootstrapOptions c_options(const BootstrapOptions &options, NamingContext *naming) noexcept {
+    EtbBootstrapOptions c;
+    etb_bootstrap_options_init(&c);
+    c.path_naming_fn = naming ? &naming_trampoline : nullptr;
+    c.user_data = naming;
+    c.connection_timeout_s = options.connection_timeout_s;
+    c.cuda_mode = static_cast<EtbCudaMode>(options.cuda_mode);
+    c.ptrace_mode = static_cast<EtbPtraceMode>(options.ptrace_mode);
+    c.allow_shared_group = options.allow_shared_group ? 1u : 0u;
+    c.allow_shared_agent = options.allow_shared_agent ? 1u : 0u;
+    return c;
+}
+}  // namespace detail
+
 /// Finds this worker's agent and attaches to it (etb_bootstrap_client_ex): reads AGENT_RANK (or
 /// RANK + AGENT_RANK_OFFSET) and LOCAL_RANK, waits up to connection_timeout_s, binds the calling
 /// thread's GPU as cuda_mode says. Returns the client and the info, owned by the caller and
@@ -647,15 +719,7 @@ struct BootstrapOptions {
     EtbClient *client = nullptr;
     EtbBootstrapInfo *info = nullptr;
     detail::NamingContext ctx{&options.path_naming_fn, nullptr};
-    EtbBootstrapOptions c;
-    etb_bootstrap_options_init(&c);
-    c.path_naming_fn = options.path_naming_fn ? &detail::naming_trampoline : nullptr;
-    c.user_data = options.path_naming_fn ? &ctx : nullptr;
-    c.connection_timeout_s = options.connection_timeout_s;
-    c.cuda_mode = static_cast<EtbCudaMode>(options.cuda_mode);
-    c.ptrace_mode = static_cast<EtbPtraceMode>(options.ptrace_mode);
-    c.allow_shared_group = options.allow_shared_group ? 1u : 0u;
-    c.allow_shared_agent = options.allow_shared_agent ? 1u : 0u;
+    EtbBootstrapOptions c = detail::c_options(options, options.path_naming_fn ? &ctx : nullptr);
     EtbStatus status = etb_bootstrap_client_ex(&c, &client, &info);
     if (ctx.error) std::rethrow_exception(ctx.error);
     detail::check(status);
@@ -671,6 +735,30 @@ struct BootstrapOptions {
     options.connection_timeout_s = connection_timeout_s;
     options.cuda_mode = cuda_mode;
     return bootstrap_client(options);
+}
+
+/// Connects to agent `agent_rank` at the two given paths, reading nothing of the environment
+/// (etb_client_connect: the reference's TensorBusClient(agent_rank, lmdb_command_queue_path,
+/// agent_state_lmdb_path)). Validates the agent, attaches its queue and authorizes it as
+/// bootstrap_client does, with `options` (its path_naming_fn is not used: the paths are given).
+/// The info's method is "direct", its global rank -1 and its device cuda:0 (cuda_mode binds
+/// device 0: use bootstrap_client to bind to LOCAL_RANK). Paths are bytes, any but NUL (a NUL is
+/// ETB_ERR_INVALID_ARGUMENT). Returns the client and the info, owned by the caller and
+/// independent. Throws etb::Error. Thread-safe.
+[[nodiscard]] inline std::pair<Client, BootstrapInfo> connect_client(int64_t agent_rank,
+                                                                     const std::string &command_queue_path,
+                                                                     const std::string &state_path,
+                                                                     const BootstrapOptions &options = BootstrapOptions()) {
+    const char *where = "etb::connect_client";
+    if (command_queue_path.find('\0') != std::string::npos)
+        detail::fail(ETB_ERR_INVALID_ARGUMENT, where, "command_queue_path has a NUL byte");
+    if (state_path.find('\0') != std::string::npos)
+        detail::fail(ETB_ERR_INVALID_ARGUMENT, where, "state_path has a NUL byte");
+    EtbClient *client = nullptr;
+    EtbBootstrapInfo *info = nullptr;
+    EtbBootstrapOptions c = detail::c_options(options, nullptr);
+    detail::check(etb_client_connect(agent_rank, command_queue_path.c_str(), state_path.c_str(), &c, &client, &info));
+    return std::pair<Client, BootstrapInfo>(Client(client), BootstrapInfo(info));
 }
 
 /// The reference's setup_ptrace(): lets every process of this user ptrace this one. Affects the

@@ -51,11 +51,37 @@ fn every_export_is_in_the_header() {
     }
 }
 
+#[test]
+fn the_headers_dtypes_are_the_cores() {
+    // The core's table (number, torch's name, size) is the source: src/ffi/payload.rs writes one
+    // ETB_DTYPE_* constant per entry, literal for cbindgen. Every macro must be a core dtype of
+    // that number and name, and every core dtype a macro.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let header = std::fs::read_to_string(root.join("include/etha_tensor_bus.h")).unwrap();
+    let macros: Vec<(i32, String)> = header
+        .lines()
+        .filter_map(|line| line.strip_prefix("#define ETB_DTYPE_"))
+        .map(|rest| {
+            let (name, value) = rest.split_once(' ').expect("#define ETB_DTYPE_X N");
+            (value.trim().parse().expect("a number"), name.to_string())
+        })
+        .collect();
+    let core: Vec<(i32, String)> =
+        etb_core::payload::dtype::DTYPES.iter().map(|(code, name, _)| (*code, name.to_uppercase())).collect();
+    assert_eq!(
+        macros, core,
+        "the header's ETB_DTYPE_* (src/ffi/payload.rs) are not the core's DTYPES (payload/dtype.rs)"
+    );
+}
+
 fn generate(root: &std::path::Path) -> Vec<u8> {
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
+    // The version macros are derived from Cargo.toml's version, which cbindgen cannot evaluate
+    // (src/ffi/version.rs).
     let bindings = cbindgen::Builder::new()
         .with_crate(root)
         .with_config(config)
+        .with_after_include(etha_tensor_bus::ffi::version::header_macros())
         .generate()
         .expect("cbindgen generates the header");
     let mut generated = Vec::new();

@@ -36,6 +36,8 @@ VENV_BIN = pathlib.Path(sys.executable).parent
 # environment each, made once per machine (outside the clone) and reused.
 INTEROP_MATRIX = [("1.7.5", "0.20.0"), ("2.1.1", "0.23.0"), ("3.0.0", "0.20.0")]
 INTEROP_TESTS = ["tests/python/test_interop.py", "tests/python/test_commands.py"]
+# The agent's torch, pinned once (scripts/setup-torch-venv.sh makes its venv).
+TORCH_VERSION = (ROOT / "tests" / "torch-version").read_text().strip()
 totals = {"passed": 0, "failed": 0, "skipped": 0}
 
 
@@ -249,19 +251,21 @@ def interop_matrix(env):
 
 
 def torch_tests(c_build):
-    """The native payloads against the real torch, pinned to the agent's 2.11.0, in the virtual
-    environment scripts/setup-torch-venv.sh makes once per machine (about 5 GB the first time)."""
+    """The native payloads against the real torch, pinned to the agent's version (TORCH_VERSION,
+    tests/torch-version), in the virtual environment scripts/setup-torch-venv.sh makes once per
+    machine (about 5 GB the first time)."""
     made = run(["scripts/setup-torch-venv.sh"], timeout=3000)
     if made.returncode != 0:
-        summarize("make the torch 2.11.0 venv (scripts/setup-torch-venv.sh)", "exit", made)
+        summarize(f"make the torch {TORCH_VERSION} venv (scripts/setup-torch-venv.sh)", "exit", made)
         return
     python = made.stdout.strip().splitlines()[-1]
     if not c_build:
-        record("native payloads against torch 2.11.0", 0, 1, why="the fake CUDA driver was not built")
+        record(f"native payloads against torch {TORCH_VERSION}", 0, 1, why="the fake CUDA driver was not built")
         return
     env = dict(os.environ, ETB_LIBRARY_PATH=str(TARGET / "libetha_tensor_bus.so"),
                ETB_DEV_AGENT=str(TARGET / "etb-dev-agent"), ETB_FAKE_CUDA=str(c_build / "libfakecuda_default.so"))
-    pytest_suite("native payloads and the Python drop-in against torch 2.11.0 (pytest, fake CUDA driver)", python, "tests/torch", env)
+    pytest_suite(f"native payloads and the Python drop-in against torch {TORCH_VERSION} (pytest, fake CUDA driver)",
+                 python, "tests/torch", env)
 
 
 def packaging_tests():
@@ -288,7 +292,7 @@ def python_package_tests():
     build_env = dict(env, CARGO_TARGET_DIR=str(BUILD / "pkg-cargo"))
     steps = [[sys.executable, "-m", "venv", str(venv)],
              [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-              str(tree / "python"), "pytest==9.0.2", "posix-ipc==1.3.2"]]
+              str(tree / "python"), "pytest==9.0.2", "posix-ipc==1.3.2", "tomli==2.2.1; python_version < '3.11'"]]
     for argv in steps:
         out = run(argv, env=build_env, timeout=1800)
         if out.returncode != 0:

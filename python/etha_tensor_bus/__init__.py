@@ -14,12 +14,15 @@ package imports and bootstraps without PyTorch: torch is used only when a torch 
 passed. The library it ships is loaded on first use (ETB_LIBRARY_PATH overrides it); its log
 records go to logging.getLogger("etha_tensor_bus"). Errors: see `etha_tensor_bus.errors`.
 """
-from . import _native
+from . import _abi, _native
 from .bootstrap import BootstrapInfo, bootstrap_client, setup_ptrace, setup_ptrace_pid
 from .client import BatchHandler, Completion, TensorBusClient
 from .errors import TensorBusError
 
-__version__ = "0.1.0"
+# The version of the header this package was generated from: Cargo.toml's, as the wheel's
+# metadata (setup.py) and the library (etb_version) say; the loaded library must share its
+# major.minor (_native.load).
+__version__ = f"{_abi.ETB_VERSION_MAJOR}.{_abi.ETB_VERSION_MINOR}.{_abi.ETB_VERSION_PATCH}"
 
 __all__ = [
     "BatchHandler", "BootstrapInfo", "Completion", "TensorBusClient", "TensorBusError", "bootstrap_client",

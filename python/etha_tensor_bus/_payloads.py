@@ -3,14 +3,30 @@ unpickles: torch objects as the reference sends them (imported lazily: never whe
 object is passed), pre-pickled bytes as they are, and the torch-free forms through the
 library's native payloads."""
 import ctypes
+import re
 import sys
 
 from . import _native
+from ._common import Owned, check
 
-# numpy-style typestr of __cuda_array_interface__ -> ETB_DTYPE_*
-_TYPESTR = {"<f4": 0, "<f8": 1, "<f2": 2, "|u1": 4, "<u1": 4, "|i1": 5, "<i1": 5, "<i2": 6, "<i4": 7, "<i8": 8,
-            "|b1": 9, "<b1": 9}
-_PLACEMENT_KIND = {"shard": 0, "replicate": 1, "partial": 2}
+
+def _typestrs():
+    """numpy-style typestrs (of __cuda_array_interface__) -> ETB_DTYPE_*, for the header's dtypes
+    that numpy has: floatN, intN, uintN (N bits: N/8 bytes) and bool, the one-byte ones with either
+    byte-order mark; bfloat16 and the float8 types have no typestr."""
+    out = {}
+    for name, code in _native.enum("ETB_DTYPE_").items():
+        m = re.fullmatch(r"(float|int|uint)(\d+)", name)
+        if not m and name != "bool":
+            continue
+        kind, size = ("b", 1) if name == "bool" else ({"float": "f", "int": "i", "uint": "u"}[m[1]], int(m[2]) // 8)
+        for order in ("|", "<") if size == 1 else ("<",):
+            out[f"{order}{kind}{size}"] = code
+    return out
+
+
+_TYPESTR = _typestrs()
+_PLACEMENT_KIND = _native.enum("ETB_PLACEMENT_")  # {"shard": ETB_PLACEMENT_SHARD, "replicate": ..., "partial": ...}
 
 
 def _torch_loaded():
@@ -32,13 +48,6 @@ def _take(handle):
         lib.etb_payload_free(handle)
 
 
-def _check(status):
-    from .errors import error_for
-
-    if status != 0:
-        raise error_for(status, _native.lib().etb_last_error_message().decode("utf-8", "replace"))
-
-
 def mesh_bytes(device_mesh):
     """None, pre-pickled bytes, a torch DeviceMesh (the reference's
     ForkingPickler.dumps(tuple(mesh.mesh.shape))), or a tuple of ints (native payload)."""
@@ -51,19 +60,19 @@ def mesh_bytes(device_mesh):
     if isinstance(device_mesh, (tuple, list)) and all(isinstance(d, int) for d in device_mesh):
         dims = (ctypes.c_int64 * max(1, len(device_mesh)))(*device_mesh)
         out = ctypes.c_void_p()
-        _check(_native.lib().etb_mesh_shape_payload(dims, len(device_mesh), ctypes.byref(out)))
+        check(_native.lib().etb_mesh_shape_payload(dims, len(device_mesh), ctypes.byref(out)))
         return _take(out)
     raise TypeError(f"device_mesh must be a torch DeviceMesh, a tuple of ints or bytes, not {type(device_mesh).__name__}")
 
 
 def _native_placement(p):
     if p == "replicate":
-        return _native.Placement(1, 0, None)
+        return _native.Placement(_PLACEMENT_KIND["replicate"], 0, None)
     if isinstance(p, tuple) and len(p) == 2 and p[0] in ("shard", "partial"):
         if p[0] == "shard" and isinstance(p[1], int):
-            return _native.Placement(0, p[1], None)
+            return _native.Placement(_PLACEMENT_KIND["shard"], p[1], None)
         if p[0] == "partial" and isinstance(p[1], str):
-            return _native.Placement(2, 0, p[1].encode("utf-8"))
+            return _native.Placement(_PLACEMENT_KIND["partial"], 0, p[1].encode("utf-8"))
     raise TypeError(f"a placement must be ('shard', dim), 'replicate' or ('partial', op), not {p!r}")
 
 
@@ -80,7 +89,7 @@ def placements_bytes(placements):
     native = [_native_placement(p) for p in items]
     array = (_native.Placement * max(1, len(native)))(*native)
     out = ctypes.c_void_p()
-    _check(_native.lib().etb_placements_payload(array, len(native), ctypes.byref(out)))
+    check(_native.lib().etb_placements_payload(array, len(native), ctypes.byref(out)))
     return _take(out)
 
 
@@ -130,14 +139,16 @@ def _cuda_array_payload(iface, client_handle, keep):
     if stream is not None:  # the consumer waits for the work queued on it (1 and 2 are CUDA's special streams)
         t.wait_on_stream, t.stream = 1, (0 if stream == 1 else stream)
     out = ctypes.c_void_p()
-    _check(lib.etb_client_cuda_tensor_payload(client_handle, ctypes.byref(t), ctypes.byref(out)))
+    check(lib.etb_client_cuda_tensor_payload(client_handle, ctypes.byref(t), ctypes.byref(out)))
     payload = _NativePayload(out)
     keep.append(payload)
     return payload.bytes()
 
 
-class _NativePayload:
+class _NativePayload(Owned):
     """A native payload kept alive with its batch (it holds the reference-counter slot)."""
+
+    _release = "etb_payload_free"
 
     def __init__(self, handle):
         self._handle = handle
@@ -148,12 +159,6 @@ class _NativePayload:
 
     def in_use(self):
         busy = ctypes.c_bool(False)
-        _check(_native.lib().etb_payload_in_use(self._handle, ctypes.byref(busy)))
+        check(_native.lib().etb_payload_in_use(self._handle, ctypes.byref(busy)))
         return busy.value
 
-    def close(self):
-        if self._handle:
-            _native.lib().etb_payload_free(self._handle)
-            self._handle = None
-
-    __del__ = close

@@ -9,22 +9,12 @@ import time
 from typing import List, Optional, Sequence, Tuple
 
 from . import _native, _payloads
-from .errors import STATUS, AcquireTimeout, TensorBusError, error_for
+from ._common import Owned, check, options, read_info, text
+from .errors import STATUS, AcquireTimeout, TensorBusError
 
 __all__ = ["BatchHandler", "Completion", "TensorBusClient"]
 
-_TRANSFER = {"send": 0, "recv": 1}
-
-
-def _check(status):
-    if status != STATUS["OK"]:
-        raise error_for(status, _native.lib().etb_last_error_message().decode("utf-8", "replace"))
-
-
-def _text(value, what):
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    return value.encode("utf-8")
+_TRANSFER = _native.enum("ETB_TRANSFER_")  # {"send": ETB_TRANSFER_SEND, "recv": ETB_TRANSFER_RECV}
 
 
 def _kind(transfer_type):
@@ -34,32 +24,7 @@ def _kind(transfer_type):
         raise ValueError(f"transfer_type must be 'send' or 'recv', not {transfer_type!r}") from None
 
 
-class _Owned:
-    """Owns one handle of the library, released by `_release` on close(), on garbage
-    collection, or at the end of a `with` block."""
-
-    _release = ""
-    _handle = None
-
-    def close(self):
-        if self._handle:
-            getattr(_native.lib(), self._release)(self._handle)
-            self._handle = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Completion(_Owned):
+class Completion(Owned):
     """A command issued without waiting (transfer, init_pair, query_transfer_signal or
     BatchHandler.close with blocking=False). It reports done only once the agent posted it and was
     seen to survive it. It also answers what reference users call on the posix_ipc.Semaphore the
@@ -79,12 +44,12 @@ class Completion(_Owned):
 
     def wait(self, timeout=30.0):
         """Waits until the command is proven done (TimeoutError past `timeout`)."""
-        _check(_native.lib().etb_completion_wait(self._h, float(timeout)))
+        check(_native.lib().etb_completion_wait(self._h, float(timeout)))
 
     def poll(self):
         """Whether the command is proven done; never blocks."""
         done = ctypes.c_bool(False)
-        _check(_native.lib().etb_completion_poll(self._h, ctypes.byref(done)))
+        check(_native.lib().etb_completion_poll(self._h, ctypes.byref(done)))
         return done.value
 
     def acquire(self, timeout=None):
@@ -105,7 +70,7 @@ class Completion(_Owned):
         self.close()
 
 
-class TensorBusClient(_Owned):
+class TensorBusClient(Owned):
     """A worker's connection to its agent (the reference's TensorBusClient). Made by
     bootstrap_client, or directly with an agent rank and the two paths (taken from
     TENSOR_BUS_COMMAND_QUEUE_PATH and TENSOR_BUS_STATE_PATH when None). Closing it releases only
@@ -121,24 +86,17 @@ class TensorBusClient(_Owned):
         if _handle is not None:
             self._handle = _handle
             return
-        from .bootstrap import _CUDA_MODES, _read_info
-
         cq = lmdb_command_queue_path or os.environ.get("TENSOR_BUS_COMMAND_QUEUE_PATH")
         st = agent_state_lmdb_path or os.environ.get("TENSOR_BUS_STATE_PATH")
         if not cq or not st:
             raise ValueError("the agent's paths are needed: pass lmdb_command_queue_path and agent_state_lmdb_path, "
                              "or set TENSOR_BUS_COMMAND_QUEUE_PATH and TENSOR_BUS_STATE_PATH")
-        lib = _native.lib()
-        options = _native.BootstrapOptions()
-        lib.etb_bootstrap_options_init(ctypes.byref(options))
-        options.connection_timeout_s = float(connection_timeout)
-        options.cuda_mode = _CUDA_MODES[cuda_mode]
-        options.allow_shared_agent = 1 if share_agent else 0
+        opts = options(connection_timeout, cuda_mode, share_agent)
         handle, info = ctypes.c_void_p(), ctypes.c_void_p()
-        _check(lib.etb_client_connect(int(agent_rank), os.fsencode(cq), os.fsencode(st), ctypes.byref(options),
-                                      ctypes.byref(handle), ctypes.byref(info)))
+        check(_native.lib().etb_client_connect(int(agent_rank), os.fsencode(cq), os.fsencode(st), ctypes.byref(opts),
+                                               ctypes.byref(handle), ctypes.byref(info)))
         self._handle = handle
-        self.info = _read_info(info)
+        self.info = read_info(info)
 
     @property
     def _h(self):
@@ -156,14 +114,14 @@ class TensorBusClient(_Owned):
         only once the agent recorded the match."""
         lib = _native.lib()
         mesh, place = _payloads.mesh_bytes(device_mesh), _payloads.placements_bytes(placements)
-        args = (self._h, _text(pair_name, "pair_name"), _text(local_name, "local_name"),
-                _text(remote_name, "remote_name"), int(expected_world_size), mesh, 0 if mesh is None else len(mesh),
+        args = (self._h, text(pair_name, "pair_name"), text(local_name, "local_name"),
+                text(remote_name, "remote_name"), int(expected_world_size), mesh, 0 if mesh is None else len(mesh),
                 place, 0 if place is None else len(place), float(timeout))
         if blocking:
-            _check(lib.etb_client_init_pair(*args))
+            check(lib.etb_client_init_pair(*args))
             return None
         handle = ctypes.c_void_p()
-        _check(lib.etb_client_init_pair_async(*args, ctypes.byref(handle)))
+        check(lib.etb_client_init_pair_async(*args, ctypes.byref(handle)))
         return Completion(handle, f"InitPair {pair_name}")
 
     def register_tensors(self, batch_id: str, tensors: Sequence[Tuple[object, str]], bucket_size: Optional[int] = None,
@@ -179,11 +137,11 @@ class TensorBusClient(_Owned):
         blobs = [_payloads.tensor_payload(t, self._h, keep) for t, _ in items]
         array = (_native.TensorPayload * len(items))()
         for i, ((_, pair_name), blob) in enumerate(zip(items, blobs)):
-            array[i].pair_name = _text(pair_name, "pair_name")
+            array[i].pair_name = text(pair_name, "pair_name")
             array[i].data = ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p) if blob else None
             array[i].len = len(blob)
-        _check(_native.lib().etb_client_register_tensors(
-            self._h, _text(batch_id, "batch_id"), array, len(items), 0 if bucket_size is None else int(bucket_size),
+        check(_native.lib().etb_client_register_tensors(
+            self._h, text(batch_id, "batch_id"), array, len(items), 0 if bucket_size is None else int(bucket_size),
             float(timeout)))
         return BatchHandler(self, batch_id, [pair_name for _, pair_name in items], keep)
 
@@ -191,41 +149,41 @@ class TensorBusClient(_Owned):
         """The reference's transfer. blocking=False (its default) returns a Completion, which also
         answers the posix_ipc.Semaphore calls (acquire, release, close, unlink, name);
         blocking=True waits until the agent is proven done and returns None."""
-        lib, kind, batch = _native.lib(), _kind(transfer_type), _text(batch_id, "batch_id")
+        lib, kind, batch = _native.lib(), _kind(transfer_type), text(batch_id, "batch_id")
         if blocking:
-            _check(lib.etb_client_transfer(self._h, batch, kind, float(timeout)))
+            check(lib.etb_client_transfer(self._h, batch, kind, float(timeout)))
             return None
         handle = ctypes.c_void_p()
-        _check(lib.etb_client_transfer_async(self._h, batch, kind, float(timeout), ctypes.byref(handle)))
+        check(lib.etb_client_transfer_async(self._h, batch, kind, float(timeout), ctypes.byref(handle)))
         return Completion(handle, f"Transfer {batch_id} {transfer_type}")
 
     def transfer_detached(self, batch_id: str, transfer_type: str, timeout: float = 30.0):
         """Transfer with no completion at all (fire and forget; beyond the reference)."""
-        _check(_native.lib().etb_client_transfer_detached(self._h, _text(batch_id, "batch_id"), _kind(transfer_type),
+        check(_native.lib().etb_client_transfer_detached(self._h, text(batch_id, "batch_id"), _kind(transfer_type),
                                                           float(timeout)))
 
     def query_transfer_signal(self, batch_id: str, blocking: bool = True, timeout: float = 30.0) -> bool:
         """The reference's query_transfer_signal. blocking=False sends the query without waiting
         and returns what the state holds now (the previous answer, or False), as the reference."""
-        lib, batch = _native.lib(), _text(batch_id, "batch_id")
+        lib, batch = _native.lib(), text(batch_id, "batch_id")
         signal = ctypes.c_bool(False)
         if blocking:
-            _check(lib.etb_client_query_transfer_signal(self._h, batch, float(timeout), ctypes.byref(signal)))
+            check(lib.etb_client_query_transfer_signal(self._h, batch, float(timeout), ctypes.byref(signal)))
             return signal.value
         handle = ctypes.c_void_p()
-        _check(lib.etb_client_query_transfer_signal_async(self._h, batch, float(timeout), ctypes.byref(handle)))
+        check(lib.etb_client_query_transfer_signal_async(self._h, batch, float(timeout), ctypes.byref(handle)))
         Completion(handle).close()
-        _check(lib.etb_client_read_transfer_signal(self._h, batch, ctypes.byref(signal)))
+        check(lib.etb_client_read_transfer_signal(self._h, batch, ctypes.byref(signal)))
         return signal.value
 
     def cleanup_batch(self, batch_id: str, blocking: bool = True, timeout: float = 30.0):
         """CleanupBatch (the reference's BatchHandler.close); blocking=False returns a Completion."""
-        lib, batch = _native.lib(), _text(batch_id, "batch_id")
+        lib, batch = _native.lib(), text(batch_id, "batch_id")
         if blocking:
-            _check(lib.etb_client_cleanup_batch(self._h, batch, float(timeout)))
+            check(lib.etb_client_cleanup_batch(self._h, batch, float(timeout)))
             return None
         handle = ctypes.c_void_p()
-        _check(lib.etb_client_cleanup_batch_async(self._h, batch, float(timeout), ctypes.byref(handle)))
+        check(lib.etb_client_cleanup_batch_async(self._h, batch, float(timeout), ctypes.byref(handle)))
         return Completion(handle, f"CleanupBatch {batch_id}")
 
     def close(self):
@@ -237,7 +195,7 @@ class TensorBusClient(_Owned):
     def reconnect(self, timeout: float = 30.0):
         """After the agent died and a new one started: use the new agent, keeping this client.
         Its pairs and batches are gone: init them again (beyond the reference)."""
-        _check(_native.lib().etb_client_reconnect(self._h, float(timeout)))
+        check(_native.lib().etb_client_reconnect(self._h, float(timeout)))
 
     def cuda_context(self):
         """The CUcontext (an int address) the client holds, or None when unbound."""
@@ -245,11 +203,11 @@ class TensorBusClient(_Owned):
 
     def bind_current_thread(self):
         """Makes the client's CUDA context current on the calling thread."""
-        _check(_native.lib().etb_client_bind_current_thread(self._h))
+        check(_native.lib().etb_client_bind_current_thread(self._h))
 
     def heartbeat_age(self) -> float:
         age = ctypes.c_double()
-        _check(_native.lib().etb_client_heartbeat_age(self._h, ctypes.byref(age)))
+        check(_native.lib().etb_client_heartbeat_age(self._h, ctypes.byref(age)))
         return age.value
 
 

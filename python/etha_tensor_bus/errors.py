@@ -11,12 +11,10 @@ exception the reference raises for the same failure.
 | every other status | TensorBusError alone |
 """
 
-STATUS = {
-    "OK": 0, "NULL_ARGUMENT": 1, "INVALID_ARGUMENT": 2, "ENV": 3, "NAMING": 4, "AGENT_NOT_FOUND": 5,
-    "AGENT_NOT_RESPONDING": 6, "LMDB": 7, "IPC": 8, "TIMEOUT": 9, "PTRACE": 10, "PANIC": 11,
-    "QUEUE_FULL": 12, "AGENT_DIED": 13, "PAIR_NOT_MATCHED": 14, "FORKED": 15, "CUDA": 16,
-    "PERMISSION": 17, "AGENT_BUSY": 18, "CLOSED": 19,
-}
+from . import _abi
+
+# The header's statuses, ETB_OK and ETB_ERR_*: {"OK": 0, "NULL_ARGUMENT": 1, ...}.
+STATUS = {"OK": _abi.ETB_OK, **{k[len("ETB_ERR_"):]: v for k, v in _abi.DEFINES.items() if k.startswith("ETB_ERR_")}}
 
 
 class TensorBusError(Exception):

@@ -1,13 +1,45 @@
-//! The library's version: `etb_version` and the `ETB_VERSION_*` macros, from Cargo.toml.
+//! The library's version: `etb_version` and the `ETB_VERSION_*` numbers, derived from Cargo.toml's
+//! workspace version, the only place it is written. cbindgen writes only constants whose value is a
+//! literal, so it leaves these out (cbindgen.toml excludes them) and the header's macros are
+//! [`header_macros`], which `tests/header.rs` puts after the header's includes.
 
 use super::boundary::static_str;
 
-/// The library's major version (from Cargo.toml; a test checks they agree).
-pub const ETB_VERSION_MAJOR: u32 = 0;
+/// The library's major version (from Cargo.toml).
+pub const ETB_VERSION_MAJOR: u32 = number(env!("CARGO_PKG_VERSION_MAJOR"));
 /// The library's minor version.
-pub const ETB_VERSION_MINOR: u32 = 1;
+pub const ETB_VERSION_MINOR: u32 = number(env!("CARGO_PKG_VERSION_MINOR"));
 /// The library's patch version.
-pub const ETB_VERSION_PATCH: u32 = 0;
+pub const ETB_VERSION_PATCH: u32 = number(env!("CARGO_PKG_VERSION_PATCH"));
+
+/// One number of Cargo's version: decimal digits (Cargo accepts nothing else there); a value
+/// past `u32` fails the build.
+const fn number(digits: &str) -> u32 {
+    let bytes = digits.as_bytes();
+    let mut value: u32 = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        assert!(bytes[i].is_ascii_digit(), "a version number is decimal digits");
+        value = value * 10 + (bytes[i] - b'0') as u32;
+        i += 1;
+    }
+    value
+}
+
+/// The header's `ETB_VERSION_*` macros, documented as cbindgen documents constants.
+#[doc(hidden)]
+pub fn header_macros() -> String {
+    [
+        ("MAJOR", ETB_VERSION_MAJOR, "The library's major version (from Cargo.toml)."),
+        ("MINOR", ETB_VERSION_MINOR, "The library's minor version."),
+        ("PATCH", ETB_VERSION_PATCH, "The library's patch version."),
+    ]
+    .iter()
+    .map(|(name, value, doc)| format!("\n/**\n * {doc}\n */\n#define ETB_VERSION_{name} {value}\n"))
+    .collect::<String>()
+    .trim_end()
+    .to_string()
+}
 
 /// The library's version, `"MAJOR.MINOR.PATCH"` (from Cargo.toml). A static string, valid
 /// forever. Thread-safe.
@@ -31,6 +63,12 @@ mod tests {
         assert_eq!(ETB_VERSION_MAJOR.to_string(), env!("CARGO_PKG_VERSION_MAJOR"));
         assert_eq!(ETB_VERSION_MINOR.to_string(), env!("CARGO_PKG_VERSION_MINOR"));
         assert_eq!(ETB_VERSION_PATCH.to_string(), env!("CARGO_PKG_VERSION_PATCH"));
+        assert_eq!((number("0"), number("17"), number("4294967295")), (0, 17, u32::MAX));
+        let macros = header_macros();
+        assert!(
+            macros.contains(&format!("#define ETB_VERSION_MINOR {}\n", env!("CARGO_PKG_VERSION_MINOR"))),
+            "{macros}"
+        );
         // SAFETY: etb_version returns a static NUL-terminated string.
         let v = unsafe { std::ffi::CStr::from_ptr(etb_version()) };
         assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));

@@ -8,6 +8,7 @@
 
 #include "../c/harness.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -29,6 +30,13 @@ static_assert(std::is_trivially_copyable<etb::Bytes>::value, "Bytes is a view");
 static_assert(std::is_base_of<std::runtime_error, etb::Error>::value, "Error is a runtime_error");
 static_assert(static_cast<int32_t>(etb::Dtype::Float8E5M2) == ETB_DTYPE_FLOAT8_E5M2, "dtypes mirror ETB_DTYPE_*");
 static_assert(static_cast<int32_t>(etb::PtraceMode::None) == ETB_PTRACE_NONE, "ptrace modes mirror ETB_PTRACE_*");
+// The enums are of the C types they stand for (their enumerators: tests/python/test_wrappers.py).
+static_assert(std::is_same<std::underlying_type_t<etb::Dtype>, EtbDtype>::value, "Dtype is an EtbDtype");
+static_assert(std::is_same<std::underlying_type_t<etb::TransferKind>, EtbTransferKind>::value, "an EtbTransferKind");
+static_assert(std::is_same<std::underlying_type_t<etb::CudaMode>, EtbCudaMode>::value, "an EtbCudaMode");
+static_assert(std::is_same<std::underlying_type_t<etb::PtraceMode>, EtbPtraceMode>::value, "an EtbPtraceMode");
+static_assert(std::is_same<std::underlying_type_t<etb::Placement::Kind>, decltype(EtbPlacement::kind)>::value,
+              "a placement kind is EtbPlacement::kind's type");
 
 /* ---- the fake CUDA driver's control functions (the same library the etb library loads) ---- */
 
@@ -82,6 +90,19 @@ static bool have_cuda_driver() {
     void *h = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
     if (h) dlclose(h);
     return h != nullptr;
+}
+
+/* No completion semaphore of this process is left in /dev/shm. */
+static bool no_completion_semaphores() {
+    const std::string tag = "_" + std::to_string(getpid()) + "_";
+    DIR *d = opendir("/dev/shm");
+    if (!d) return false;
+    int left = 0;
+    while (struct dirent *e = readdir(d))
+        if (std::strncmp(e->d_name, "sem.command_", 12) == 0 && std::strstr(e->d_name, tag.c_str())) left++;
+    closedir(d);
+    if (left) snprintf(g_why, sizeof g_why, "%d completion semaphore(s) left in /dev/shm", left);
+    return left == 0;
 }
 
 static bool starts_with(const std::string &s, const std::string &prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
@@ -362,6 +383,96 @@ static int t_init_pair_payloads() {
     return nothing_left(rank);
 }
 
+/* The completion-returning forms of InitPair, QueryStatus and CleanupBatch, and the signal read. */
+static int t_async_commands() {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, nullptr, nullptr);
+    CHECK(agent.pid > 0, "agent did not start");
+    set_direct(rank);
+    {
+        auto [c, info] = etb::bootstrap_client(nullptr, 5.0, etb::CudaMode::Skip);
+        etb::Completion pair = c.init_pair_async("ap", "a", "b", 2);
+        pair.wait(5.0);
+        CHECK(pair.poll(), "the matched pair is done");
+        etb::Completion shaped = c.init_pair_async("ap2", "a", "b", 2, {2, 4}, {etb::Placement::shard(0)}, 5.0);
+        shaped.wait(5.0);
+        CHECK(!c.read_transfer_signal("ab"), "an absent signal reads false");
+        c.transfer("ab", etb::TransferKind::Send);
+        etb::Completion query = c.query_transfer_signal_async("ab", 5.0);
+        for (double until = now_s() + 5.0; !query.poll();) CHECK(now_s() < until, "the query was not acknowledged");
+        CHECK(c.read_transfer_signal("ab"), "the signal the agent recorded");
+        etb::Completion cleanup = c.cleanup_batch_async("ab", 5.0);
+        cleanup.wait(5.0);
+        { etb::Completion unwaited = c.cleanup_batch_async("ab2"); }  // dropped unwaited: its semaphore goes
+        EXPECT_THROW((void)c.init_pair_async("ap", "a", "b", 0), ETB_ERR_INVALID_ARGUMENT, "etb_client_init_pair_async");
+        EXPECT_THROW((void)c.init_pair_async("ap", "a", "b", 2, std::vector<uint8_t>{0x80}), ETB_ERR_INVALID_ARGUMENT,
+                     "etb_client_init_pair_async");
+        EXPECT_THROW((void)c.init_pair_async("ap", "a", "b", 2, {0}, {}), ETB_ERR_INVALID_ARGUMENT,
+                     "etb_mesh_shape_payload");
+        etb::Client moved = std::move(c);
+        EXPECT_THROW((void)c.query_transfer_signal_async("ab"), ETB_ERR_NULL_ARGUMENT, nullptr);
+        EXPECT_THROW((void)c.cleanup_batch_async("ab"), ETB_ERR_NULL_ARGUMENT, nullptr);
+        EXPECT_THROW((void)c.read_transfer_signal("ab"), ETB_ERR_NULL_ARGUMENT, "etb_client_read_transfer_signal");
+        CHECK(moved.heartbeat_age() < 5.0, "the moved-in client works");
+    }
+    stop_agent(&agent);
+    // An agent that does not match: the completion says so once the agent survived the InitPair.
+    agent = start_agent(rank, 1, "--unmatched", nullptr);
+    CHECK(agent.pid > 0, "agent did not start");
+    {
+        auto [c, info] = etb::bootstrap_client(nullptr, 5.0, etb::CudaMode::Skip);
+        etb::Completion pair = c.init_pair_async("np", "a", "b", 2);
+        EXPECT_THROW(pair.wait(5.0), ETB_ERR_PAIR_NOT_MATCHED, "InitPair \"np\" completed but");
+    }
+    stop_agent(&agent);
+    return nothing_left(rank) && no_completion_semaphores();
+}
+
+/* etb::connect_client: an explicit agent rank and paths, nothing of the environment read. */
+static int t_connect_client() {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, nullptr, nullptr);
+    CHECK(agent.pid > 0, "agent did not start");
+    const std::string base = "/tmp/agent_rank" + std::to_string(rank);
+    const std::string cq = base + "_command.lmdb", st = base + "_state.lmdb";
+    set_env(nullptr, nullptr, nullptr, nullptr);
+    {
+        etb::BootstrapOptions o;
+        o.connection_timeout_s = 5.0;
+        o.cuda_mode = etb::CudaMode::Skip;
+        int calls = 0;
+        o.path_naming_fn = [&calls](int64_t) {
+            calls++;
+            return std::make_pair(std::string("/nowhere/cq"), std::string("/nowhere/st"));
+        };
+        auto [client, info] = etb::connect_client(rank, cq, st, o);
+        CHECK(calls == 0, "the naming function is not used");
+        CHECK(info.method() == "direct" && info.global_rank() == -1 && info.agent_rank() == rank, "method %s",
+              info.method().c_str());
+        CHECK(info.command_queue_path() == cq && info.state_path() == st && info.device() == "cuda:0", "paths");
+        CHECK(info.agent_pid() && *info.agent_pid() == agent.pid, "agent pid");
+        client.transfer("cx", etb::TransferKind::Send);
+        CHECK(client.query_transfer_signal("cx"), "commands work");
+        EXPECT_THROW((void)etb::connect_client(rank, cq, cq, o), ETB_ERR_NAMING, "etb_client_connect");
+        EXPECT_THROW((void)etb::connect_client(rank, std::string("/tmp/a\0b", 8), st, o), ETB_ERR_INVALID_ARGUMENT,
+                     "etb::connect_client: command_queue_path has a NUL byte");
+        EXPECT_THROW((void)etb::connect_client(rank, cq, std::string("/tmp/s\0", 7), o), ETB_ERR_INVALID_ARGUMENT,
+                     "etb::connect_client: state_path has a NUL byte");
+    }
+    {
+        // The defaults: an exclusive worker; a second one is refused while the first is attached.
+        auto first = etb::connect_client(rank, cq, st);
+        EXPECT_THROW((void)etb::connect_client(rank, cq, st), ETB_ERR_AGENT_BUSY, nullptr);
+        CHECK(first.first.heartbeat_age() < 5.0, "the first client works");
+    }
+    etb::BootstrapOptions quick;
+    quick.connection_timeout_s = 0.05;
+    EXPECT_THROW((void)etb::connect_client(rank + 1, base + "0_command.lmdb", base + "0_state.lmdb", quick),
+                 ETB_ERR_AGENT_NOT_FOUND, nullptr);
+    stop_agent(&agent);
+    return nothing_left(rank);
+}
+
 /* ---- against the fake CUDA driver ---- */
 
 static std::optional<std::pair<etb::Client, etb::BootstrapInfo>> boot_cuda(long long rank, etb::CudaMode mode) {
@@ -561,6 +672,8 @@ int main() {
     run_case("layout_payloads", t_layout_payloads);
     run_case("init_pair_payloads", t_init_pair_payloads);
     run_case("log_callback", t_log_callback);
+    run_case("async_commands", t_async_commands);
+    run_case("connect_client", t_connect_client);
     run_cuda_case("cuda_payloads", t_cuda_payloads);
     run_cuda_case("cuda_errors", t_cuda_errors);
     printf("%d passed, %d failed\n", g_passed, g_failed);

@@ -6,7 +6,9 @@ separate PyTorch process (the consumer, as the agent would be) unpickles each pa
 ForkingPickler.loads, checks the values, writes into the memory, and drops its tensor. The
 producer then sees the write and the reference counter back at 0.
 
-    python3 payloads.py LIB.so TORCH_PYTHON    (env: AGENT_RANK, RANK, LOCAL_RANK of a running agent)
+    python3 payloads.py LIB.so TORCH_PYTHON [TORCH_VERSION]
+        (env: AGENT_RANK, RANK, LOCAL_RANK of a running agent; TORCH_VERSION: the pinned one,
+        tests/torch-version, which payloads.sh passes: the consumer's torch must be it)
 
 Prints one line per check and ends with "N passed, N failed"; a sandbox that refuses CUDA IPC
 is reported as "unsupported", apart from failures."""
@@ -55,6 +57,12 @@ print("RELEASED", flush=True)
 
 def main():
     lib_path, torch_python = sys.argv[1], sys.argv[2]
+    if len(sys.argv) > 3:
+        pinned = sys.argv[3].strip()
+        proc = subprocess.run([torch_python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                              text=True, timeout=300)
+        found = proc.stdout.strip().split("+")[0]
+        check(f"the consumer's torch is the agent's pinned {pinned}", found == pinned, found or proc.stderr[-2000:])
     cuda = ctypes.CDLL(os.environ.get("ETB_CUDA_DRIVER_PATH", "libcuda.so.1"))
     lib = _native.load(lib_path)
     opts = _native.BootstrapOptions()

@@ -2,8 +2,9 @@
 # GPU check of the native CUDA tensor payloads, for a machine with a GPU, PyTorch and Python but
 # no Rust toolchain and no network (never run in CI, which has no GPU). Takes the prebuilt
 # library and etb-dev-agent by path (build them where cargo exists: scripts/build.sh --release,
-# then carry target/release over), and the python of an environment with torch (2.11.0 pinned
-# where Etha is deployed).
+# then carry target/release over), and the python of an environment with torch: the agent's
+# version, pinned in tests/torch-version (a torch of another version is reported as a failed
+# check, the other checks still run).
 #
 #   tests/gpu/payloads.sh /path/to/libetha_tensor_bus.so /path/to/etb-dev-agent TORCH_PYTHON [DEVICE]
 #
@@ -36,4 +37,4 @@ for _ in $(seq 200); do
 done
 grep -q ready "$work/agent.out" || { echo "etb-dev-agent not ready after 10 s" >&2; exit 1; }
 export AGENT_RANK=$rank RANK=0 LOCAL_RANK=$device
-python3 "$here/payloads.py" "$lib" "$torch_python"
+python3 "$here/payloads.py" "$lib" "$torch_python" "$(cat "$here/../torch-version")"

@@ -1,16 +1,22 @@
-"""The package's ctypes declarations (etha_tensor_bus._native) against the header: every struct's
-size and field offsets as a C compiler lays them out, and the status table against the
-library's own etb_status_name."""
+"""The package's ctypes declarations (etha_tensor_bus._native, from the generated _abi.py) against
+the header: _abi.py is what scripts/python_abi.py makes from the header, every struct's size and
+field offsets are as a C compiler lays them out, and the status table is the library's own
+etb_status_name."""
 import ctypes
+import difflib
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from conftest import ROOT, _native
 
 from etha_tensor_bus import errors as sys_errors  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import python_abi  # noqa: E402
 
 STRUCTS = {"EtbBootstrapOptions": _native.BootstrapOptions, "EtbTensorPayload": _native.TensorPayload,
            "EtbCudaTensor": _native.CudaTensor, "EtbPlacement": _native.Placement}
@@ -60,3 +66,35 @@ def test_status_table_matches_etb_status_name(lib):
     codes = set(sys_errors.STATUS.values())
     assert codes == set(range(len(codes))), "numbers are never skipped"
     assert lib.etb_status_name(len(codes)).decode() == "ETB_UNKNOWN_STATUS", "a published status is missing here"
+
+
+def test_abi_module_is_what_the_header_makes():
+    """python/etha_tensor_bus/_abi.py (the package's declarations and constants) is generated from
+    the header: a function, macro or struct field added, changed or removed on one side only fails
+    here."""
+    made = python_abi.render(python_abi.parse())
+    checked_in = python_abi.ABI.read_text()
+    diff = "".join(list(difflib.unified_diff(checked_in.splitlines(True), made.splitlines(True), "_abi.py (checked in)",
+                                             "_abi.py (from the header)"))[:40])
+    assert checked_in == made, ("python/etha_tensor_bus/_abi.py is stale: regenerate it with "
+                                f"`.venv/bin/python scripts/python_abi.py` and commit it\n{diff}")
+
+
+def test_dtype_table_is_the_librarys(lib):
+    """The header's ETB_DTYPE_* name the library's dtypes (the core's table, etb_dtype_name): the
+    same names, no number missing on either side; the typestrs the package derives from those
+    names have the library's element sizes."""
+    from etha_tensor_bus import _payloads
+
+    dtypes = _native.enum("ETB_DTYPE_")
+    for name, code in dtypes.items():
+        assert lib.etb_dtype_name(code) == name.encode(), f"ETB_DTYPE_{name.upper()}"
+    count = len(dtypes)
+    assert sorted(dtypes.values()) == list(range(count)), "numbers are dense"
+    assert lib.etb_dtype_name(count) is None and lib.etb_dtype_size(count) == 0, "a dtype of the library is missing"
+    assert _payloads._TYPESTR, "no typestr derived"
+    for typestr, code in _payloads._TYPESTR.items():
+        kind, size = typestr[1], int(typestr[2:])
+        assert lib.etb_dtype_size(code) == size, typestr
+        want = "bool" if kind == "b" else {"f": "float", "i": "int", "u": "uint"}[kind] + str(8 * size)
+        assert lib.etb_dtype_name(code) == want.encode(), typestr

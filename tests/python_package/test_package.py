@@ -14,8 +14,17 @@ import time
 
 import pytest
 
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
 import etha_tensor_bus
 from etha_tensor_bus import BootstrapInfo, TensorBusError, bootstrap_client, errors
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# The version, as written in its one place.
+CARGO_VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
 
 AGENT = os.environ.get("ETB_DEV_AGENT", "")
 HAVE_CUDA = bool(__import__("ctypes").util.find_library("cuda"))  # a GPU machine: no "no driver" checks
@@ -62,7 +71,18 @@ def test_installed_copy_and_shipped_library():
     assert "ETB_LIBRARY_PATH" not in os.environ
     path = etha_tensor_bus._native.library_path()
     assert pathlib.Path(path).parent == pathlib.Path(etha_tensor_bus.__file__).parent, path
-    assert etha_tensor_bus.version() == "0.1.0"
+    assert etha_tensor_bus.version() == CARGO_VERSION
+
+
+def test_one_version_everywhere():
+    """The wheel's metadata, __version__ and the loaded library report Cargo.toml's version; the
+    load-time check asks for its major.minor."""
+    import importlib.metadata
+
+    assert importlib.metadata.version("etha-tensor-bus") == CARGO_VERSION
+    assert etha_tensor_bus.__version__ == CARGO_VERSION
+    assert etha_tensor_bus.version() == CARGO_VERSION
+    assert etha_tensor_bus._native.EXPECTED_VERSION == CARGO_VERSION.rsplit(".", 1)[0]
 
 
 P = inspect.Parameter
@@ -310,7 +330,7 @@ def test_etb_library_path_overrides(monkeypatch):
 
 def test_example_script(agent):
     agent()
-    example = pathlib.Path(__file__).resolve().parents[2] / "examples" / "python" / "example.py"
+    example = ROOT / "examples" / "python" / "example.py"
     out = subprocess.run([__import__("sys").executable, example], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "worker bootstrapped" in out.stdout and f"agent_rank         = {os.environ['AGENT_RANK']}" in out.stdout

@@ -1,7 +1,8 @@
 """A worker written against the reference client (etha.tensor_bus), with only the import changed,
 as docs/protocol.md section 7 and the README show it. Run by tests/torch/test_dropin_torch.py
-under the torch 2.11.0 venv, against the Python stand-in agent; prints, as one JSON line, what it
-sent (the mesh shape, the placements' repr, each tensor's dtype, shape and values).
+under the pinned torch's venv (tests/torch-version), against the Python stand-in agent; prints,
+as one JSON line, what it sent (the mesh shape, the placements' repr, each tensor's dtype, shape
+and values).
 
     argv: PG_FILE  (the file:// rendezvous of the one-rank gloo group)
 """

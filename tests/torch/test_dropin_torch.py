@@ -1,5 +1,6 @@
-"""The drop-in proof with the real torch (pinned 2.11.0): a worker written against the reference
-API (tests/torch/dropin_worker.py: a DeviceMesh on a one-rank gloo group, placements, CPU tensors
+"""The drop-in proof with the real torch (the agent's, pinned in tests/torch-version): a worker
+written against the reference API (tests/torch/dropin_worker.py: a DeviceMesh on a one-rank gloo
+group, placements, CPU tensors
 in shared memory under the file_system strategy, the semaphore-style acquire, a dropped
 BatchHandler) runs against the Python stand-in agent, which unpickles every payload with
 ForkingPickler.loads as the real agent does and records what it got. What the agent got must be

@@ -1,5 +1,6 @@
-"""Native payloads against the real torch, pinned to the agent's 2.11.0 (scripts/setup-torch-venv.sh):
-mesh shapes and placements unpickle equal to what torch builds itself; CUDA tensor payloads,
+"""Native payloads against the real torch, pinned to the agent's version (tests/torch-version; its
+venv: scripts/setup-torch-venv.sh): mesh shapes and placements unpickle equal to what torch
+builds itself; CUDA tensor payloads,
 made through the fake CUDA driver (tests/fake_cuda, ETB_CUDA_DRIVER_PATH), unpickle into the 15
 arguments of torch.multiprocessing.reductions.rebuild_cuda_tensor (replaced by a recorder: no
 GPU here), and their reference counter is the file torch opens and releases.
@@ -26,13 +27,35 @@ from etha_tensor_bus import _native  # noqa: E402
 
 OK, INVALID_ARGUMENT = 0, 2
 P = ctypes.c_void_p
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.int8, torch.int16,
-          torch.int32, torch.int64, torch.bool, torch.float8_e4m3fn, torch.float8_e5m2]
+# The header's dtypes (ETB_DTYPE_*), as torch names them: (number, torch dtype).
+DTYPES = [(code, getattr(torch, name)) for name, code in _native.enum("ETB_DTYPE_").items()]
 _ranks = itertools.count(os.getpid() * 1000 + 900)
 
 
 def test_torch_is_the_agents_version():
-    assert torch.__version__.split("+")[0] == "2.11.0", torch.__version__
+    with open(os.path.join(ROOT, "tests", "torch-version")) as f:
+        pinned = f.read().strip()
+    assert torch.__version__.split("+")[0] == pinned, torch.__version__
+
+
+def test_typestrs_are_numpys():
+    """The typestrs the package derives from the header's dtype names (__cuda_array_interface__ ->
+    ETB_DTYPE_*) against numpy's own: every dtype numpy has is there under numpy's typestr, and
+    nothing else."""
+    import numpy
+
+    from etha_tensor_bus import _payloads
+
+    names = {code: name for name, code in _native.enum("ETB_DTYPE_").items()}
+    for code, name in names.items():
+        try:
+            typestr = numpy.dtype(name).str
+        except TypeError:  # bfloat16, float8_*: numpy has none
+            assert code not in _payloads._TYPESTR.values(), name
+            continue
+        assert _payloads._TYPESTR[typestr] == code, name
+    for typestr, code in _payloads._TYPESTR.items():
+        assert numpy.dtype(typestr).name == names[code], typestr
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +174,7 @@ def counter(name, slot):
     return m, int.from_bytes(m[0:4], "little"), int.from_bytes(m[64 + 8 * slot:72 + 8 * slot], "little", signed=True)
 
 
-@pytest.mark.parametrize("code, dtype", list(enumerate(DTYPES)), ids=[str(d) for d in DTYPES])
+@pytest.mark.parametrize("code, dtype", DTYPES, ids=[str(d) for _, d in DTYPES])
 def test_cuda_tensor_arguments_for_every_dtype(lib, client, fake, code, dtype):
     elem = dtype.itemsize
     base = fake.fake_cuda_alloc(1, 1 << 20, 0)

@@ -1,5 +1,6 @@
-//! A CUDA tensor payload: the pickle of `torch.multiprocessing.reductions.rebuild_cuda_tensor`
-//! with its 15 arguments (docs/torch-ipc.md section 1), made from a device pointer.
+//! A CUDA tensor payload, made from a device pointer: the fields checked, the allocation, its IPC
+//! handle, the event and the reference-counter slot found; [`super::torch`] writes them as the
+//! pickle of `rebuild_cuda_tensor` (docs/torch-ipc.md section 1).
 //!
 //! The IPC handle is the one of the *allocation* holding `data` (its base), the storage starts
 //! at `data` (`storage_offset_bytes` = data - base, tensor offset 0) and runs to the end of the
@@ -7,8 +8,8 @@
 //! starting at that address fits in the storage the first payload opened.
 
 use super::dtype;
-use super::pickle::Pickle;
 use super::ref_counter::Slot;
+use super::torch::{CudaTensorArgs, SharedStorage, FORMAT};
 use super::Payload;
 use crate::cuda::ipc::StreamHandle;
 use crate::cuda::CudaBinding;
@@ -108,18 +109,15 @@ fn overflow() -> Error {
 /// Makes the payload, through `binding` (the client's device and context).
 pub fn make(binding: &CudaBinding, t: &CudaTensor<'_>) -> Result<Payload> {
     let l = layout(t)?;
-    let device = binding.device_ordinal();
-    let mut p = Pickle::new();
-    p.global("torch.multiprocessing.reductions", "rebuild_cuda_tensor").mark();
-    p.global("torch", "Tensor");
-    p.global("torch", "Size").mark().int_tuple(t.shape).tuple().reduce();
-    p.int_tuple(&l.strides).int(0);
-    p.global("torch.storage", "TypedStorage").global("torch", l.dtype_name).int(i64::from(device));
+    let mut args = CudaTensorArgs {
+        shape: t.shape,
+        strides: &l.strides,
+        dtype_name: l.dtype_name,
+        device: binding.device_ordinal(),
+        storage: None,
+    };
     if l.elements == 0 {
-        // An empty storage: no handle, no counter, no event.
-        p.none().int(0).int(0).bool(false).bytes(b"").int(0).bytes(&[0; 64]).bool(false);
-        p.tuple().reduce();
-        return Ok(Payload::plain(p.finish()));
+        return Ok(Payload::plain(FORMAT.cuda_tensor(&args)));
     }
     if t.data == 0 {
         return Err(invalid("data is 0 (NULL) for a tensor with elements".into()));
@@ -138,14 +136,15 @@ pub fn make(binding: &CudaBinding, t: &CudaTensor<'_>) -> Result<Payload> {
     let storage_size = (end - t.data) / l.element_size * l.element_size;
     let event = t.wait_on_stream.map(|stream| binding.ipc_event(stream)).transpose()?;
     let slot = Slot::take()?;
-    p.bytes(&handle).int(storage_size as i64).int(storage_offset as i64).bool(false);
-    p.bytes(slot.file_name()).int(slot.index() as i64);
-    match &event {
-        Some(e) => p.bytes(&e.handle).bool(true),
-        None => p.bytes(&[0; 64]).bool(false),
-    };
-    p.tuple().reduce();
-    Ok(Payload { bytes: p.finish(), slot: Some(slot), _event: event })
+    args.storage = Some(SharedStorage {
+        handle: &handle,
+        size_bytes: storage_size,
+        offset_bytes: storage_offset,
+        ref_counter: (slot.file_name(), slot.index()),
+        event_handle: event.as_ref().map(|e| &e.handle[..]),
+    });
+    let bytes = FORMAT.cuda_tensor(&args);
+    Ok(Payload { bytes, slot: Some(slot), _event: event })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the agent's torch unpickles to what the reference sends (docs/torch-ipc.md section 5).
 
 use super::pickle::Pickle;
+use super::torch::FORMAT;
 use crate::error::{Error, ErrorKind, Result};
 
 /// A DTensor placement.
@@ -14,9 +15,6 @@ pub enum Placement {
     /// `Partial(reduce_op)`.
     Partial(String),
 }
-
-/// The module of torch's placement classes (2.10 to 2.15).
-const PLACEMENT_TYPES: &str = "torch.distributed.tensor.placement_types";
 
 fn invalid(message: String) -> Error {
     Error::new(ErrorKind::InvalidArgument, message)
@@ -44,16 +42,16 @@ pub fn placements(items: &[Placement]) -> Result<Vec<u8>> {
     for item in items {
         match item {
             Placement::Shard(dim) => {
-                p.global(PLACEMENT_TYPES, "Shard").mark().int(*dim).tuple().reduce();
+                FORMAT.placement_class(&mut p, "Shard").mark().int(*dim).tuple().reduce();
             }
             Placement::Replicate => {
-                p.global(PLACEMENT_TYPES, "Replicate").mark().tuple().reduce();
+                FORMAT.placement_class(&mut p, "Replicate").mark().tuple().reduce();
             }
             Placement::Partial(op) => {
                 if op.is_empty() {
                     return Err(invalid("a Partial placement's reduce_op is empty".into()));
                 }
-                p.global(PLACEMENT_TYPES, "Partial").mark().text(op).tuple().reduce();
+                FORMAT.placement_class(&mut p, "Partial").mark().text(op).tuple().reduce();
             }
         }
     }

@@ -3,6 +3,8 @@
 //! DTensor placements. Every payload is a pickle of protocol 3.
 //!
 //! - [`pickle`]: the writer; [`dtype`]: the dtype table;
+//! - [`torch`]: torch's format, in one place: `rebuild_cuda_tensor`'s arguments, the placement
+//!   classes' module, and the torch versions it serves ([`torch::SUPPORTED_TORCH`]);
 //! - [`layout`]: mesh shapes and placements (no GPU needed);
 //! - [`cuda_tensor`]: a CUDA tensor from a device pointer, shape, strides and dtype;
 //! - [`ref_counter`]: the shared-memory reference counter that tells when a consumer is done.
@@ -12,6 +14,7 @@ pub mod dtype;
 pub mod layout;
 pub mod pickle;
 pub mod ref_counter;
+pub mod torch;
 
 use crate::cuda::ipc::IpcEvent;
 use crate::error::{Error, ErrorKind, Result};
