@@ -33,6 +33,28 @@ class Transfer(msgspec.Struct, tag=True):
     semaphore_name: str | None = None
 
 
+class RegisterTensors(msgspec.Struct, tag=True):
+    batch_id: str
+    tensors: list[tuple[str, bytes]]
+    bucket_size: int | None = None
+    timestamp: float | None = None
+    semaphore_name: str | None = None
+
+
+class InitPair(msgspec.Struct, tag=True):
+    pair_name: str
+    local_name: str
+    expected_world_size: int
+    remote_name: str
+    mesh_shape_payload: bytes | None = None
+    placements_payload: bytes | None = None
+    timestamp: float | None = None
+    semaphore_name: str | None = None
+
+
+# A payload the stand-in agent takes for a tensor (a whole pickle: pickle.dumps(b"\x01\x02", 3)).
+TENSOR = b"\x80\x03C\x02\x01\x02q\x00."
+
 ENCODER = msgspec.msgpack.Encoder()
 # Names of the completion semaphores made: removed at exit, after the timings (the reference
 # leaves them in /dev/shm, and posix_ipc 1.3.2 cannot unlink a closed one).
@@ -129,9 +151,39 @@ class ReferenceClient:
                 sem.close()
         return sem
 
+    def _blocking(self, kind, context, make, timeout=30.0):
+        """Enqueues the command `make(name)` with a fresh completion semaphore and waits on it, as
+        the reference's blocking calls do."""
+        context = context.replace("/", "_").replace(":", "_")
+        name = f"/command_{kind}_{context}_{os.getpid()}_{uuid.uuid4().hex}"
+        sem = posix_ipc.Semaphore(name, posix_ipc.O_CREAT, initial_value=0)
+        CREATED.append(name)
+        self.queue.enqueue(ENCODER.encode(make(name)))
+        try:
+            sem.acquire(timeout)
+        except posix_ipc.BusyError:
+            raise TimeoutError(f"{kind} {context} timed out") from None
+        finally:
+            sem.close()
+
+    def init_pair(self, pair_name, local_name, remote_name, expected_world_size, timeout=30.0):
+        self._blocking("register", pair_name, lambda name: InitPair(
+            pair_name, local_name, expected_world_size, remote_name, None, None, time.time(), name), timeout)
+
+    def register_tensors(self, batch_id, tensors, timeout=30.0):
+        """`tensors`: (payload, pair_name) pairs of pickled tensors, as the reference sends them."""
+        self._blocking("register_tensors", f"batch_{batch_id}", lambda name: RegisterTensors(
+            batch_id, [(pair, payload) for payload, pair in tensors], None, time.time(), name), timeout)
+
     def close(self):
         self.queue.close()
         self.state.close()
+
+
+def register(c, batch_id):
+    """What the real agent needs before it transfers a batch: the pair matched, the batch registered."""
+    c.init_pair("bench", "reference", "peer", 1)
+    c.register_tensors(batch_id, [(TENSOR, "bench")])
 
 
 def setup_ptrace():
@@ -194,6 +246,7 @@ def main():
         print(json.dumps(summary(times, 1e6) | {"unit": "us"}))
     elif mode == "roundtrip":
         c = bootstrap(paths)
+        register(c, "rt")
         times = []
         for i in range(n):
             t0 = time.perf_counter()
@@ -205,6 +258,7 @@ def main():
         # The caller kills the agent ~100 ms after "waiting"; the reference waits its timeout.
         timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 2.0
         c = bootstrap(paths)
+        register(c, "dies")
         print("waiting", flush=True)
         t0 = time.perf_counter()
         try:

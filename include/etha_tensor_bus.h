@@ -790,6 +790,19 @@ EtbStatus etb_client_transfer_detached(const struct EtbClient *client,
                                        double timeout_s);
 
 /**
+ * Sends `CleanupBatch` with no completion semaphore (`semaphore_name` nil): a clean-up nobody
+ * waits for (the Python package sends a dropped batch handler's this way), which leaves the
+ * agent no semaphore to look for. `timeout_s` bounds the wait for queue space. Blocks as the
+ * command conventions at the top of the header say; thread-safe.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
+ */
+EtbStatus etb_client_cleanup_batch_detached(const struct EtbClient *client,
+                                            const char *batch_id,
+                                            double timeout_s);
+
+/**
  * Sends `InitPair` without waiting for it (the reference's `init_pair(blocking=False)`):
  * arguments as `etb_client_init_pair`, `timeout_s` bounding only the wait for queue space. On
  * success writes a new completion to `*completion_out` (required, owned by the caller:
@@ -908,6 +921,54 @@ const char *etb_status_name(EtbStatus status);
  * the same thread. Never NULL. Thread-safe.
  */
 const char *etb_last_error_message(void);
+
+/**
+ * Lets commands on `client` address the pair `pair_name`, which an earlier process of this worker
+ * matched with the same agent: `etb_client_register_tensors` may name it. Sends nothing. NULL
+ * `client` or `pair_name`: `ETB_ERR_NULL_ARGUMENT`; not UTF-8: `ETB_ERR_INVALID_ARGUMENT`;
+ * in a forked child `ETB_ERR_FORKED`. Does not block; thread-safe.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `pair_name` is NULL or NUL-terminated (borrowed).
+ */
+EtbStatus etb_client_adopt_pair(const struct EtbClient *client, const char *pair_name);
+
+/**
+ * Lets commands on `client` address the batch `batch_id`, which an earlier process of this
+ * worker registered with the same agent: `etb_client_transfer*` and
+ * `etb_client_query_transfer_signal*` may name it. Sends nothing. Errors as
+ * `etb_client_adopt_pair`. Does not block; thread-safe.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
+ */
+EtbStatus etb_client_adopt_batch(const struct EtbClient *client, const char *batch_id);
+
+/**
+ * Writes to `*known_out` (required) whether commands may address `batch_id`: the client
+ * registered or adopted it and has not cleaned it up since, or the agent is shared
+ * (`allow_shared_agent`, no check). Sends nothing. Does not block; thread-safe.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed);
+ * `known_out` is NULL or writable.
+ */
+EtbStatus etb_client_batch_known(const struct EtbClient *client,
+                                 const char *batch_id,
+                                 bool *known_out);
+
+/**
+ * Writes to `*known_out` (required) whether `etb_client_register_tensors` may name `pair_name`:
+ * the client matched or adopted it, or the agent is shared (no check). Sends nothing. Does not
+ * block; thread-safe.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `pair_name` is NULL or NUL-terminated (borrowed);
+ * `known_out` is NULL or writable.
+ */
+EtbStatus etb_client_pair_known(const struct EtbClient *client,
+                                const char *pair_name,
+                                bool *known_out);
 
 /**
  * The agent rank this worker is connected to; -1 when `info` is NULL. Thread-safe.

@@ -613,6 +613,35 @@ public:
         detail::check(etb_client_cleanup_batch_async(client_.get(), batch_id.c_str(), timeout_s, &completion));
         return Completion(completion);
     }
+    /// Sends CleanupBatch with no completion semaphore: a clean-up nobody waits for.
+    void cleanup_batch_detached(const std::string &batch_id, double timeout_s = 30.0) const {
+        detail::check(etb_client_cleanup_batch_detached(client_.get(), batch_id.c_str(), timeout_s));
+    }
+    /// Lets commands address a batch an earlier process of this worker registered with the same
+    /// agent (the client refuses, before the queue, a Transfer or QueryStatus for a batch it
+    /// does not know: the agent would die of the first). Sends nothing.
+    void adopt_batch(const std::string &batch_id) const {
+        detail::check(etb_client_adopt_batch(client_.get(), batch_id.c_str()));
+    }
+    /// Lets register_tensors name a pair an earlier process of this worker matched with the same
+    /// agent. Sends nothing.
+    void adopt_pair(const std::string &pair_name) const {
+        detail::check(etb_client_adopt_pair(client_.get(), pair_name.c_str()));
+    }
+    /// Whether commands may address the batch: registered or adopted by this client (and not
+    /// cleaned up since), or the agent is shared (no check then).
+    [[nodiscard]] bool batch_known(const std::string &batch_id) const {
+        bool known = false;
+        detail::check(etb_client_batch_known(client_.get(), batch_id.c_str(), &known));
+        return known;
+    }
+    /// Whether register_tensors may name the pair: matched or adopted by this client, or the
+    /// agent is shared (no check then).
+    [[nodiscard]] bool pair_known(const std::string &pair_name) const {
+        bool known = false;
+        detail::check(etb_client_pair_known(client_.get(), pair_name.c_str(), &known));
+        return known;
+    }
     /// The CUcontext the client holds (the device's primary context); nullptr when unbound. Owned
     /// by the client: valid while it lives.
     void *cuda_context() const noexcept { return etb_client_cuda_context(client_.get()); }

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{boot, our_completion_semaphores, recorded, remove_agent_leftovers, DevAgent, TempDir};
+use common::{
+    adopt, boot, boot_shared, our_completion_semaphores, recorded, register, remove_agent_leftovers, DevAgent, TempDir,
+};
 use etb_core::protocol::commands::TransferKind::{Recv, Send};
 use etb_core::timeout::Timeout;
 use etha_tensor_bus::ErrorKind;
@@ -31,8 +33,11 @@ fn every_command_has_its_effect() {
     c.transfer("step_0", Recv, t(5.0)).unwrap();
     assert!(!c.query_transfer_signal("step_0", t(5.0)).unwrap());
     c.cleanup_batch("step_0", t(5.0)).unwrap();
-    c.transfer_detached("step_1", Send, t(5.0)).unwrap();
     let long = "b".repeat(300);
+    for batch in ["step_1", &long] {
+        c.register_tensors(batch, &[("weights", tensor)], None, t(5.0)).unwrap();
+    }
+    c.transfer_detached("step_1", Send, t(5.0)).unwrap();
     c.transfer(&long, Send, t(5.0)).unwrap();
     assert!(c.query_transfer_signal(&long, t(5.0)).unwrap());
     let lines = recorded(&rec);
@@ -48,19 +53,21 @@ fn every_command_has_its_effect() {
             "Transfer",
             "QueryStatus",
             "CleanupBatch",
+            "RegisterTensors",
+            "RegisterTensors",
             "Transfer",
             "Transfer",
             "QueryStatus"
         ]
     );
     assert_eq!(
-        lines[8],
+        lines[10],
         ("Transfer".into(), "step_1".into(), "send".into(), "-".into()),
         "detached: semaphore_name nil"
     );
     assert!(lines[0].3.starts_with("/command_register_weights_"), "{:?}", lines[0]);
-    assert!(lines[9].3.len() <= 252 && lines[9].3.starts_with("/command_transfer_batch_bbb"), "{:?}", lines[9]);
-    for f in ["step_0", "weights", "bbb"] {
+    assert!(lines[11].3.len() <= 252 && lines[11].3.starts_with("/command_transfer_batch_bbb"), "{:?}", lines[11]);
+    for f in ["step_0", "weights", "batch_bbb"] {
         assert_eq!(our_completion_semaphores(f), Vec::<String>::new());
     }
 }
@@ -99,8 +106,10 @@ fn agent_that_never_unlinks_leaves_nothing_of_ours() {
     let paths = dir.paths();
     let _agent = DevAgent::start(&paths, &["--never-unlink"], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
-    for i in 0..20 {
-        c.transfer(&format!("nounlink{i}"), Send, t(5.0)).unwrap();
+    let batches: Vec<String> = (0..20).map(|i| format!("nounlink{i}")).chain(["nounlink-async".into()]).collect();
+    register(&c, &batches.iter().map(String::as_str).collect::<Vec<_>>());
+    for batch in &batches[..20] {
+        c.transfer(batch, Send, t(5.0)).unwrap();
     }
     let done = c.transfer_async("nounlink-async", Recv, t(5.0)).unwrap();
     done.wait(t(5.0)).unwrap();
@@ -114,8 +123,11 @@ fn full_queue_changes_nothing() {
     let paths = dir.paths();
     let _agent = DevAgent::start(&paths, &["--no-dequeue"], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
+    adopt(&c, &["one-too-many", "fullblocking"]);
     for i in 0..50_000 {
-        c.transfer_detached(&format!("b{i}"), Send, t(0.0)).unwrap();
+        let batch = format!("b{i}");
+        adopt(&c, &[&batch]);
+        c.transfer_detached(&batch, Send, t(0.0)).unwrap();
     }
     let before = c.test_hooks().queue_positions().unwrap();
     assert_eq!(before, (0, 50_000));
@@ -146,6 +158,7 @@ fn dead_agent_is_seen_at_once() {
     let mut agent = DevAgent::start(&paths, &["--never-ack", "Transfer"], true);
     let (c, info) = boot(&paths, 5.0).unwrap();
     assert_eq!(info.agent_pid, Some(agent.pid()));
+    register(&c, &["death"]);
     let pid = agent.pid();
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
@@ -175,6 +188,7 @@ fn async_completions_wait_poll_and_outlive_their_client() {
     // --never-unlink: the agent posts but never removes names, so only our free can.
     let _agent = DevAgent::start(&paths, &["--ack-delay", "0.2", "--never-unlink"], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
+    register(&c, &["async-a", "async-never"]);
     let a = c.transfer_async("async-a", Send, t(5.0)).unwrap();
     assert!(!a.poll().unwrap(), "acknowledged before the agent's delay?");
     a.wait(t(5.0)).unwrap();
@@ -194,7 +208,8 @@ fn async_completions_wait_poll_and_outlive_their_client() {
 }
 
 /// 3 threads x 20,000 commands through the 50,000-slot ring while the agent consumes: each
-/// command arrives exactly once, and each thread's order is kept.
+/// command arrives exactly once, and each thread's order is kept. The commands are detached
+/// `CleanupBatch`es of batches nobody registered, which the agent survives (a warning each).
 #[test]
 fn nothing_lost_and_order_kept_across_threads() {
     let dir = TempDir::new("order");
@@ -208,7 +223,7 @@ fn nothing_lost_and_order_kept_across_threads() {
             let c = &c;
             s.spawn(move || {
                 for i in 0..N {
-                    c.transfer_detached(&format!("t{th}-{i}"), Send, t(30.0)).unwrap();
+                    c.cleanup_batch_detached(&format!("t{th}-{i}"), t(30.0)).unwrap();
                 }
             });
         }
@@ -218,7 +233,7 @@ fn nothing_lost_and_order_kept_across_threads() {
     assert_eq!(lines.len(), 3 * N + 1);
     let mut next = [0usize; 3];
     for (ty, subject, _, _) in &lines[..3 * N] {
-        assert_eq!(ty, "Transfer");
+        assert_eq!(ty, "CleanupBatch");
         let (th, i) = subject[1..].split_once('-').unwrap();
         let (th, i): (usize, usize) = (th.parse().unwrap(), i.parse().unwrap());
         assert_eq!(i, next[th], "thread {th} out of order");
@@ -230,7 +245,8 @@ fn nothing_lost_and_order_kept_across_threads() {
 }
 
 /// Four producer processes through one queue while the agent consumes: nothing lost, each
-/// producer's order kept. The producers are this test binary, re-run as `producer_child`.
+/// producer's order kept. The producers are this test binary, re-run as `producer_child`, four
+/// workers sharing one agent (detached `CleanupBatch`es, which the agent survives).
 #[test]
 fn nothing_lost_across_processes() {
     let dir = TempDir::new("procs");
@@ -254,7 +270,7 @@ fn nothing_lost_across_processes() {
     for mut ch in children {
         assert!(ch.wait().unwrap().success());
     }
-    let (c, _) = boot(&paths, 5.0).unwrap();
+    let (c, _) = boot_shared(&paths, 5.0).unwrap();
     c.cleanup_batch("procs-end", t(60.0)).unwrap();
     let lines = recorded(&rec);
     assert_eq!(lines.len(), 4 * N + 1);
@@ -279,9 +295,9 @@ fn producer_child() {
         state: std::env::var_os("ETB_TEST_STATE").unwrap().into(),
     };
     let n: usize = std::env::var("ETB_TEST_COUNT").unwrap().parse().unwrap();
-    let (c, _) = boot(&paths, 5.0).unwrap();
+    let (c, _) = boot_shared(&paths, 5.0).unwrap();
     for i in 0..n {
-        c.transfer_detached(&format!("p{k}-{i}"), Send, t(30.0)).unwrap();
+        c.cleanup_batch_detached(&format!("p{k}-{i}"), t(30.0)).unwrap();
     }
 }
 
@@ -291,8 +307,11 @@ fn dead_agent_seen_while_waiting_for_space_and_before_enqueue() {
     let paths = dir.paths();
     let mut agent = DevAgent::start(&paths, &["--no-dequeue"], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
+    adopt(&c, &["deadspace-more"]);
     for i in 0..50_000 {
-        c.transfer_detached(&format!("deadspace{i}"), Send, t(0.0)).unwrap();
+        let batch = format!("deadspace{i}");
+        adopt(&c, &[&batch]);
+        c.transfer_detached(&batch, Send, t(0.0)).unwrap();
     }
     let pid = agent.pid();
     let killer = std::thread::spawn(move || {
@@ -315,6 +334,7 @@ fn dead_agent_seen_while_waiting_for_space_and_before_enqueue() {
     // SAFETY: signalling the agent child.
     unsafe { libc::kill(agent.pid(), libc::SIGKILL) };
     let _ = agent.child.wait();
+    adopt(&c, &["deadspace-first"]);
     assert_eq!(c.transfer_detached("deadspace-first", Send, t(5.0)).unwrap_err().kind(), ErrorKind::AgentDied);
     assert_eq!(c.transfer_async("deadspace-first", Send, t(5.0)).err().unwrap().kind(), ErrorKind::AgentDied);
     assert_eq!(c.test_hooks().queue_positions().unwrap(), (0, 0), "nothing enqueued into a dead agent's queue");
@@ -330,6 +350,7 @@ fn stale_heartbeat_is_not_death() {
     let paths = dir.paths();
     let _agent = DevAgent::start(&paths, &["--stale-after", "0.3"], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
+    register(&c, &["staleok"]);
     let start = Instant::now();
     while c.heartbeat_age().unwrap() < 5.0 {
         assert!(start.elapsed() < Duration::from_secs(5), "the heartbeat never went stale");
@@ -344,15 +365,17 @@ fn stale_heartbeat_is_not_death() {
 fn one_deadline_covers_space_and_completion() {
     let dir = TempDir::new("onedeadline");
     let paths = dir.paths();
-    let _agent = DevAgent::start(&paths, &["--pause-dequeue", "3", "--never-ack", "Transfer"], true);
+    // Detached CleanupBatches fill the queue (the agent survives them), and the last, blocking
+    // one is never acknowledged.
+    let _agent = DevAgent::start(&paths, &["--pause-dequeue", "3", "--never-ack", "CleanupBatch"], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
     let filled = Instant::now();
     for i in 0..50_000 {
-        c.transfer_detached(&format!("onedeadline{i}"), Recv, t(0.0)).unwrap();
+        c.cleanup_batch_detached(&format!("onedeadline{i}"), t(0.0)).unwrap();
     }
     let fill = filled.elapsed();
     let start = Instant::now();
-    let e = c.transfer("onedeadline-last", Send, t(4.0)).unwrap_err();
+    let e = c.cleanup_batch("onedeadline-last", t(4.0)).unwrap_err();
     let took = start.elapsed();
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
     assert!(took >= Duration::from_secs(4), "{took:?}");
@@ -374,6 +397,7 @@ fn reconnect_to_a_restarted_agent() {
     let mut old = DevAgent::start(&paths, &[], true);
     let (c, info) = boot(&paths, 5.0).unwrap();
     assert_eq!(info.agent_pid, Some(old.pid()));
+    register(&c, &["reconnect-before"]);
     c.transfer("reconnect-before", Send, t(5.0)).unwrap();
     // SAFETY: signalling the agent child.
     unsafe { libc::kill(old.pid(), libc::SIGKILL) };
@@ -386,6 +410,8 @@ fn reconnect_to_a_restarted_agent() {
     let new = DevAgent::start(&paths, &[], true);
     assert_eq!(c.reconnect(t(5.0)).unwrap(), Some(new.pid()));
     assert_eq!(c.agent_pid(), Some(new.pid()));
+    assert!(!c.batch_known("reconnect-before").unwrap(), "the new agent knows nothing of the old one's batches");
+    register(&c, &["reconnect-after"]);
     c.transfer("reconnect-after", Send, t(5.0)).unwrap();
     assert!(c.query_transfer_signal("reconnect-after", t(5.0)).unwrap());
     assert!(c.heartbeat_age().unwrap() < 5.0);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{boot, DevAgent, TempDir};
+use common::{boot_shared, register, DevAgent, TempDir};
 use etb_core::protocol::commands::TransferKind::Send;
 use etb_core::timeout::Timeout;
 use etha_tensor_bus::ErrorKind;
@@ -13,7 +13,9 @@ fn forked_child_cannot_use_the_parent_client() {
     let dir = TempDir::new("fork");
     let paths = dir.paths();
     let _agent = DevAgent::start(&paths, &["--never-ack", "Transfer"], true);
-    let (c, _) = boot(&paths, 5.0).unwrap();
+    // Shared: the child's own bootstrap below is a second worker of the agent.
+    let (c, _) = boot_shared(&paths, 5.0).unwrap();
+    register(&c, &["fork-pending"]);
     let t = Timeout::from_secs_f64(5.0, "t").unwrap();
     let pending = c.transfer_async("fork-pending", Send, t).unwrap(); // never acknowledged
     let sem_file = format!("/dev/shm/sem.{}", &pending.semaphore_name()[1..]);
@@ -34,7 +36,7 @@ fn forked_child_cannot_use_the_parent_client() {
         drop(pending); // must not unlink the parent's semaphore
         drop(c); // must not close the parent's environments
                  // A fresh bootstrap in the child gets environments of its own, not the parent's.
-        match boot(&paths, 5.0) {
+        match boot_shared(&paths, 5.0) {
             Ok((child_client, _)) => {
                 if child_client.cleanup_batch("fork-child-own", t).is_err() {
                     code |= 8;

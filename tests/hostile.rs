@@ -223,7 +223,8 @@ fn agent_process_of_another_user() {
 fn untrusted_folders() {
     let dir = TempDir::new("folder");
     let paths = dir.paths();
-    state_file(&paths.state, Some(format!("{}", now()).as_bytes()), true);
+    // A live agent without a queue: it holds its state (a file nobody holds is a gone agent's).
+    let _agent = DevAgent::start(&paths, &["--no-queue"], true);
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
     expect(&paths, ErrorKind::Permission, "not sticky", false);
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
@@ -237,14 +238,16 @@ fn untrusted_folders() {
     }
 }
 
-/// Hostile things at the queue's paths (with a valid state, fresh heartbeat, and the queue's
-/// semaphores present): refused without a crash or a hang.
+/// Hostile things at the queue's paths (with a live agent's state, fresh heartbeat, and the
+/// queue's semaphores present): refused without a crash or a hang.
 #[test]
 fn hostile_queue_files() {
     use etb_core::protocol::command_queue::QueueNames;
     use etb_core::sys::semaphore::NamedSemaphore;
     let dir = TempDir::new("hostq2");
     let paths = dir.paths();
+    // A live agent without a queue: it holds its state (a file nobody holds is a gone agent's).
+    let _agent = DevAgent::start(&paths, &["--no-queue"], true);
     let names = QueueNames::for_path(&paths.command_queue);
     let _sems: Vec<NamedSemaphore> =
         [&names.items, &names.space].iter().map(|n| NamedSemaphore::create(n, 0o600, 1, true).unwrap()).collect();
@@ -252,7 +255,6 @@ fn hostile_queue_files() {
         let _ = std::fs::remove_file(&paths.command_queue);
         let _ = std::fs::remove_file(lock_path(&paths.command_queue));
         let _ = std::fs::remove_dir(&paths.command_queue);
-        state_file(&paths.state, Some(format!("{}", now()).as_bytes()), true);
         what.to_string()
     };
     reset("fifo");

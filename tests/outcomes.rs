@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{boot, DevAgent, LeftoversGuard, TempDir};
+use common::{boot, register, DevAgent, LeftoversGuard, TempDir};
 use etb_core::protocol::commands::TransferKind::Send;
 use etb_core::timeout::Timeout;
 use etha_tensor_bus::{Client, ErrorKind};
@@ -34,6 +34,13 @@ fn dying_agent(name: &str, ty: &str, keep_files: bool, run: impl FnOnce(&Client)
     let _leftovers = LeftoversGuard(paths.clone());
     let mut agent = DevAgent::start(&paths, &args, true);
     let (c, info) = boot(&paths, 5.0).unwrap();
+    // What the real agent needs before the command: the pair matched, the batch registered.
+    if ty != "InitPair" {
+        c.init_pair("p", "a", "b", 1, None, None, t(5.0)).unwrap();
+    }
+    if ty != "InitPair" && ty != "RegisterTensors" {
+        c.register_tensors("b", &[("p", PICKLE)], None, t(5.0)).unwrap();
+    }
     let start = Instant::now();
     let e = run(&c).expect_err("a command the agent failed after posting must not succeed");
     assert_eq!(e.kind(), ErrorKind::AgentDied, "{ty}: {e}");
@@ -103,6 +110,7 @@ fn a_living_agent_proves_every_command() {
     c.transfer("b", Send, t(5.0)).unwrap();
     assert!(c.query_transfer_signal("b", t(5.0)).unwrap());
     c.cleanup_batch("b", t(5.0)).unwrap();
+    c.register_tensors("b", &[("p", PICKLE)], None, t(5.0)).unwrap();
     c.transfer_async("b", Send, t(5.0)).unwrap().wait(t(5.0)).unwrap();
     let done = c.transfer_async("b", Send, t(5.0)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -115,19 +123,20 @@ fn a_living_agent_proves_every_command() {
 #[test]
 fn a_later_dequeue_proves_an_earlier_command() {
     // The agent never beats again after its first heartbeat: only the queue's head can prove
-    // that it lived past a command.
+    // that it lived past a command. (CleanupBatch of a batch nobody registered: the agent
+    // survives it, and needs nothing registered first.)
     let dir = TempDir::new("headproof");
     let paths = dir.paths();
     let _agent = DevAgent::start(&paths, &["--stall-heartbeat"], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
-    let first = c.transfer_async("b1", Send, t(5.0)).unwrap();
+    let first = c.cleanup_batch_async("b1", t(5.0)).unwrap();
     // Alone, it cannot be proven: the outcome is unknown at the deadline.
     let e = first.wait(t(0.3)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
     assert!(e.message().contains("acknowledged the command") && e.message().contains("unknown"), "{e}");
     assert!(!first.poll().unwrap());
     // A later command dequeued: the agent lived past the first.
-    c.transfer_detached("b2", Send, t(5.0)).unwrap();
+    c.cleanup_batch_detached("b2", t(5.0)).unwrap();
     first.wait(t(5.0)).unwrap();
     assert!(first.poll().unwrap());
 }
@@ -138,6 +147,7 @@ fn pipelined_commands_prove_the_first_while_the_agent_holds_the_next() {
     let paths = dir.paths();
     let _agent = DevAgent::start(&paths, &["--ack-delay", "1.5", "--ack-delay-on", "CleanupBatch"], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
+    register(&c, &["pipe"]);
     let c = Arc::new(c);
     let first = c.transfer_async("pipe", Send, t(5.0)).unwrap();
     let finished = Arc::new(AtomicBool::new(false));
@@ -160,6 +170,7 @@ fn non_pickle_payloads_are_refused_with_nothing_enqueued() {
     let paths = dir.paths();
     let _agent = DevAgent::start(&paths, &["--no-dequeue"], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
+    c.adopt_pair("p").unwrap(); // nobody reads this queue: no InitPair could be answered
     let raw_tensor: Vec<u8> = (0..64u8).collect();
     let random: Vec<u8> = (0..257u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let truncated = &PICKLE[..PICKLE.len() - 1];
@@ -223,4 +234,34 @@ fn a_stale_heartbeat_without_a_writer_says_the_agent_is_gone() {
     assert_eq!(e.kind(), ErrorKind::AgentNotResponding, "{e}");
     assert!(e.message().contains("is gone") && e.message().contains("too old"), "{e}");
     assert!(e.message().contains("holds the state LMDB's lock"), "{e}");
+}
+
+/// A SIGKILLed agent leaves its files with a fresh heartbeat for about 5 s: bootstrap must not
+/// attach to it. Nobody holds its state LMDB's lock any more, so it waits for a live agent until
+/// its deadline, then says the agent is gone (one status whether the heartbeat is fresh or stale).
+#[test]
+fn no_bootstrap_against_a_just_killed_agent() {
+    let dir = TempDir::new("justkilled");
+    let paths = dir.paths();
+    let _leftovers = LeftoversGuard(paths.clone());
+    let mut agent = DevAgent::start(&paths, &[], true);
+    // SAFETY: signals the agent child, then reaps it.
+    unsafe { libc::kill(agent.pid(), libc::SIGKILL) };
+    let _ = agent.child.wait();
+    let start = Instant::now();
+    let e = boot(&paths, 0.5).err().expect("a just-killed agent's files must not bootstrap");
+    let took = start.elapsed();
+    assert_eq!(e.kind(), ErrorKind::AgentNotResponding, "{e}");
+    assert!(e.message().contains("is gone") && e.message().contains("nobody writes it any more"), "{e}");
+    assert!(took >= Duration::from_millis(500), "gave up before its deadline: {took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // A new agent on the same paths within the deadline is found.
+    let waiter = {
+        let paths = paths.clone();
+        std::thread::spawn(move || boot(&paths, 10.0).map(|(c, info)| (c.agent_pid(), info.agent_pid)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let again = DevAgent::start(&paths, &[], true);
+    let (pid, info_pid) = waiter.join().unwrap().expect("the restarted agent is attached");
+    assert_eq!((pid, info_pid), (Some(again.pid()), Some(again.pid())));
 }

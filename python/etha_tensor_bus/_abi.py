@@ -213,6 +213,8 @@ FUNCTIONS = {
         POINTER(c_void_p)]),
     # etb_client_transfer_detached(client, batch_id, kind, timeout_s)
     "etb_client_transfer_detached": (EtbStatus, [c_void_p, c_char_p, EtbTransferKind, c_double]),
+    # etb_client_cleanup_batch_detached(client, batch_id, timeout_s)
+    "etb_client_cleanup_batch_detached": (EtbStatus, [c_void_p, c_char_p, c_double]),
     # etb_client_init_pair_async(client, pair_name, local_name, remote_name, expected_world_size,
     #     mesh_shape_payload, mesh_shape_payload_len, placements_payload, placements_payload_len, timeout_s,
     #     completion_out)
@@ -234,6 +236,14 @@ FUNCTIONS = {
     "etb_status_name": (c_char_p, [EtbStatus]),
     # etb_last_error_message()
     "etb_last_error_message": (c_char_p, []),
+    # etb_client_adopt_pair(client, pair_name)
+    "etb_client_adopt_pair": (EtbStatus, [c_void_p, c_char_p]),
+    # etb_client_adopt_batch(client, batch_id)
+    "etb_client_adopt_batch": (EtbStatus, [c_void_p, c_char_p]),
+    # etb_client_batch_known(client, batch_id, known_out)
+    "etb_client_batch_known": (EtbStatus, [c_void_p, c_char_p, POINTER(c_bool)]),
+    # etb_client_pair_known(client, pair_name, known_out)
+    "etb_client_pair_known": (EtbStatus, [c_void_p, c_char_p, POINTER(c_bool)]),
     # etb_info_agent_rank(info)
     "etb_info_agent_rank": (c_int64, [c_void_p]),
     # etb_info_global_rank(info)

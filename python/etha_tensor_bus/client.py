@@ -5,7 +5,7 @@ although the agent died; a close() that destroys the agent's queue; leaked semap
 the README."""
 import ctypes
 import os
-import time
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 from . import _native, _payloads
@@ -83,6 +83,10 @@ class TensorBusClient(Owned):
                  agent_state_lmdb_path: Optional[str] = None, connection_timeout: float = 30.0, *,
                  cuda_mode: str = "auto", share_agent: bool = False, _handle=None):
         self.info = None
+        # batch id -> how many times it was registered through this client (a dropped
+        # BatchHandler of an earlier registration must not clean up a newer one).
+        self._registrations = {}
+        self._warned_unknown = set()
         if _handle is not None:
             self._handle = _handle
             return
@@ -91,6 +95,8 @@ class TensorBusClient(Owned):
         if not cq or not st:
             raise ValueError("the agent's paths are needed: pass lmdb_command_queue_path and agent_state_lmdb_path, "
                              "or set TENSOR_BUS_COMMAND_QUEUE_PATH and TENSOR_BUS_STATE_PATH")
+        self._registrations = {}
+        self._warned_unknown = set()
         opts = options(connection_timeout, cuda_mode, share_agent)
         handle, info = ctypes.c_void_p(), ctypes.c_void_p()
         check(_native.lib().etb_client_connect(int(agent_rank), os.fsencode(cq), os.fsencode(st), ctypes.byref(opts),
@@ -129,7 +135,9 @@ class TensorBusClient(Owned):
         """The reference's register_tensors, always blocking. `tensors` is a list of (tensor,
         pair_name): a torch tensor (sent as ForkingPickler.dumps(tensor.detach()), as the
         reference), an object with __cuda_array_interface__ (a native CUDA payload, kept alive
-        with the returned BatchHandler), or pre-pickled bytes. An empty list is a ValueError."""
+        with the returned BatchHandler), or pre-pickled bytes. An empty list, or a pair this client
+        never matched (init_pair, or adopt_pair for an earlier process's), is a ValueError with
+        nothing sent: the agent would die of it."""
         items = list(tensors)
         if not items:
             raise ValueError("register_tensors needs at least one (tensor, pair_name)")
@@ -140,15 +148,23 @@ class TensorBusClient(Owned):
             array[i].pair_name = text(pair_name, "pair_name")
             array[i].data = ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p) if blob else None
             array[i].len = len(blob)
-        check(_native.lib().etb_client_register_tensors(
-            self._h, text(batch_id, "batch_id"), array, len(items), 0 if bucket_size is None else int(bucket_size),
-            float(timeout)))
-        return BatchHandler(self, batch_id, [pair_name for _, pair_name in items], keep)
+        try:
+            check(_native.lib().etb_client_register_tensors(
+                self._h, text(batch_id, "batch_id"), array, len(items), 0 if bucket_size is None else int(bucket_size),
+                float(timeout)))
+        finally:
+            # Known to the agent from the enqueue on (also after a timeout): a newer registration.
+            if self.batch_known(batch_id):
+                self._registrations[batch_id] = self._registrations.get(batch_id, 0) + 1
+        return BatchHandler(self, batch_id, [pair_name for _, pair_name in items], keep,
+                            generation=self._registrations.get(batch_id, 0))
 
     def transfer(self, batch_id: str, transfer_type: str, blocking: bool = False, timeout: float = 30.0):
         """The reference's transfer. blocking=False (its default) returns a Completion, which also
         answers the posix_ipc.Semaphore calls (acquire, release, close, unlink, name);
-        blocking=True waits until the agent is proven done and returns None."""
+        blocking=True waits until the agent is proven done and returns None. A batch this client
+        never registered (or cleaned up; adopt_batch for an earlier process's) is a ValueError
+        with nothing sent: the agent would die of it."""
         lib, kind, batch = _native.lib(), _kind(transfer_type), text(batch_id, "batch_id")
         if blocking:
             check(lib.etb_client_transfer(self._h, batch, kind, float(timeout)))
@@ -164,8 +180,19 @@ class TensorBusClient(Owned):
 
     def query_transfer_signal(self, batch_id: str, blocking: bool = True, timeout: float = 30.0) -> bool:
         """The reference's query_transfer_signal. blocking=False sends the query without waiting
-        and returns what the state holds now (the previous answer, or False), as the reference."""
+        and returns what the state holds now (the previous answer, or False), as the reference.
+        For a batch this client never registered (or cleaned up) it returns False and sends
+        nothing, with a warning once per batch: the agent answers nothing for an unknown batch,
+        and a value an earlier batch of the same id left would be read as the answer (the
+        reference returns False there too, after its timeout)."""
         lib, batch = _native.lib(), text(batch_id, "batch_id")
+        if not self.batch_known(batch_id):
+            if batch_id not in self._warned_unknown:
+                self._warned_unknown.add(batch_id)
+                warnings.warn(f"query_transfer_signal({batch_id!r}): this client never registered that batch (or "
+                              f"cleaned it up; adopt_batch names an earlier process's): False, nothing sent",
+                              RuntimeWarning, stacklevel=2)
+            return False
         signal = ctypes.c_bool(False)
         if blocking:
             check(lib.etb_client_query_transfer_signal(self._h, batch, float(timeout), ctypes.byref(signal)))
@@ -176,6 +203,30 @@ class TensorBusClient(Owned):
         check(lib.etb_client_read_transfer_signal(self._h, batch, ctypes.byref(signal)))
         return signal.value
 
+    def adopt_batch(self, batch_id: str):
+        """Lets this client address a batch that an earlier process of this worker registered
+        with the same agent (the agent keeps batches for its whole life); sends nothing."""
+        check(_native.lib().etb_client_adopt_batch(self._h, text(batch_id, "batch_id")))
+
+    def adopt_pair(self, pair_name: str):
+        """Lets register_tensors name a pair that an earlier process of this worker matched with
+        the same agent; sends nothing."""
+        check(_native.lib().etb_client_adopt_pair(self._h, text(pair_name, "pair_name")))
+
+    def batch_known(self, batch_id: str) -> bool:
+        """Whether commands may address `batch_id`: registered or adopted by this client (and not
+        cleaned up since), or the agent is shared (share_agent: no check)."""
+        known = ctypes.c_bool(False)
+        check(_native.lib().etb_client_batch_known(self._h, text(batch_id, "batch_id"), ctypes.byref(known)))
+        return known.value
+
+    def pair_known(self, pair_name: str) -> bool:
+        """Whether register_tensors may name `pair_name`: matched or adopted by this client, or the
+        agent is shared (no check)."""
+        known = ctypes.c_bool(False)
+        check(_native.lib().etb_client_pair_known(self._h, text(pair_name, "pair_name"), ctypes.byref(known)))
+        return known.value
+
     def cleanup_batch(self, batch_id: str, blocking: bool = True, timeout: float = 30.0):
         """CleanupBatch (the reference's BatchHandler.close); blocking=False returns a Completion."""
         lib, batch = _native.lib(), text(batch_id, "batch_id")
@@ -185,6 +236,11 @@ class TensorBusClient(Owned):
         handle = ctypes.c_void_p()
         check(lib.etb_client_cleanup_batch_async(self._h, batch, float(timeout), ctypes.byref(handle)))
         return Completion(handle, f"CleanupBatch {batch_id}")
+
+    def cleanup_batch_detached(self, batch_id: str, timeout: float = 30.0):
+        """CleanupBatch with no completion semaphore: a clean-up nobody waits for (the agent then
+        has no semaphore to look for, and logs no warning about a missing one)."""
+        check(_native.lib().etb_client_cleanup_batch_detached(self._h, text(batch_id, "batch_id"), float(timeout)))
 
     def close(self):
         """The reference's close(): releases this worker's handles (the lock on the agent, its
@@ -213,14 +269,16 @@ class TensorBusClient(Owned):
 
 class BatchHandler:
     """What register_tensors returns (the reference's BatchHandler). Dropping it without close()
-    sends a non-blocking CleanupBatch, as the reference's __del__ does, never raising and never
-    leaving a semaphore behind."""
+    sends a CleanupBatch nobody waits for (with no completion semaphore), as the reference's
+    __del__ does, never raising and never leaving a semaphore behind; unless its batch id was
+    registered again since (a newer BatchHandler's batch, which the clean-up would delete)."""
 
-    def __init__(self, client: TensorBusClient, batch_id: str, pair_names: List[str], keep=()):
+    def __init__(self, client: TensorBusClient, batch_id: str, pair_names: List[str], keep=(), generation=0):
         self.client = client
         self.batch_id = batch_id
         self.pair_names = pair_names
         self._keep = list(keep)  # native payloads: their memory must outlive the batch's use
+        self._generation = generation
         self._closed = False
 
     def transfer(self, transfer_type: str, blocking: bool = False, timeout: float = 30.0):
@@ -237,17 +295,20 @@ class BatchHandler:
         return any(p.in_use() for p in self._keep)
 
     def close(self, blocking: bool = True, timeout: float = 30.0):
-        """The reference's BatchHandler.close: CleanupBatch (blocking=False: sent, not waited for)."""
+        """The reference's BatchHandler.close: CleanupBatch (blocking=False: sent, not waited for,
+        with no completion semaphore)."""
         self._closed = True
-        completion = self.client.cleanup_batch(self.batch_id, blocking=blocking, timeout=timeout)
-        if completion is not None:
-            completion.close()
+        if blocking:
+            self.client.cleanup_batch(self.batch_id, blocking=True, timeout=timeout)
+        else:
+            self.client.cleanup_batch_detached(self.batch_id, timeout=timeout)
 
     def __del__(self):
         if getattr(self, "_closed", True):
             return
         try:
-            if self.client._handle:
+            newer = self.client._registrations.get(self.batch_id, 0) != self._generation
+            if self.client._handle and not newer:
                 self.close(blocking=False, timeout=0.0)
         except Exception:
             pass

@@ -296,6 +296,26 @@ pub unsafe extern "C" fn etb_client_transfer_detached(
     })
 }
 
+/// Sends `CleanupBatch` with no completion semaphore (`semaphore_name` nil): a clean-up nobody
+/// waits for (the Python package sends a dropped batch handler's this way), which leaves the
+/// agent no semaphore to look for. `timeout_s` bounds the wait for queue space. Blocks as the
+/// command conventions at the top of the header say; thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; `batch_id` is NULL or NUL-terminated (borrowed).
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_cleanup_batch_detached(
+    client: *const EtbClient,
+    batch_id: *const libc::c_char,
+    timeout_s: f64,
+) -> EtbStatus {
+    status_boundary!({
+        let c = reference(client, "client")?;
+        let (batch, t) = batch_args(batch_id, timeout_s)?;
+        Ok(c.client.cleanup_batch_detached(batch, t)?)
+    })
+}
+
 /// Sends `InitPair` without waiting for it (the reference's `init_pair(blocking=False)`):
 /// arguments as `etb_client_init_pair`, `timeout_s` bounding only the wait for queue space. On
 /// success writes a new completion to `*completion_out` (required, owned by the caller:

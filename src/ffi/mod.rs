@@ -4,7 +4,8 @@
 //! and the thread's last-error message; panics are caught at the boundary and become
 //! `ETB_ERR_PANIC`. One file per handle or concept: `bootstrap` (the options and the entry
 //! points), `client`, `commands`, `completion`, `info`, `payload`, `naming` (the callback),
-//! `ptrace`, `log`, `error` (status names, the last error), `status` (the codes), `version`.
+//! `guard` (adopting pairs and batches), `ptrace`, `log`, `error` (status names, the last error),
+//! `status` (the codes), `version`.
 //!
 //! Conventions that hold for every function (also in the header's preamble and the README, "API
 //! conventions"):
@@ -24,6 +25,7 @@ pub mod client;
 pub mod commands;
 pub mod completion;
 pub mod error;
+pub mod guard;
 pub mod info;
 pub mod log;
 pub mod naming;
@@ -37,6 +39,7 @@ pub use client::*;
 pub use commands::*;
 pub use completion::*;
 pub use error::*;
+pub use guard::*;
 pub use info::*;
 pub use log::*;
 pub use naming::*;

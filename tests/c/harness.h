@@ -185,5 +185,20 @@ static inline void set_direct(long long rank) {
     set_env(r, "0", NULL, NULL);
 }
 
+#ifdef ETHA_TENSOR_BUS_H
+/* What the real agent needs before a batch can be transferred or queried (docs/protocol.md
+ * section 5): the pair "pair" matched, then the batch registered with one payload that the
+ * stand-ins take for a tensor (a whole pickle: pickle.dumps(b"\x01\x02", 3)). */
+static inline EtbStatus register_batch(const EtbClient *c, const char *batch) {
+    static const uint8_t tensor[] = {0x80, 0x03, 'C', 0x02, 0x01, 0x02, 'q', 0x00, '.'};
+    EtbTensorPayload t;
+    EtbStatus s = etb_client_init_pair(c, "pair", "train", "infer", 1, NULL, 0, NULL, 0, 10.0);
+    if (s != ETB_OK) return s;
+    t.pair_name = "pair";
+    t.data = tensor;
+    t.len = sizeof tensor;
+    return etb_client_register_tensors(c, batch, &t, 1, 0, 10.0);
+}
+#endif
 
 #endif /* ETB_TEST_HARNESS_H */

@@ -76,9 +76,11 @@ static int t_every_command(void) {
     etb_completion_free(comp);
     EXPECT(etb_client_query_transfer_signal(c, "step_0", 5.0, &signal), ETB_OK);
     CHECK(!signal, "signal after recv");
-    EXPECT(etb_client_transfer_detached(c, "step_1", ETB_TRANSFER_SEND, 5.0), ETB_OK);
     memset(long_id, 'q', 300);
     long_id[300] = '\0';
+    EXPECT(register_batch(c, "step_1"), ETB_OK);
+    EXPECT(register_batch(c, long_id), ETB_OK);
+    EXPECT(etb_client_transfer_detached(c, "step_1", ETB_TRANSFER_SEND, 5.0), ETB_OK);
     EXPECT(etb_client_transfer(c, long_id, ETB_TRANSFER_SEND, 5.0), ETB_OK);
     EXPECT(etb_client_cleanup_batch(c, "step_0", 5.0), ETB_OK);
     CHECK(our_semaphores() == 0, "completion semaphores left: %d", our_semaphores());
@@ -115,6 +117,7 @@ static int t_agent_death(void) {
     CHECK(agent.pid > 0, "agent did not start");
     c = connect_to(rank);
     CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(register_batch(c, "dies"), ETB_OK);
     t0 = now_s();
     EXPECT(etb_client_transfer(c, "dies", ETB_TRANSFER_SEND, 30.0), ETB_ERR_AGENT_DIED);
     took = now_s() - t0;
@@ -211,6 +214,10 @@ static int dying(const char *ty, int keep_files) {
     tensor.pair_name = "p";
     tensor.data = PICKLE;
     tensor.len = sizeof PICKLE;
+    /* What the real agent needs before the command: the pair matched, the batch registered. */
+    if (strcmp(ty, "InitPair") != 0) EXPECT(etb_client_init_pair(c, "p", "a", "b", 1, NULL, 0, NULL, 0, 5.0), ETB_OK);
+    if (strcmp(ty, "InitPair") != 0 && strcmp(ty, "RegisterTensors") != 0)
+        EXPECT(etb_client_register_tensors(c, "b", &tensor, 1, 0, 5.0), ETB_OK);
     t0 = now_s();
     if (strcmp(ty, "InitPair") == 0) s = etb_client_init_pair(c, "p", "a", "b", 1, NULL, 0, NULL, 0, 10.0);
     if (strcmp(ty, "RegisterTensors") == 0) s = etb_client_register_tensors(c, "b", &tensor, 1, 0, 10.0);
@@ -262,6 +269,7 @@ static int t_non_pickles_refused(void) {
     CHECK(agent.pid > 0, "agent did not start");
     c = connect_to(rank);
     CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(etb_client_adopt_pair(c, "p"), ETB_OK); /* nobody reads this queue: no InitPair is answered */
     tensors[0].pair_name = "p";
     tensors[0].data = PICKLE;
     tensors[0].len = sizeof PICKLE;
@@ -317,6 +325,7 @@ static int t_async_forms_and_read_signal(void) {
     etb_completion_free(comp);
     EXPECT(etb_client_read_transfer_signal(c, "ab", &signal), ETB_OK);
     CHECK(!signal, "absent reads false");
+    EXPECT(register_batch(c, "ab"), ETB_OK);
     EXPECT(etb_client_transfer(c, "ab", ETB_TRANSFER_SEND, 5.0), ETB_OK);
     EXPECT(etb_client_query_transfer_signal_async(c, "ab", 5.0, &comp), ETB_OK);
     while (!done) EXPECT(etb_completion_poll(comp, &done), ETB_OK);
@@ -363,6 +372,7 @@ static int t_connect_with_explicit_paths(void) {
     EXPECT(etb_client_connect(rank, cq, st, NULL, &c, &i), ETB_OK);
     CHECK(strcmp(etb_info_method(i), "direct") == 0 && etb_info_global_rank(i) == -1, "method %s", etb_info_method(i));
     CHECK(etb_info_agent_rank(i) == rank && strcmp(etb_info_state_path(i), st) == 0, "info");
+    EXPECT(register_batch(c, "cx"), ETB_OK);
     EXPECT(etb_client_transfer(c, "cx", ETB_TRANSFER_SEND, 5.0), ETB_OK);
     etb_info_free(i);
     etb_client_close(c);
@@ -381,6 +391,7 @@ static int t_completion_after_close(void) {
     CHECK(agent.pid > 0, "agent did not start");
     c = connect_to(rank);
     CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(register_batch(c, "pending"), ETB_OK);
     EXPECT(etb_client_transfer_async(c, "pending", ETB_TRANSFER_SEND, 1.0, &comp), ETB_OK);
     EXPECT(etb_completion_poll(comp, &done), ETB_OK);
     CHECK(!done, "not acknowledged yet");
@@ -392,6 +403,64 @@ static int t_completion_after_close(void) {
     CHECK(our_semaphores() == 0, "freed completion removed its semaphore");
     stop_agent(&agent);
     return nothing_left(rank);
+}
+
+/* The client refuses, before the queue, what would kill the agent; an earlier client's batch and
+ * pair are adopted (docs/protocol.md section 5). */
+static int t_guard_and_adopt(void) {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, NULL, NULL);
+    EtbClient *c;
+    EtbCompletion *comp = NULL;
+    EtbTensorPayload tensor;
+    bool known = true, signal = false;
+    CHECK(agent.pid > 0, "agent did not start");
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(etb_client_transfer(c, "never", ETB_TRANSFER_SEND, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    SAYS_C("ETB_ERR_INVALID_ARGUMENT: etb_client_transfer: Transfer for batch \"never\"");
+    SAYS_C("the agent would die of it");
+    SAYS_C("nothing was enqueued");
+    EXPECT(etb_client_transfer_async(c, "never", ETB_TRANSFER_SEND, 1.0, &comp), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_transfer_detached(c, "never", ETB_TRANSFER_SEND, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_query_transfer_signal(c, "never", 1.0, &signal), ETB_ERR_INVALID_ARGUMENT);
+    SAYS_C("answers nothing for an unknown batch");
+    tensor.pair_name = "pair";
+    tensor.data = PICKLE;
+    tensor.len = sizeof PICKLE;
+    EXPECT(etb_client_register_tensors(c, "b", &tensor, 1, 0, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    SAYS_C("names pair \"pair\"");
+    EXPECT(etb_client_register_tensors(c, "b", NULL, 0, 0, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    SAYS_C("has no tensors");
+    EXPECT(etb_client_batch_known(c, "never", &known), ETB_OK);
+    CHECK(!known, "never registered");
+    EXPECT(register_batch(c, "kept"), ETB_OK);
+    EXPECT(etb_client_batch_known(c, "kept", &known), ETB_OK);
+    CHECK(known, "registered");
+    CHECK(our_semaphores() == 0, "a refused command left a semaphore");
+    etb_client_close(c);
+    /* A later client (as a restarted worker): the agent still holds them, this client must adopt. */
+    c = connect_to(rank);
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(etb_client_transfer(c, "kept", ETB_TRANSFER_SEND, 1.0), ETB_ERR_INVALID_ARGUMENT);
+    EXPECT(etb_client_adopt_batch(c, "kept"), ETB_OK);
+    EXPECT(etb_client_transfer(c, "kept", ETB_TRANSFER_SEND, 5.0), ETB_OK);
+    EXPECT(etb_client_query_transfer_signal(c, "kept", 5.0, &signal), ETB_OK);
+    CHECK(signal, "the adopted batch was sent");
+    EXPECT(etb_client_pair_known(c, "pair", &known), ETB_OK);
+    CHECK(!known, "not adopted yet");
+    EXPECT(etb_client_adopt_pair(c, "pair"), ETB_OK);
+    EXPECT(etb_client_register_tensors(c, "more", &tensor, 1, 0, 5.0), ETB_OK);
+    EXPECT(etb_client_cleanup_batch_detached(c, "more", 5.0), ETB_OK);
+    EXPECT(etb_client_adopt_pair(NULL, "p"), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_adopt_batch(c, NULL), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_batch_known(c, "x", NULL), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_pair_known(NULL, "x", &known), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_cleanup_batch_detached(c, NULL, 1.0), ETB_ERR_NULL_ARGUMENT);
+    EXPECT(etb_client_cleanup_batch_detached(c, "x", NAN), ETB_ERR_INVALID_ARGUMENT);
+    etb_client_close(c);
+    stop_agent(&agent);
+    return nothing_left(rank) && our_semaphores() == 0;
 }
 
 int main(void) {
@@ -412,6 +481,7 @@ int main(void) {
     run_case("dying_agent_cleanup", t_dying_cleanup);
     run_case("non_pickle_payloads_refused", t_non_pickles_refused);
     run_case("init_pair_timeout_names_the_peers", t_init_pair_timeout_names_the_peers);
+    run_case("guard_and_adopt", t_guard_and_adopt);
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

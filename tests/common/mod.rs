@@ -180,10 +180,27 @@ pub fn remove_agent_leftovers(paths: &AgentPaths) {
     }
 }
 
-/// Bootstraps the core against `paths` (AGENT_RANK=0, RANK=0).
+/// Bootstraps the core against `paths` (AGENT_RANK=0, RANK=0), as the only worker of the agent
+/// (the client's guard on).
 pub fn boot(
     paths: &AgentPaths,
     timeout: f64,
+) -> etha_tensor_bus::Result<(etha_tensor_bus::Client, etha_tensor_bus::BootstrapInfo)> {
+    boot_as(paths, timeout, false)
+}
+
+/// As [`boot`], with other workers allowed on the same agent (the client's guard off).
+pub fn boot_shared(
+    paths: &AgentPaths,
+    timeout: f64,
+) -> etha_tensor_bus::Result<(etha_tensor_bus::Client, etha_tensor_bus::BootstrapInfo)> {
+    boot_as(paths, timeout, true)
+}
+
+fn boot_as(
+    paths: &AgentPaths,
+    timeout: f64,
+    share_agent: bool,
 ) -> etha_tensor_bus::Result<(etha_tensor_bus::Client, etha_tensor_bus::BootstrapInfo)> {
     let env = env_of(&[("AGENT_RANK", "0".into()), ("RANK", "0".into())]);
     let mut naming = |_rank: i64| Ok(paths.clone());
@@ -194,9 +211,33 @@ pub fn boot(
         cuda_mode: etb_core::cuda::CudaMode::Skip,
         ptrace_mode: etb_core::connection::PtraceMode::Agent,
         trust: etb_core::sys::trust::TrustPolicy::default(),
-        // Several of these tests run clients of one agent in several processes or threads.
-        share_agent: true,
+        share_agent,
     })
+}
+
+/// The pair that [`register`] matches.
+pub const PAIR: &str = "pair";
+
+/// A payload the stand-ins take for a tensor: a whole pickle (of bytes, `pickle.dumps(b"\x01\x02",
+/// 3)`); the stand-ins check that payloads are pickles, not what they unpickle to.
+pub const TENSOR: &[u8] = b"\x80\x03C\x02\x01\x02q\x00.";
+
+/// What the real agent needs before a batch can be transferred or queried: matches [`PAIR`] and
+/// registers each batch with one [`TENSOR`] of it.
+pub fn register(c: &etha_tensor_bus::Client, batches: &[&str]) {
+    let t = etb_core::timeout::Timeout::from_secs_f64(10.0, "t").unwrap();
+    c.init_pair(PAIR, "train", "infer", 1, None, None, t).unwrap();
+    for batch in batches {
+        c.register_tensors(batch, &[(PAIR, TENSOR)], None, t).unwrap();
+    }
+}
+
+/// For a queue nobody reads (`--no-dequeue`): the client's guard is told the batches exist, as an
+/// earlier process's batches are adopted; nothing is sent.
+pub fn adopt(c: &etha_tensor_bus::Client, batches: &[&str]) {
+    for batch in batches {
+        c.adopt_batch(batch).unwrap();
+    }
 }
 
 /// The lines an agent started with `--record` wrote: (type, subject, transfer type, semaphore).

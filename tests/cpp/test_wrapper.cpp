@@ -240,8 +240,16 @@ static int t_commands() {
     set_direct(rank);
     {
         auto boot = etb::bootstrap_client(nullptr, 5.0, etb::CudaMode::Skip);
+        EXPECT_THROW(boot.first.init_pair("p", "a", "b", 2), ETB_ERR_PAIR_NOT_MATCHED, nullptr);
+    }
+    stop_agent(&agent);
+    // An agent that matches: the pair first, then its batches (what the real agent needs).
+    agent = start_agent(rank, 1, nullptr, nullptr);
+    CHECK(agent.pid > 0, "agent did not start");
+    {
+        auto boot = etb::bootstrap_client(nullptr, 5.0, etb::CudaMode::Skip);
         const etb::Client &c = boot.first;
-        EXPECT_THROW(c.init_pair("p", "a", "b", 2), ETB_ERR_PAIR_NOT_MATCHED, nullptr);
+        c.init_pair("p", "a", "b", 2);
         // Payloads must look like pickles: pickle.dumps(b"\x01\x02", 3) and pickle.dumps(None, 4).
         const uint8_t data[] = {0x80, 0x03, 'C', 0x02, 0x01, 0x02, 'q', 0x00, '.'};
         const uint8_t none[] = {0x80, 0x04, 'N', '.'};
@@ -258,8 +266,18 @@ static int t_commands() {
         etb::Completion moved = std::move(done);
         CHECK(done.get() == nullptr && moved.get() != nullptr, "completion moves");
         CHECK(moved.poll(), "the moved-in completion");
-        c.transfer_detached("b2", etb::TransferKind::Send);
+        c.transfer_detached("b3", etb::TransferKind::Send);
         c.cleanup_batch("b");
+        // The guard: what would kill the agent is refused before the queue; adopt lets through.
+        CHECK(!c.batch_known("b") && c.batch_known("b3") && c.pair_known("p"), "known batches and pairs");
+        EXPECT_THROW(c.transfer("b", etb::TransferKind::Send), ETB_ERR_INVALID_ARGUMENT, "Transfer for batch \"b\"");
+        EXPECT_THROW((void)c.query_transfer_signal("never"), ETB_ERR_INVALID_ARGUMENT, "answers nothing");
+        EXPECT_THROW(c.register_tensors("b5", {{"unmatched", data, sizeof data}}), ETB_ERR_INVALID_ARGUMENT,
+                     "names pair \"unmatched\"");
+        c.adopt_batch("b3");
+        c.adopt_pair("p");
+        c.cleanup_batch_detached("b3");
+        CHECK(!c.batch_known("b3"), "a detached CleanupBatch forgets the batch too");
         EXPECT_THROW(c.transfer("b", static_cast<etb::TransferKind>(7)), ETB_ERR_INVALID_ARGUMENT, nullptr);
     }
     stop_agent(&agent);
@@ -397,6 +415,8 @@ static int t_async_commands() {
         etb::Completion shaped = c.init_pair_async("ap2", "a", "b", 2, {2, 4}, {etb::Placement::shard(0)}, 5.0);
         shaped.wait(5.0);
         CHECK(!c.read_transfer_signal("ab"), "an absent signal reads false");
+        const uint8_t tensor[] = {0x80, 0x03, 'C', 0x02, 0x01, 0x02, 'q', 0x00, '.'};  // a whole pickle
+        c.register_tensors("ab", {{"ap", tensor, sizeof tensor}});  // what the agent needs before a transfer
         c.transfer("ab", etb::TransferKind::Send);
         etb::Completion query = c.query_transfer_signal_async("ab", 5.0);
         for (double until = now_s() + 5.0; !query.poll();) CHECK(now_s() < until, "the query was not acknowledged");
@@ -451,6 +471,7 @@ static int t_connect_client() {
               info.method().c_str());
         CHECK(info.command_queue_path() == cq && info.state_path() == st && info.device() == "cuda:0", "paths");
         CHECK(info.agent_pid() && *info.agent_pid() == agent.pid, "agent pid");
+        CHECK(register_batch(client.get(), "cx") == ETB_OK, "register: %s", etb_last_error_message());
         client.transfer("cx", etb::TransferKind::Send);
         CHECK(client.query_transfer_signal("cx"), "commands work");
         EXPECT_THROW((void)etb::connect_client(rank, cq, cq, o), ETB_ERR_NAMING, "etb_client_connect");
@@ -504,6 +525,7 @@ static int t_cuda_payloads() {
         CHECK(boot->second.cuda_bound() && boot->second.device_index() == 1, "bound to cuda:1");
         const uint64_t base = fake_alloc(1, 1 << 20, 0);
         CHECK(base != 0, "fake_cuda_alloc");
+        c.init_pair("pair", "a", "b", 1);
 
         // One payload: a protocol-3 pickle, in use until a consumer releases its slot.
         int handles = fake_count("cuIpcGetMemHandle");

@@ -631,6 +631,39 @@ CUresult cuGetErrorString(CUresult error, const char **text) {
     }
 }
 
+/*
+ * The real driver allocates device memory on the current context's device
+ * (CUDA_ERROR_INVALID_CONTEXT without one); cuMemFree_v2 frees what cuMemAlloc_v2 handed out
+ * (CUDA_ERROR_INVALID_VALUE for anything else). So an example worker can take its buffer from
+ * the driver API as it would on a GPU.
+ */
+CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
+    CUresult injected = enter("cuMemAlloc_v2");
+    int device;
+    record("cuMemAlloc_v2", 0);
+    if (injected) return injected;
+    if (!t_current) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!dptr || bytesize == 0) return CUDA_ERROR_INVALID_VALUE;
+    device = context_index(t_current);
+    *dptr = add_alloc(device, 0, bytesize, 0);
+    return *dptr ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+CUresult cuMemFree_v2(CUdeviceptr dptr) {
+    CUresult injected = enter("cuMemFree_v2");
+    int i, found = 0;
+    record("cuMemFree_v2", 0);
+    if (injected) return injected;
+    pthread_mutex_lock(&g_lock);
+    for (i = 0; i < MAX_ALLOCS; i++)
+        if (g_allocs[i].used && g_allocs[i].base == dptr && g_allocs[i].kind == 0) {
+            g_allocs[i].used = 0;
+            found = 1;
+        }
+    pthread_mutex_unlock(&g_lock);
+    return found ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
 /* ---- test control ---- */
 unsigned long long fake_cuda_alloc(int device, unsigned long long size, int kind) {
     return add_alloc(device, 0, size, kind);

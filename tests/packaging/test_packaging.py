@@ -83,6 +83,20 @@ def test_the_node_tool_is_installed_in_bin(installed, tmp_path):
     assert subprocess.run([etb], capture_output=True, timeout=30).returncode == 2, "usage error"
 
 
+def test_the_stand_in_agent_is_installed_in_bin(installed, tmp_path):
+    """`cmake --install` puts etb-dev-agent in bin/ (the README's "Try it" starts it from there):
+    it runs, says ready, and cleans up after itself."""
+    agent = installed["prefix"] / "bin" / "etb-dev-agent"
+    assert agent.is_file() and os.access(agent, os.X_OK)
+    out = subprocess.run([agent, "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "usage: etb-dev-agent" in out.stdout, out
+    st, cq = tmp_path / "try_state.lmdb", tmp_path / "try_command.lmdb"
+    proc = subprocess.run([agent, "--state", st, "--command-queue", cq, "--exit-after", "0.2"], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout.startswith("ready pid="), proc
+    assert not st.exists() and not cq.exists(), "a clean exit removes its files"
+
+
 def test_soname_exports_and_no_runpath(installed):
     real = installed["prefix"] / "lib" / f"libetha_tensor_bus.so.{VERSION}"
     dyn = readelf_dynamic(real)

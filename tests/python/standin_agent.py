@@ -13,20 +13,32 @@ and tail, semaphore values); on SIGTERM or SIGINT it exits cleanly, destroying t
 state as the agent's clean exit does.
 
 Each loop turn is the agent's: write the heartbeat, dequeue (1 ms wait), handle. So after every
-command it survives it beats once before its next dequeue, and after one that fails (--fail-on,
-or --unpickle and a payload that is not a pickle) it posts the completion, writes no heartbeat,
-waits --fail-delay, destroys its queue and state as the launch scripts' `finally` does (unless
---keep-files), and exits 3: the real agent's failure path (docs/protocol.md section 5).
+command it survives it beats once before its next dequeue, and after one that fails it posts the
+completion, writes no heartbeat, waits --fail-delay, destroys its queue and state as the launch
+scripts' `finally` does (unless --keep-files), and exits 3: the real agent's failure path
+(docs/protocol.md section 5).
+
+It is as strict as the real agent by default (section 5, "What each handler of the real agent
+rejects", every row it can check without torch): it keeps the pairs it matched and the batches it
+registered, and fails on a Transfer for a batch it does not hold (never registered, or cleaned
+up), a RegisterTensors with no tensors or naming a pair it never matched, and a payload that is
+not a well-formed pickle (read opcode by opcode with pickletools, which imports nothing; with
+--unpickle, pickle.loads, which imports what the pickle names); it survives a QueryStatus for an
+unknown batch or of another state than transfer_signal (writing nothing) and a CleanupBatch for an
+unknown batch (a warning). --fail-on fails a command
+type on purpose; --lenient (only for tests of the stand-in itself) accepts everything.
 
     standin_agent.py (--rank N | --command-queue PATH --state PATH) [--no-queue] [--sync]
                      [--exit-after SECS] [--no-dequeue] [--exit-on TYPE] [--never-ack TYPE]
                      [--fail-on TYPE] [--fail-delay SECS] [--keep-files] [--unpickle]
                      [--hold TYPE SECS] [--stall-heartbeat] [--record PATH] [--forking-loads PATH]
+                     [--lenient]
 """
 import argparse
 import os
 import pathlib
 import pickle
+import pickletools
 import signal
 import struct
 import sys
@@ -205,6 +217,8 @@ def main(argv=None):
                    help="unpickle every payload (pickle.loads) as the agent does; one that fails is a failure")
     p.add_argument("--hold", nargs=2, metavar=("TYPE", "SECS"), help="handle TYPE for SECS before posting")
     p.add_argument("--stall-heartbeat", action="store_true")
+    p.add_argument("--lenient", action="store_true",
+                   help="accept every command (only for tests of the stand-in itself)")
     p.add_argument("--record", help="append each decoded command as a JSON line")
     p.add_argument("--forking-loads", metavar="PATH",
                    help="unpickle every payload with torch's ForkingPickler.loads, as the real agent does (needs "
@@ -217,6 +231,13 @@ def main(argv=None):
         queue_path, state_path = a.command_queue, a.state
     else:
         p.error("give --rank, or --command-queue and --state")
+
+    for path in (queue_path, state_path):
+        folder = os.path.dirname(path) or "."
+        if not os.path.isdir(folder):
+            print(f"standin_agent.py: the folder {folder} of {path} does not exist (or is not a folder): "
+                  f"create it first", file=sys.stderr)
+            return 2
 
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -243,6 +264,8 @@ def main(argv=None):
         import torch  # noqa: F401  (the agent's own torch: what its unpickling needs)
         from multiprocessing.reduction import ForkingPickler
     signals = {}
+    pairs, batches = set(), set()
+    unknown_cleanups = [0]  # the first few warnings are printed (the agent logs each one)
 
     def put_state(key, value):
         with state.begin(write=True, db=state_db) as txn:
@@ -255,6 +278,29 @@ def main(argv=None):
             return [x for x in (cmd.mesh_shape_payload, cmd.placements_payload) if x is not None]
         return []
 
+    def well_formed(data):
+        """Whether `data` is a whole pickle, read opcode by opcode (nothing is imported)."""
+        try:
+            ops = list(pickletools.genops(data))
+        except Exception:
+            return False
+        return bool(ops) and ops[-1][0].name == "STOP"
+
+    def rejection(cmd):
+        """Why the real agent would raise on `cmd` (its exception), or None."""
+        if isinstance(cmd, Transfer) and cmd.batch_id not in batches:
+            return f"ValueError: Transfer for unknown batch {cmd.batch_id!r}"
+        if isinstance(cmd, RegisterTensors):
+            if not cmd.tensors:
+                return "IndexError: list index out of range (RegisterTensors with no tensors)"
+            unknown = [pair for pair, _ in cmd.tensors if pair not in pairs]
+            if unknown:
+                return f"ValueError: RegisterTensors for unknown pair {unknown[0]!r}"
+        bad = [i for i, data in enumerate(payloads(cmd)) if not well_formed(data)]
+        if bad:
+            return f"UnpicklingError: payload {bad[0]} of {type(cmd).__name__} is not a pickle"
+        return None
+
     def handle(cmd):
         """Handles one command; returns False when it failed (after posting, as the agent)."""
         if record:
@@ -264,6 +310,10 @@ def main(argv=None):
         if kind == a.exit_on:
             os._exit(3)
         failed = kind == a.fail_on
+        why = None if a.lenient else rejection(cmd)
+        if why:
+            print(f"{kind} raised {why}: dying as the agent does", file=sys.stderr, flush=True)
+            failed = True
         if a.unpickle:
             for data in payloads(cmd):
                 try:
@@ -284,13 +334,28 @@ def main(argv=None):
             loads.flush()
         if a.hold and a.hold[0] == kind:
             time.sleep(float(a.hold[1]))
-        if isinstance(cmd, InitPair):
+        if why:
+            pass  # the handler raised: nothing of its effect happens
+        elif isinstance(cmd, InitPair):
             put_state(f"pair:{cmd.pair_name}/state:match", "matched")
+            pairs.add(cmd.pair_name)
+        elif isinstance(cmd, RegisterTensors):
+            batches.add(cmd.batch_id)
         elif isinstance(cmd, Transfer):
             signals[cmd.batch_id] = cmd.transfer_type == "send"
         elif isinstance(cmd, QueryStatus):
-            put_state(f"batch:{cmd.batch_id}/state:transfer_signal", bool(signals.get(cmd.batch_id, False)))
+            if a.lenient or (cmd.batch_id in batches and cmd.state_name == "transfer_signal"):
+                put_state(f"batch:{cmd.batch_id}/state:transfer_signal", bool(signals.get(cmd.batch_id, False)))
+            else:
+                print(f"QueryStatus {cmd.state_name!r} for batch {cmd.batch_id!r} (unknown, or not the transfer "
+                      f"signal): nothing written", file=sys.stderr, flush=True)
         elif isinstance(cmd, CleanupBatch):
+            if cmd.batch_id not in batches and not a.lenient:
+                unknown_cleanups[0] += 1
+                if unknown_cleanups[0] <= 3:
+                    later = " (later ones are not printed)" if unknown_cleanups[0] == 3 else ""
+                    print(f"warning: CleanupBatch for unknown batch {cmd.batch_id!r}{later}", file=sys.stderr, flush=True)
+            batches.discard(cmd.batch_id)
             signals.pop(cmd.batch_id, None)
         if cmd.semaphore_name and kind != a.never_ack:
             try:

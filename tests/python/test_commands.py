@@ -46,6 +46,20 @@ class Session:
                                         ctypes.byref(self.client), ctypes.byref(info)) == OK, err(lib)
         lib.etb_info_free(info)
 
+    def register(self, *batches, pair=b"p"):
+        """What the real agent needs before it transfers or answers a batch: the pair matched,
+        each batch registered (one whole pickle as its tensor)."""
+        data = pickle.dumps(b"\x01\x02", 3)
+        assert self.lib.etb_client_init_pair(self.client, pair, b"a", b"b", 1, None, 0, None, 0, 10.0) == OK, err(self.lib)
+        for batch in batches:
+            tensors = (TensorPayload * 1)(TensorPayload(pair, ctypes.cast(ctypes.c_char_p(data), P), len(data)))
+            assert self.lib.etb_client_register_tensors(self.client, batch, tensors, 1, 0, 10.0) == OK, err(self.lib)
+
+    def adopt(self, *batches):
+        """For a queue nobody reads (--no-dequeue): the client is told the batches exist."""
+        for batch in batches:
+            assert self.lib.etb_client_adopt_batch(self.client, batch) == OK, err(self.lib)
+
     def commands(self):
         text = self.record.read_bytes() if self.record.exists() else b""
         return [msgspec.json.decode(line, type=proto.Command) for line in text.splitlines()]
@@ -75,11 +89,15 @@ def test_every_command_decodes_field_for_field(lib, session):
     mesh, placements = pickle.dumps((2, 4), 3), pickle.dumps(("shard", 0), 4)
     assert lib.etb_client_init_pair(c, b"weights", b"train", b"infer", 4, mesh, len(mesh), placements,
                                     len(placements), 10.0) == OK, err(lib)
+    assert lib.etb_client_init_pair(c, "bias-ß".encode(), b"train", b"infer", 4, None, 0, None, 0, 10.0) == OK, err(lib)
     t1, t2 = pickle.dumps(b"\x01\x02\x03", 3), pickle.dumps(None, 2)
     tensors = (TensorPayload * 2)(TensorPayload(b"weights", ctypes.cast(ctypes.c_char_p(t1), P), len(t1)),
                                   TensorPayload("bias-ß".encode(), ctypes.cast(ctypes.c_char_p(t2), P), len(t2)))
     assert lib.etb_client_register_tensors(c, "step-ü".encode(), tensors, 2, 1 << 25, 10.0) == OK, err(lib)
-    assert lib.etb_client_register_tensors(c, b"empty", None, 0, 0, 10.0) == OK, err(lib)
+    # No tensors would kill the agent: refused before the queue.
+    assert lib.etb_client_register_tensors(c, b"empty", None, 0, 0, 10.0) == INVALID_ARGUMENT, err(lib)
+    for batch in (b"b1", b"b2"):
+        assert lib.etb_client_register_tensors(c, batch, tensors, 1, 0, 10.0) == OK, err(lib)
     signal_out = ctypes.c_bool(True)
     assert lib.etb_client_query_transfer_signal(c, b"b1", 10.0, ctypes.byref(signal_out)) == OK, err(lib)
     assert signal_out.value is False
@@ -101,8 +119,10 @@ def test_every_command_decodes_field_for_field(lib, session):
     got = s.commands()
     want = [
         proto.InitPair("weights", "train", 4, "infer", mesh, placements),
+        proto.InitPair("bias-ß", "train", 4, "infer", None, None),
         proto.RegisterTensors("step-ü", [("weights", t1), ("bias-ß", t2)], 1 << 25),
-        proto.RegisterTensors("empty", [], None),
+        proto.RegisterTensors("b1", [("weights", t1)], None),
+        proto.RegisterTensors("b2", [("weights", t1)], None),
         proto.QueryStatus("b1", "transfer_signal"),
         proto.Transfer("b1", "send"),
         proto.QueryStatus("b1", "transfer_signal"),
@@ -120,18 +140,19 @@ def test_every_command_decodes_field_for_field(lib, session):
             assert getattr(g, field) == getattr(w, field), (type(w).__name__, field)
         assert before <= g.timestamp <= after, g
     names = [g.semaphore_name for g in got]
-    assert names[6] is None, "detached: semaphore_name nil"
-    assert all(n and n.startswith("/command_") for i, n in enumerate(names) if i != 6)
-    assert names[0].startswith("/command_register_weights_") and names[1].startswith("/command_register_tensors_batch_step-ü_")
+    assert names[8] is None, "detached: semaphore_name nil"
+    assert all(n and n.startswith("/command_") for i, n in enumerate(names) if i != 8)
+    assert names[0].startswith("/command_register_weights_") and names[2].startswith("/command_register_tensors_batch_step-ü_")
     assert len(set(names)) == len(names) - 0, "unique names"
     assert our_semaphores() == [], "every completion semaphore removed (posix_ipc cannot unlink after close)"
 
 
 def test_queue_written_by_us_is_read_by_py_lmdb(lib, session):
-    """Head and tail move as the Python agent dequeues: the ring is shared byte for byte."""
+    """Head and tail move as the Python agent dequeues: the ring is shared byte for byte. (Detached
+    CleanupBatches of batches nobody registered: the agent survives them.)"""
     s = session()
     for i in range(200):
-        assert lib.etb_client_transfer_detached(s.client, f"d{i}".encode(), SEND, 10.0) == OK, err(lib)
+        assert lib.etb_client_cleanup_batch_detached(s.client, f"d{i}".encode(), 10.0) == OK, err(lib)
     assert lib.etb_client_cleanup_batch(s.client, b"end", 10.0) == OK, err(lib)
     assert [c.batch_id for c in s.commands()] == [f"d{i}" for i in range(200)] + ["end"]
     status = s.agent.status()
@@ -140,6 +161,7 @@ def test_queue_written_by_us_is_read_by_py_lmdb(lib, session):
 
 def test_stopped_consumer_means_queue_full(lib, session):
     s = session("--no-dequeue")
+    s.adopt(b"fill", b"one-more", b"blocked")
     transfer = lib.etb_client_transfer_detached
     for i in range(50000):
         if transfer(s.client, b"fill", SEND, 0.0) != OK:
@@ -157,6 +179,7 @@ def test_stopped_consumer_means_queue_full(lib, session):
 
 def test_unacknowledged_command_times_out(lib, session):
     s = session("--never-ack", "Transfer")
+    s.register(b"blocked")
     t0 = time.monotonic()
     assert lib.etb_client_transfer(s.client, b"blocked", SEND, 0.1) == TIMEOUT, err(lib)
     assert time.monotonic() - t0 >= 0.1
@@ -165,6 +188,7 @@ def test_unacknowledged_command_times_out(lib, session):
 
 def test_agent_killed_during_a_wait(lib, session):
     s = session("--never-ack", "Transfer")
+    s.register(b"dies")
     threading = __import__("threading")
     killer = threading.Timer(0.2, lambda: os.kill(s.agent.pid, signal.SIGKILL))
     killer.start()
@@ -189,6 +213,7 @@ def test_agent_killed_during_a_wait(lib, session):
 
 def test_completion_outlives_its_client(lib, session):
     s = session("--never-ack", "Transfer")
+    s.register(b"late")
     comp = P()
     assert lib.etb_client_transfer_async(s.client, b"late", SEND, 10.0, ctypes.byref(comp)) == OK, err(lib)
     done = ctypes.c_bool(True)
@@ -259,6 +284,17 @@ def _pickle_payload(data):
     return TensorPayload(b"p", ctypes.cast(ctypes.c_char_p(data), P), len(data))
 
 
+def _prepare(s, kind):
+    """What the real agent needs before a command of `kind`: the pair matched, the batch
+    registered."""
+    if kind == "InitPair":
+        return
+    if kind == "RegisterTensors":
+        assert s.lib.etb_client_init_pair(s.client, b"p", b"a", b"b", 1, None, 0, None, 0, 10.0) == OK, err(s.lib)
+        return
+    s.register(b"b")
+
+
 def _run(lib, c, kind):
     """Issues one command of `kind` (with a real pickle as its payload); returns its status."""
     data = pickle.dumps(b"\x01\x02", 3)
@@ -306,6 +342,7 @@ def test_a_command_the_agent_failed_after_posting_is_agent_died(lib, session, ki
     then its launch script's clean-up removes the files, then it exits."""
     fail_on = "Transfer" if kind.startswith("async") else kind
     s = session("--fail-on", fail_on, "--fail-delay", "1.2")
+    _prepare(s, kind)
     t0 = time.monotonic()
     status = _run(lib, s.client, kind)
     assert status == AGENT_DIED, (kind, lib.etb_status_name(status), err(lib))
@@ -320,11 +357,13 @@ def test_a_command_the_agent_failed_after_posting_is_agent_died(lib, session, ki
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_command_the_agent_survived_is_ok(lib, session, kind):
     s = session("--unpickle")
+    _prepare(s, kind)
     assert _run(lib, s.client, kind) == OK, err(lib)
 
 
 def test_a_killed_agent_that_kept_its_files_is_seen_by_its_exit(lib, session):
     s = session("--fail-on", "Transfer", "--fail-delay", "1.2", "--keep-files")
+    _prepare(s, "Transfer")
     assert _run(lib, s.client, "Transfer") == AGENT_DIED, err(lib)
     _after_death(s)
 
@@ -333,6 +372,7 @@ def test_pipelined_commands_prove_the_first_while_the_next_is_held(lib, session)
     import threading
 
     s = session("--hold", "CleanupBatch", "1.5")
+    s.register(b"pipe")
     comp = P()
     assert lib.etb_client_transfer_async(s.client, b"pipe", SEND, 10.0, ctypes.byref(comp)) == OK, err(lib)
     finished = threading.Event()
@@ -356,6 +396,7 @@ def test_pipelined_commands_prove_the_first_while_the_next_is_held(lib, session)
 def test_non_pickle_payloads_are_refused_before_the_queue(lib, session, payload):
     """What would kill the agent (it unpickles every payload) never reaches it."""
     s = session("--unpickle")
+    assert lib.etb_client_init_pair(s.client, b"p", b"a", b"b", 1, None, 0, None, 0, 10.0) == OK, err(lib)
     before = s.agent.status()
     good = pickle.dumps(1, 3)
     bad = ctypes.c_char_p(payload)

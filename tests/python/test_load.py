@@ -37,9 +37,10 @@ print(json.dumps({"rc": rc, "pid": lib.etb_info_agent_pid(i) if rc == 0 else -1,
                   "error": lib.etb_last_error_message().decode()}), flush=True)
 if sys.argv[1] == "produce":
     k, n = int(sys.argv[3]), int(sys.argv[4])
-    send = lib.etb_client_transfer_detached
+    # Detached CleanupBatches of batches nobody registered: the agent survives them.
+    send = lib.etb_client_cleanup_batch_detached
     for i_ in range(n):
-        s = send(c, f"p{k}-{i_}".encode(), 0, 60.0)
+        s = send(c, f"p{k}-{i_}".encode(), 60.0)
         if s != 0:
             print(json.dumps({"failed_at": i_, "error": lib.etb_last_error_message().decode()}), flush=True)
             sys.exit(1)

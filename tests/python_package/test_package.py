@@ -196,7 +196,9 @@ def test_bootstrap_and_commands(agent):
         assert done.poll() is True
         done.close()
         assert batch.query_transfer_signal() is False
-        client.transfer_detached("other", "send")
+        client.transfer_detached("step", "send")
+        with pytest.raises(ValueError, match='Transfer for batch "other"'):
+            client.transfer_detached("other", "send")  # never registered: the agent would die of it
         batch.close()
         assert client.heartbeat_age() < 5.0
     with pytest.raises(TensorBusError) as e:
@@ -298,6 +300,7 @@ def test_queue_full_is_a_timeout_error(agent):
     agent("--no-dequeue")
     client, _ = bootstrap_client()
     with client:
+        client.adopt_batch("f")  # nobody reads this queue: no RegisterTensors could be answered
         for _ in range(50000):
             client.transfer_detached("f", "send", timeout=0.0)
         with pytest.raises(TimeoutError) as e:
@@ -399,7 +402,9 @@ def test_acquire_timeout_is_a_timeout_error_and_a_busy_error(agent):
     agent("--never-ack", "Transfer")
     client, _ = bootstrap_client()
     with client:
-        sem = client.transfer("t", "send")
+        client.init_pair("p", "a", "b", 1)
+        batch = client.register_tensors("t", [(pickle.dumps(1, 4), "p")])
+        sem = batch.transfer("send")
         with pytest.raises(TimeoutError) as e:
             sem.acquire(0.2)
         assert isinstance(e.value, posix_ipc.BusyError) and isinstance(e.value, TensorBusError)
@@ -411,18 +416,73 @@ def _own_semaphores():
     return [n for n in os.listdir("/dev/shm") if n.startswith("sem.command_") and n.split("_")[-2] == str(os.getpid())]
 
 
+def _recorded(record, line, timeout=20.0):
+    """Waits until the agent recorded `line` (commands sent without waiting arrive in its time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and line not in record.read_text():
+        time.sleep(0.01)
+    return line in record.read_text()
+
+
 def test_a_dropped_batch_handler_cleans_up_without_leaving_a_semaphore(agent, tmp_path):
+    import gc
+
     record = tmp_path / "record.tsv"
     agent("--record", str(record))
     client, _ = bootstrap_client()
     with client:
+        client.init_pair("p", "a", "b", 1)
         client.register_tensors("dropped", [(pickle.dumps(2, 4), "p")])  # the handler is dropped at once
-        import gc
-
         gc.collect()
-        assert client.query_transfer_signal("dropped") is False  # the agent took the CleanupBatch before this
+        # A CleanupBatch nobody waits for: sent with no completion semaphore ("-").
+        assert _recorded(record, "CleanupBatch\tdropped\t\t-\n"), record.read_text()
+        assert client.batch_known("dropped") is False
         assert not _own_semaphores()
-    assert "CleanupBatch\tdropped" in record.read_text()
+        # A handler whose batch id was registered again since sends nothing when dropped: its
+        # clean-up would delete the newer batch.
+        old = client.register_tensors("again", [(pickle.dumps(3, 4), "p")])
+        newer = client.register_tensors("again", [(pickle.dumps(4, 4), "p")])
+        del old
+        gc.collect()
+        newer.transfer("send", blocking=True)  # the newer batch is still the agent's
+        assert record.read_text().count("CleanupBatch\tagain") == 0, record.read_text()
+        del newer
+        gc.collect()
+        assert _recorded(record, "CleanupBatch\tagain\t\t-\n"), "the newest handler cleans up when dropped"
+
+
+def test_what_would_kill_the_agent_is_a_value_error_with_nothing_sent(agent, tmp_path):
+    """The reference's calls, refused before the queue where the real agent would die; an unknown
+    batch's query is False, nothing sent, with a warning once; adopt lets an earlier process's
+    batch and pair through (the agent keeps them for its whole life)."""
+    import warnings
+
+    record = tmp_path / "record.tsv"
+    agent("--record", str(record))
+    with bootstrap_client()[0] as first:  # an earlier process of this worker
+        first.init_pair("p", "a", "b", 1)
+        kept = first.register_tensors("kept", [(pickle.dumps(1, 4), "p")])
+    del kept  # its client is closed: no clean-up is sent, the agent keeps the batch
+    client, _ = bootstrap_client()
+    with client:
+        with pytest.raises(ValueError, match='Transfer for batch "kept".*nothing was enqueued'):
+            client.transfer("kept", "send", blocking=True)
+        with pytest.raises(ValueError, match='names pair "p"'):
+            client.register_tensors("new", [(pickle.dumps(1, 4), "p")])
+        with pytest.warns(RuntimeWarning, match="never registered"):
+            assert client.query_transfer_signal("kept") is False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert client.query_transfer_signal("kept") is False, "warned once"
+            assert client.query_transfer_signal("kept", blocking=False) is False
+        client.adopt_batch("kept")
+        client.adopt_pair("p")
+        assert client.batch_known("kept") and client.pair_known("p")
+        client.transfer("kept", "send", blocking=True)
+        assert client.query_transfer_signal("kept") is True
+        client.register_tensors("new", [(pickle.dumps(2, 4), "p")]).close()
+    kinds = [line.split("\t")[0] for line in record.read_text().splitlines()]
+    assert kinds == ["InitPair", "RegisterTensors", "Transfer", "QueryStatus", "RegisterTensors", "CleanupBatch"], kinds
 
 
 def test_native_mesh_and_placement_forms_without_torch(agent):

@@ -9,7 +9,7 @@
 
 use etb_core::bootstrap::rank_origin;
 use etb_core::connection::steps::{Step, STEPS};
-use etb_core::connection::{check_agent_files, queue_error, state_error, state_writer, Origin, StateWriter};
+use etb_core::connection::{agent_life, check_agent_files, queue_error, state_error, AgentLife, Origin};
 use etb_core::protocol::command_queue::{read_positions, AttachError, QueueNames, ReadError};
 use etb_core::protocol::naming::{AgentPaths, NamingTemplate};
 use etb_core::protocol::rank::{self, ProcessEnv, RankInfo};
@@ -37,7 +37,8 @@ struct Found<'a> {
     ranks: Option<RankInfo>,
     origin: Option<Origin>,
     paths: Option<AgentPaths>,
-    writer: StateWriter,
+    /// The verdict on the agent's life (bootstrap's own, `connection::life`).
+    life: AgentLife,
 }
 
 impl Found<'_> {
@@ -62,7 +63,7 @@ fn diagnose(report: &mut Report, template: &NamingTemplate) -> bool {
         ranks: None,
         origin: None,
         paths: None,
-        writer: StateWriter::Unknown,
+        life: AgentLife::Unknown("not looked at yet".into()),
     };
     for step in STEPS {
         let outcome = match step {
@@ -93,8 +94,7 @@ fn diagnose(report: &mut Report, template: &NamingTemplate) -> bool {
 
 fn environment(found: &mut Found<'_>) -> Result<String, String> {
     let ranks = rank::resolve(&ProcessEnv).map_err(|e| e.message().to_string())?;
-    let default_naming = *found.template == NamingTemplate::default();
-    let origin = rank_origin(&ranks, default_naming);
+    let origin = rank_origin(&ranks, Some(found.template.clone()));
     let message = format!("{origin}; LOCAL_RANK {} (device {})", ranks.local_rank, ranks.device());
     found.ranks = Some(ranks);
     found.origin = Some(origin);
@@ -121,20 +121,29 @@ fn state_file(found: &Found<'_>) -> Result<String, String> {
 fn trust(found: &mut Found<'_>) -> Result<String, String> {
     let paths = found.paths().clone();
     check_agent_files(&paths, found.policy).map_err(|e| e.message().to_string())?;
-    found.writer = state_writer(&paths.state);
-    if let StateWriter::Alive(pid) = found.writer {
+    // The verdict reads the lock through the state environment's own descriptor (opened once per
+    // process, shared with the heartbeat step); a state that cannot be opened is that step's.
+    if let Ok(state) = StateDb::open(&paths.state, found.policy) {
+        found.life = agent_life(&state, &paths.state);
+    }
+    if let AgentLife::Alive(pid) = found.life {
         check_agent_process(pid).map_err(|e| e.message().to_string())?;
     }
     Ok("the agent's files and semaphores belong to this user or root and are not writable by others".to_string())
 }
 
+/// A fresh heartbeat, written by a live agent (bootstrap's verdict: a gone agent fails here, its
+/// heartbeat fresh or stale, with bootstrap's message).
 fn heartbeat(found: &Found<'_>) -> Result<String, String> {
     let (paths, origin) = (found.paths(), found.origin());
-    let state = StateDb::open(&paths.state, found.policy)
-        .map_err(|e| state_error(&paths.state, e, 0.0, origin).message().to_string())?;
+    let fail = |e: StateError| state_error(&paths.state, e, 0.0, origin).message().to_string();
+    let state = StateDb::open(&paths.state, found.policy).map_err(fail)?;
+    let gone = agent_life(&state, &paths.state).gone(false);
     match state.fresh_heartbeat_age() {
+        Ok(age) if gone => Err(fail(StateError::Gone(age))),
         Ok(age) => Ok(format!("fresh: {:.3} s old", age)),
-        Err(e) => Err(state_error(&paths.state, e, 0.0, origin).message().to_string()),
+        Err(StateError::Stale(age)) if gone => Err(fail(StateError::Gone(age))),
+        Err(e) => Err(fail(e)),
     }
 }
 
@@ -175,8 +184,11 @@ fn ptrace(found: &Found<'_>) -> String {
         None => "the kernel has no Yama: no consent is needed".to_string(),
         Some(s) => format!("Yama ptrace_scope {s}"),
     };
-    let tracer = match found.writer {
-        StateWriter::Alive(pid) => format!("would authorize exactly the agent, pid {pid} (PR_SET_PTRACER)"),
+    let tracer = match &found.life {
+        AgentLife::Alive(pid) => format!("would authorize exactly the agent, pid {pid} (PR_SET_PTRACER)"),
+        AgentLife::Elsewhere => "the agent runs in another pid namespace: would authorize every process \
+                                 (PR_SET_PTRACER_ANY), with a warning"
+            .to_string(),
         _ => "the agent's process cannot be identified: would authorize every process (PR_SET_PTRACER_ANY), \
               with a warning"
             .to_string(),

@@ -11,13 +11,25 @@
 //! - it belongs to the calling user, or the caller is root (who may remove any user's; the
 //!   human summary says how many were not root's own).
 //!
-//! It never touches a queue's `cq_*` semaphores, an agent's files or a worker lock file: those
-//! belong to agents, whose launch scripts clean them.
+//! Without `--dead-agents` it never touches a queue's `cq_*` semaphores, an agent's files or a
+//! worker lock file: those belong to agents, whose launch scripts clean them. With
+//! `--dead-agents` ([`collect_dead_agents`]), for every agent under the naming that the shared
+//! verdict (`connection::life`, the one bootstrap uses) finds gone: the data and `-lock` files of
+//! its state and its command queue, and its `/cq_*_{stem}` semaphores only when no visible
+//! process maps them and no live agent under the naming has the same stem (semaphore names come
+//! from the file stem alone); only the calling user's files and semaphores, never a worker lock
+//! file (`.{state}.worker`: removing lock files races).
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 
+use etb_core::connection::agent_life;
+use etb_core::lmdb::lock_path;
+use etb_core::protocol::command_queue::QueueNames;
+use etb_core::protocol::naming::{file_stem, NamingTemplate};
+use etb_core::protocol::state_db::StateDb;
 use etb_core::sys::process::process_exists;
+use etb_core::sys::trust::TrustPolicy;
 use serde_json::json;
 
 const SHM: &str = "/dev/shm";
@@ -111,12 +123,90 @@ pub fn collect(dry_run: bool) -> GcReport {
     report
 }
 
-pub fn run(dry_run: bool, json: bool) {
+/// What `--dead-agents` found: per gone agent, what it removed (or would remove).
+pub struct DeadAgents {
+    /// (rank, the files and semaphores removed).
+    pub removed: Vec<(i64, Vec<String>)>,
+    /// Semaphores kept: a process maps them, or a live agent has the same stem.
+    pub kept_semaphores: Vec<String>,
+    /// Files or semaphores of another user, left.
+    pub skipped_foreign: usize,
+}
+
+/// Finds (and unless `dry_run`, removes) the files and queue semaphores of the agents under
+/// `template` that are gone.
+pub fn collect_dead_agents(template: &NamingTemplate, dry_run: bool) -> DeadAgents {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let mut report = DeadAgents { removed: Vec::new(), kept_semaphores: Vec::new(), skipped_foreign: 0 };
+    // The verdict needs the state opened (its lock read through the environment's own
+    // descriptor); an untrusted or unreadable state is not judged, so never removed.
+    let verdicts: Vec<(i64, bool)> = template
+        .scan()
+        .into_iter()
+        .filter_map(|rank| {
+            let path = template.paths_for(rank).state;
+            let state = StateDb::open(&path, TrustPolicy::default()).ok()?;
+            let gone = agent_life(&state, &path).gone(false);
+            Some((rank, gone))
+        })
+        .collect();
+    // Every environment opened above is closed now (the last lease of each dropped).
+    let live_stems: HashSet<Vec<u8>> = verdicts
+        .iter()
+        .filter(|(_, gone)| !gone)
+        .map(|(rank, _)| file_stem(&template.paths_for(*rank).command_queue).to_vec())
+        .collect();
+    let mapped = mapped_names();
+    for (rank, _) in verdicts.iter().filter(|(_, gone)| *gone) {
+        let paths = template.paths_for(*rank);
+        let mut removed = Vec::new();
+        for file in [&paths.state, &lock_path(&paths.state), &paths.command_queue, &lock_path(&paths.command_queue)] {
+            let Ok(meta) = std::fs::symlink_metadata(file) else { continue };
+            if !meta.file_type().is_file() || meta.uid() != euid {
+                report.skipped_foreign += usize::from(meta.uid() != euid);
+                continue;
+            }
+            if dry_run || std::fs::remove_file(file).is_ok() {
+                removed.push(file.display().to_string());
+            }
+        }
+        let stem = file_stem(&paths.command_queue).to_vec();
+        let names = QueueNames::for_path(&paths.command_queue);
+        for name in [&names.items, &names.space, &names.ready] {
+            let shown = String::from_utf8_lossy(name).into_owned();
+            let file = format!("sem.{}", shown.trim_start_matches('/'));
+            let Ok(meta) = std::fs::symlink_metadata(format!("{SHM}/{file}")) else { continue };
+            if meta.uid() != euid {
+                report.skipped_foreign += 1;
+                continue;
+            }
+            if mapped.contains(&file) || live_stems.contains(&stem) {
+                report.kept_semaphores.push(shown);
+                continue;
+            }
+            if dry_run || std::fs::remove_file(format!("{SHM}/{file}")).is_ok() {
+                removed.push(shown);
+            }
+        }
+        report.removed.push((*rank, removed));
+    }
+    report
+}
+
+pub fn run(dry_run: bool, json: bool, dead_agents: Option<&NamingTemplate>) {
     let r = collect(dry_run);
+    let dead = dead_agents.map(|t| collect_dead_agents(t, dry_run));
     if json {
-        crate::print_json(
-            &json!({"removed": r.removed, "kept_live": r.kept_live, "skipped_foreign": r.skipped_foreign}),
-        );
+        let mut doc = json!({"removed": r.removed, "kept_live": r.kept_live, "skipped_foreign": r.skipped_foreign});
+        if let Some(d) = &dead {
+            doc["dead_agents"] = json!({
+                "removed": d.removed.iter().map(|(rank, files)| json!({"rank": rank, "removed": files})).collect::<Vec<_>>(),
+                "kept_semaphores": d.kept_semaphores,
+                "skipped_foreign": d.skipped_foreign,
+            });
+        }
+        crate::print_json(&doc);
         return;
     }
     let verb = if dry_run { "would remove" } else { "removed" };
@@ -135,6 +225,24 @@ pub fn run(dry_run: bool, json: bool) {
         summary.push_str(&format!("; {} of the {verb} were other users'", r.removed_foreign));
     }
     println!("{summary}");
+    if let Some(d) = dead {
+        for (rank, files) in &d.removed {
+            for f in files {
+                println!("{verb} {f} (agent rank {rank}, gone)");
+            }
+        }
+        let mut summary = format!("{verb} the files of {} dead agent(s)", d.removed.len());
+        if !d.kept_semaphores.is_empty() {
+            summary.push_str(&format!(
+                "; kept {} queue semaphore(s) a process maps or a live agent of the same stem uses",
+                d.kept_semaphores.len()
+            ));
+        }
+        if d.skipped_foreign > 0 {
+            summary.push_str(&format!("; skipped {} of other users", d.skipped_foreign));
+        }
+        println!("{summary}");
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use etb_core::connection::{state_writer, StateWriter};
+use etb_core::connection::{agent_life, agent_life_at, AgentLife};
 use etb_core::protocol::command_queue::{read_positions, QueueNames, ReadError};
 use etb_core::protocol::naming::{AgentPaths, NamingTemplate};
 use etb_core::protocol::state_db::{StateDb, StateError, HEARTBEAT_FRESH_SECS};
@@ -64,15 +64,23 @@ fn push(problems: &mut Vec<&'static str>, p: &'static str) {
 pub fn inspect(rank: i64, paths: AgentPaths) -> AgentStatus {
     let policy = TrustPolicy::default();
     let mut problems = Vec::new();
-    let (agent_pid, agent_alive) = match state_writer(&paths.state) {
-        StateWriter::Alive(pid) => (Some(pid), Some(process_alive(pid))),
-        StateWriter::Gone => {
+    let opened = StateDb::open(&paths.state, policy);
+    // The one verdict bootstrap and the doctor give too (connection::life), through the state
+    // environment's own lock descriptor; from /proc/locks alone when it cannot be opened.
+    let life = match &opened {
+        Ok(state) => agent_life(state, &paths.state),
+        Err(_) => agent_life_at(&paths.state),
+    };
+    let (agent_pid, agent_alive) = match &life {
+        AgentLife::Alive(pid) => (Some(*pid), Some(process_alive(*pid))),
+        AgentLife::Elsewhere => (None, Some(true)),
+        AgentLife::Gone | AgentLife::NoWriter(_) => {
             push(&mut problems, AGENT_DEAD);
             (None, Some(false))
         }
-        StateWriter::Unknown => (None, None),
+        AgentLife::Unknown(_) => (None, None),
     };
-    let heartbeat_age_s = match StateDb::open(&paths.state, policy) {
+    let heartbeat_age_s = match opened {
         Ok(state) => match state.heartbeat() {
             Ok(beat) => {
                 let age = etb_core::protocol::state_db::unix_now() - beat;
@@ -183,5 +191,25 @@ pub fn run(template: &NamingTemplate, json: bool) {
     line(&header.map(String::from));
     for r in &rows {
         line(r);
+    }
+    let dead: Vec<String> =
+        agents.iter().filter(|a| a.problems.contains(&AGENT_DEAD)).map(|a| a.rank.to_string()).collect();
+    if !dead.is_empty() {
+        println!(
+            "\nagent_dead (rank {}): the agent exited and left its files. Start it again (its launch script clears \
+             the old files), or remove them: `etb gc --dead-agents{} --dry-run` shows what would go, without \
+             --dry-run it goes.",
+            dead.join(", "),
+            template_args(template)
+        );
+    }
+}
+
+/// ` --state T --queue T` for a naming other than the default one (for the hints printed).
+pub fn template_args(template: &NamingTemplate) -> String {
+    if *template == NamingTemplate::default() {
+        String::new()
+    } else {
+        format!(" --state '{}' --queue '{}'", template.state, template.command_queue)
     }
 }

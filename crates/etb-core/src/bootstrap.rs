@@ -14,7 +14,7 @@ use crate::connection::steps::{Step, Trail};
 use crate::connection::{self, Settings};
 use crate::cuda::{self, CudaMode, CudaReport};
 use crate::error::Result;
-use crate::protocol::naming::AgentPaths;
+use crate::protocol::naming::{AgentPaths, NamingTemplate};
 use crate::protocol::rank::{self, EnvSource, Method, RankInfo};
 use crate::sys::trust::TrustPolicy;
 use crate::sys::worker_lock;
@@ -62,7 +62,7 @@ pub struct BootstrapInfo {
 }
 
 /// How the rank and the paths were found, for error messages.
-pub fn rank_origin(r: &RankInfo, default_naming: bool) -> connection::Origin {
+pub fn rank_origin(r: &RankInfo, template: Option<NamingTemplate>) -> connection::Origin {
     let text = match r.method {
         Method::Direct => format!("agent rank {} from AGENT_RANK", r.agent_rank),
         Method::Offset => format!(
@@ -77,7 +77,7 @@ pub fn rank_origin(r: &RankInfo, default_naming: bool) -> connection::Origin {
         agent_rank: r.agent_rank,
         global_rank: (r.method == Method::Offset).then_some(r.global_rank),
         rank_offset: r.rank_offset,
-        default_naming,
+        template,
     }
 }
 
@@ -86,14 +86,14 @@ pub fn bootstrap_client(mut options: BootstrapOptions<'_>) -> Result<(Client, Bo
     let mut trail = Trail::new();
     let ranks = rank::resolve(options.env)?;
     trail.pass(Step::Environment);
-    let default_naming = options.path_naming.is_none();
+    let template = options.path_naming.is_none().then(NamingTemplate::default);
     let paths = match options.path_naming.as_mut() {
         Some(naming) => naming(ranks.agent_rank)?,
         None => AgentPaths::default_for_rank(ranks.agent_rank),
     }
     .validate()?;
     trail.pass(Step::Paths);
-    let origin = rank_origin(&ranks, default_naming);
+    let origin = rank_origin(&ranks, template);
     attach(&ranks, paths, origin, &options, trail)
 }
 
@@ -117,7 +117,7 @@ pub fn connect_client(
         agent_rank,
         global_rank: None,
         rank_offset: None,
-        default_naming: false,
+        template: None,
     };
     attach(&ranks, paths, origin, options, trail)
 }
@@ -131,9 +131,13 @@ fn attach(
     mut trail: Trail,
 ) -> Result<(Client, BootstrapInfo)> {
     let deadline = options.connection_timeout.start();
-    let settings =
-        Settings { trust: options.trust, ptrace_mode: options.ptrace_mode, default_naming: origin.default_naming };
-    let connection = connection::connect(&paths, settings.trust, &deadline, &origin, &mut trail)?;
+    let settings = Settings {
+        trust: options.trust,
+        ptrace_mode: options.ptrace_mode,
+        template: origin.template.clone(),
+        share_agent: options.share_agent,
+    };
+    let connection = connection::connect(&paths, settings.trust, &deadline, &origin, &mut trail, settings.share_agent)?;
     let worker_lock = worker_lock::acquire(&paths.state, options.share_agent, settings.trust)?;
     trail.pass(Step::WorkerLock);
     connection::authorize_agent(&connection.agent, settings.ptrace_mode);

@@ -1,12 +1,23 @@
 //! The agent's side of the command queue after start-up: dequeue (PROTOCOL section 3), decode
 //! (section 4), perform each command's visible effect and acknowledge it (section 5), with the
 //! fault injection the tests need.
+//!
+//! As strict as the real agent by default (docs/protocol.md section 5, "What each handler of the
+//! real agent rejects", every row it can check without torch): it keeps the pairs it matched and
+//! the batches it registered, and dies (posts the completion, then its launch script's clean-up,
+//! exit 3) on a `Transfer` for a batch it does not hold, a `RegisterTensors` with no tensors or
+//! naming a pair it never matched, and a payload that is not a pickle; it survives a `QueryStatus`
+//! for an unknown batch or of another state than the transfer signal (writing nothing) and a
+//! `CleanupBatch` for an unknown batch (a warning). `--lenient`
+//! (for tests of the stand-in itself) accepts everything, as earlier stand-ins did.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::time::Duration;
 
 use etb_core::protocol::command_queue::{decode_u64, encode_u64, slot_key, QueueNames, HEAD_KEY, TAIL_KEY};
+use etb_core::protocol::commands::TRANSFER_SIGNAL;
+use etb_core::protocol::payload_check::looks_like_pickle;
 use etb_core::protocol::state_db::{pair_match_key, transfer_signal_key, MATCHED, SIGNAL_FALSE, SIGNAL_TRUE};
 use etb_core::sys::semaphore::NamedSemaphore;
 use etb_core::timeout::Timeout;
@@ -34,6 +45,55 @@ pub struct Consumer<'a> {
     record: Option<std::fs::File>,
     /// Transfer signals per batch, as the agents' shared store keeps them.
     signals: HashMap<String, bool>,
+    /// The pairs it matched and the batches it registered, for its whole life.
+    pairs: HashSet<String>,
+    batches: HashSet<String>,
+    /// How many warnings of a `CleanupBatch` for an unknown batch were printed (the first few are;
+    /// the agent logs each one, a test's output need not).
+    unknown_cleanups: u64,
+}
+
+/// Why the real agent would raise on a command (its exception's text), if it would.
+fn rejection(ty: &str, map: &[(Value, Value)], pairs: &HashSet<String>, batches: &HashSet<String>) -> Option<String> {
+    let text = |k: &str| field(map, k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let not_pickle = |v: &Value| match v {
+        Value::Binary(b) => !looks_like_pickle(b),
+        Value::Nil => false,
+        _ => true,
+    };
+    match ty {
+        "Transfer" if !batches.contains(&text("batch_id")) => {
+            Some(format!("ValueError: Transfer for unknown batch {:?}", text("batch_id")))
+        }
+        "RegisterTensors" => {
+            let tensors = match field(map, "tensors") {
+                Some(Value::Array(list)) => list.as_slice(),
+                _ => &[],
+            };
+            if tensors.is_empty() {
+                return Some("IndexError: list index out of range (RegisterTensors with no tensors)".into());
+            }
+            for entry in tensors {
+                let (pair, payload) = match entry {
+                    Value::Array(pair_payload) if pair_payload.len() == 2 => (&pair_payload[0], &pair_payload[1]),
+                    _ => return Some("ValueError: a RegisterTensors entry is not [pair_name, payload]".into()),
+                };
+                let pair = pair.as_str().unwrap_or("");
+                if !pairs.contains(pair) {
+                    return Some(format!("ValueError: RegisterTensors for unknown pair {pair:?}"));
+                }
+                if not_pickle(payload) {
+                    return Some("UnpicklingError: a RegisterTensors payload is not a pickle".into());
+                }
+            }
+            None
+        }
+        "InitPair" => ["mesh_shape_payload", "placements_payload"]
+            .iter()
+            .find(|k| field(map, k).is_some_and(not_pickle))
+            .map(|k| format!("UnpicklingError: InitPair's {k} is not a pickle")),
+        _ => None,
+    }
 }
 
 fn field<'a>(map: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
@@ -63,6 +123,9 @@ impl<'a> Consumer<'a> {
             faults,
             record,
             signals: HashMap::new(),
+            pairs: HashSet::new(),
+            batches: HashSet::new(),
+            unknown_cleanups: 0,
         })
     }
 
@@ -120,18 +183,40 @@ impl<'a> Consumer<'a> {
                 std::thread::sleep(delay);
             }
         }
+        let rejected = if self.faults.lenient { None } else { rejection(&ty, map, &self.pairs, &self.batches) };
         match ty.as_str() {
+            _ if rejected.is_some() => {}
             "InitPair" if !self.faults.unmatched => {
                 state.put(pair_match_key(&subject).as_bytes(), MATCHED)?;
+                self.pairs.insert(subject.clone());
+            }
+            "RegisterTensors" => {
+                self.batches.insert(subject.clone());
             }
             "Transfer" => {
                 self.signals.insert(subject.clone(), text("transfer_type") == "send");
             }
-            "QueryStatus" => {
+            "QueryStatus"
+                if self.faults.lenient
+                    || (self.batches.contains(&subject) && text("state_name") == TRANSFER_SIGNAL) =>
+            {
                 let signal = self.signals.get(&subject).copied().unwrap_or(false);
                 state.put(transfer_signal_key(&subject).as_bytes(), if signal { SIGNAL_TRUE } else { SIGNAL_FALSE })?;
             }
+            "QueryStatus" => eprintln!(
+                "etb-dev-agent: QueryStatus {:?} for batch {subject:?} (unknown, or not the transfer signal): nothing written",
+                text("state_name")
+            ),
             "CleanupBatch" => {
+                if !self.batches.remove(&subject) && !self.faults.lenient {
+                    self.unknown_cleanups += 1;
+                    if self.unknown_cleanups <= 3 {
+                        eprintln!(
+                            "etb-dev-agent: warning: CleanupBatch for unknown batch {subject:?}{}",
+                            if self.unknown_cleanups == 3 { " (later ones are not printed)" } else { "" }
+                        );
+                    }
+                }
                 self.signals.remove(&subject);
             }
             _ => {}
@@ -147,6 +232,11 @@ impl<'a> Consumer<'a> {
                     let _ = NamedSemaphore::unlink(name.as_bytes());
                 }
             }
+        }
+        if let Some(why) = rejected {
+            // The agent posts the completion of a command that raised, then re-raises and ends.
+            eprintln!("etb-dev-agent: {ty} raised {why}: dying as the agent does");
+            return Ok(Outcome::Fail);
         }
         if self.faults.fail_on.as_deref() == Some(ty.as_str()) {
             // The agent acknowledges a failed command, then re-raises and ends.

@@ -44,6 +44,19 @@ fn run(opts: &Options) -> Result<(), String> {
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) };
     }
     install_signal_handlers();
+    for path in [&opts.paths.command_queue, &opts.paths.state] {
+        let folder = match path.parent() {
+            Some(f) if !f.as_os_str().is_empty() => f,
+            _ => std::path::Path::new("."),
+        };
+        if !folder.is_dir() {
+            return Err(format!(
+                "the folder {} of {} does not exist (or is not a folder): create it first",
+                folder.display(),
+                path.display()
+            ));
+        }
+    }
     if let Some(delay) = opts.start_delay {
         std::thread::sleep(delay);
     }
@@ -113,6 +126,10 @@ fn run(opts: &Options) -> Result<(), String> {
 fn main() -> ExitCode {
     let opts = match Options::parse(std::env::args_os().skip(1)) {
         Ok(o) => o,
+        Err(e) if e == "help" => {
+            println!("{}", options::USAGE);
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("etb-dev-agent: {e}\n\n{}", options::USAGE);
             return ExitCode::from(2);

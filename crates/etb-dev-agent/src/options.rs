@@ -31,7 +31,11 @@ fault injection (TYPE: InitPair, RegisterTensors, Transfer, QueryStatus, Cleanup
   --unmatched              InitPair never records the pair as matched
   --ack-delay SECS         wait before acknowledging each command (no heartbeat meanwhile)
   --ack-delay-on TYPE      apply --ack-delay to commands of TYPE only
-  --record PATH            append one line per command: type, batch or pair, transfer type, semaphore";
+  --record PATH            append one line per command: type, batch or pair, transfer type, semaphore
+  --lenient                accept every command (only for tests of the stand-in itself): by default
+                           it dies as the real agent does on a Transfer for a batch it does not hold,
+                           a RegisterTensors with no tensors or naming a pair it never matched, and a
+                           payload that is not a pickle";
 
 #[derive(Default)]
 pub struct Faults {
@@ -46,6 +50,7 @@ pub struct Faults {
     pub ack_delay_on: Option<String>,
     pub fail_delay: Option<Duration>,
     pub record: Option<std::path::PathBuf>,
+    pub lenient: bool,
 }
 
 pub struct Options {
@@ -123,6 +128,7 @@ impl Options {
                 "--ack-delay-on" => o.faults.ack_delay_on = Some(text("--ack-delay-on", args.next())?),
                 "--fail-delay" => o.faults.fail_delay = Some(duration("--fail-delay", args.next())?),
                 "--ack-delay" => o.faults.ack_delay = Some(duration("--ack-delay", args.next())?),
+                "--lenient" => o.faults.lenient = true,
                 "--record" => o.faults.record = Some(args.next().ok_or("--record needs a path")?.into()),
                 "--help" | "-h" => return Err("help".into()),
                 _ => return Err(format!("unknown argument {arg:?}")),

@@ -101,7 +101,9 @@ impl Client {
     pub fn transfer_detached(&self, batch_id: &str, kind: TransferKind, timeout: Timeout) -> Result<()> {
         let deadline = timeout.start();
         let command = Command::Transfer { batch_id, transfer_type: kind };
-        self.enqueue(&*self.live_link(&command)?, &command, &deadline, None).map(|_| ())
+        let link = self.live_link(&command)?;
+        link.guard.admit(&command, false)?;
+        self.enqueue(&link, &command, &deadline, None).map(|_| ())
     }
 
     /// `QueryStatus` for the transfer signal; absent reads as false, as the reference.
@@ -129,9 +131,49 @@ impl Client {
         }
     }
 
+    /// Lets commands address a pair that an earlier process of this worker matched with this
+    /// agent (the agent keeps pairs for its whole life): `RegisterTensors` may name it. A no-op
+    /// when the guard is off (agent sharing). Nothing is sent.
+    pub fn adopt_pair(&self, pair_name: &str) -> Result<()> {
+        self.check_not_forked()?;
+        self.link().guard.adopt_pair(pair_name);
+        Ok(())
+    }
+
+    /// Lets commands address a batch that an earlier process of this worker registered with this
+    /// agent: `Transfer` and `QueryStatus` may name it. Nothing is sent.
+    pub fn adopt_batch(&self, batch_id: &str) -> Result<()> {
+        self.check_not_forked()?;
+        self.link().guard.adopt_batch(batch_id);
+        Ok(())
+    }
+
+    /// Whether commands may address `batch_id`: this client registered or adopted it (and did not
+    /// clean it up since), or the guard is off (agent sharing).
+    pub fn batch_known(&self, batch_id: &str) -> Result<bool> {
+        self.check_not_forked()?;
+        Ok(self.link().guard.batch_known(batch_id))
+    }
+
+    /// Whether `RegisterTensors` may name `pair_name`: this client matched or adopted it, or the
+    /// guard is off (agent sharing).
+    pub fn pair_known(&self, pair_name: &str) -> Result<bool> {
+        self.check_not_forked()?;
+        Ok(self.link().guard.pair_known(pair_name))
+    }
+
     /// `CleanupBatch`.
     pub fn cleanup_batch(&self, batch_id: &str, timeout: Timeout) -> Result<()> {
         self.call(&Command::CleanupBatch { batch_id }, timeout, Finish::Nothing)
+    }
+
+    /// `CleanupBatch` with no completion semaphore: for a clean-up nobody waits for (a dropped
+    /// batch handler), which leaves the agent no semaphore to look for.
+    pub fn cleanup_batch_detached(&self, batch_id: &str, timeout: Timeout) -> Result<()> {
+        let deadline = timeout.start();
+        let command = Command::CleanupBatch { batch_id };
+        let link = self.live_link(&command)?;
+        self.enqueue(&link, &command, &deadline, None).map(|_| ())
     }
 
     /// `CleanupBatch` without waiting: `timeout` bounds only the wait for queue space.
@@ -158,6 +200,9 @@ impl Client {
     /// Enqueues `command` with a fresh completion semaphore: the command on its way to an outcome.
     fn issue(&self, command: &Command<'_>, deadline: &Deadline, finish: Finish) -> Result<(Pending, Arc<Link>)> {
         let link = self.live_link(command)?;
+        // Refused before anything is made or waited for (and again, authoritatively, in the
+        // queue's write transaction).
+        link.guard.admit(command, false)?;
         let (kind, context) = command.completion_label();
         let sem = CompletionSemaphore::create(kind, &context)?;
         let position = self.enqueue(&link, command, deadline, Some(&sem))?;
@@ -170,7 +215,7 @@ impl Client {
     fn live_link(&self, command: &Command<'_>) -> Result<Arc<Link>> {
         let link = self.link();
         link.shared.check_not_forked()?;
-        if link.shared.agent_dead() {
+        if link.agent_dead() {
             return Err(link.shared.died_error(command.type_name()));
         }
         Ok(link)
@@ -188,8 +233,9 @@ impl Client {
         let what = command.type_name();
         let message = command.encode(Some(unix_now()), sem.map(CompletionSemaphore::name));
         let shared = &link.shared;
-        match link.queue.enqueue(&message, deadline, &|| shared.agent_dead()) {
+        match link.queue.enqueue(&message, deadline, &|| link.agent_dead(), &mut || link.guard.admit(command, true)) {
             Ok(position) => Ok(position),
+            Err(EnqueueError::Refused(e)) => Err(e),
             Err(EnqueueError::Full) => {
                 let (head, tail) = link.queue.positions().unwrap_or((0, 0));
                 Err(Error::new(

@@ -6,11 +6,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::guard::Guard;
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::command_queue::CommandQueue;
 use crate::protocol::naming::AgentPaths;
 use crate::protocol::state_db::{StateDb, HEARTBEAT_KEY};
+use crate::sys::process::LockAnswer;
 use crate::sys::process_watch::AgentWatch;
 use crate::sys::registry::FileId;
 
@@ -19,6 +21,8 @@ pub(super) struct Shared {
     pub(super) watch: AgentWatch,
     /// Set once the agent was seen dead: every later call fails with `AgentDied`.
     pub(super) died: AtomicBool,
+    /// The agent (pid unknown) was seen dead by its lock falling free.
+    lock_free: AtomicBool,
     /// Set when the client is closed: its completions' waits return `Closed`.
     pub(super) closed: AtomicBool,
     /// The process that made the client: the one fork check (`check_not_forked`) compares with it.
@@ -37,14 +41,24 @@ impl Shared {
         false
     }
 
+    /// Records that the agent (pid unknown) was seen gone by its lock.
+    fn lock_fell_free(&self) {
+        self.lock_free.store(true, Ordering::Release);
+        self.died.store(true, Ordering::Release);
+    }
+
     pub(super) fn died_error(&self, what: &str) -> Error {
+        let how = match self.watch.pid() {
+            Some(pid) => format!("the agent process (pid {pid}) has exited"),
+            None if self.lock_free.load(Ordering::Acquire) => {
+                "the agent (pid unknown: in another pid namespace) has exited: nothing holds its state LMDB any more"
+                    .to_string()
+            }
+            None => "the agent process (pid unknown) has exited".to_string(),
+        };
         Error::new(
             ErrorKind::AgentDied,
-            format!(
-                "{what}: the agent process (pid {}) has exited; its pairs and batches are gone: \
-                 reconnect the client once a new agent runs",
-                self.watch.pid().map_or("unknown".to_string(), |p| p.to_string())
-            ),
+            format!("{what}: {how}; its pairs and batches are gone: reconnect the client once a new agent runs"),
         )
     }
 
@@ -77,17 +91,47 @@ pub(super) struct Link {
     pub(super) queue: CommandQueue,
     pub(super) shared: Arc<Shared>,
     pub(super) paths: AgentPaths,
+    /// The pairs and batches this client made with this agent (`guard`).
+    pub(super) guard: Guard,
+    /// The agent's pid is unknown (it runs in another pid namespace, or could not be identified)
+    /// and no peer shares it: its death shows as the state LMDB's lock falling free, which the
+    /// waits watch (`agent_dead`).
+    watch_lock: bool,
 }
 
 impl Link {
-    pub(super) fn new(connection: Connection, paths: &AgentPaths) -> Link {
+    /// `guarded`: whether the guard is on (off when other workers share the agent).
+    pub(super) fn new(connection: Connection, paths: &AgentPaths, guarded: bool) -> Link {
+        let watch_lock = guarded && connection.agent.pid().is_none();
         let shared = Arc::new(Shared {
             watch: AgentWatch::new(connection.agent.pid()),
             died: AtomicBool::new(false),
+            lock_free: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             owner_pid: std::process::id(),
         });
-        Link { state: connection.state, queue: connection.queue, shared, paths: paths.clone() }
+        Link {
+            state: connection.state,
+            queue: connection.queue,
+            shared,
+            paths: paths.clone(),
+            guard: Guard::new(guarded),
+            watch_lock,
+        }
+    }
+
+    /// Whether the agent was seen dead: its process exited (the pidfd), or, when its pid is
+    /// unknown, the state LMDB's lock fell free (nobody but this process has the environment
+    /// open). Cheap: one `poll` or one `F_GETLK`. Once seen, every later call says so.
+    pub(super) fn agent_dead(&self) -> bool {
+        if self.shared.agent_dead() {
+            return true;
+        }
+        if self.watch_lock && self.state.lock_answer() == Some(LockAnswer::Free) {
+            self.shared.lock_fell_free();
+            return true;
+        }
+        false
     }
 
     pub(super) fn heartbeat_value(&self) -> Option<Vec<u8>> {

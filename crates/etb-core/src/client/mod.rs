@@ -14,6 +14,7 @@
 
 mod commands;
 mod completion;
+mod guard;
 mod hooks;
 mod link;
 mod outcome;
@@ -74,7 +75,7 @@ impl Client {
     ) -> Client {
         Client {
             agent_rank,
-            link: RwLock::new(Arc::new(Link::new(connection, &paths))),
+            link: RwLock::new(Arc::new(Link::new(connection, &paths, !settings.share_agent))),
             paths,
             reconnecting: Mutex::new(()),
             stable: ManuallyDrop::new(Stable { cuda, cuda_unbound, _worker_lock: worker_lock }),
@@ -106,7 +107,7 @@ impl Client {
             agent_rank: self.agent_rank,
             global_rank: None,
             rank_offset: None,
-            default_naming: self.settings.default_naming,
+            template: self.settings.template.clone(),
         };
         let (old_pid, old_state) = (start.shared.watch.pid(), start.state.file_id());
         // A dead agent's files stay behind with a heartbeat younger than 5 s for a while: a new
@@ -114,7 +115,14 @@ impl Client {
         // when it cannot be identified, new files.
         let connection = loop {
             let mut trail = Trail::starting_at(Step::StateFile);
-            let c = connection::connect(&self.paths, self.settings.trust, &deadline, &origin, &mut trail)?;
+            let c = connection::connect(
+                &self.paths,
+                self.settings.trust,
+                &deadline,
+                &origin,
+                &mut trail,
+                self.settings.share_agent,
+            )?;
             let new_process = c.agent.pid().is_some_and(|p| Some(p) != old_pid && process_alive(p));
             if new_process || (c.agent.pid().is_none() && c.state.file_id() != old_state) {
                 break c;
@@ -133,7 +141,7 @@ impl Client {
         };
         connection::authorize_agent(&connection.agent, self.settings.ptrace_mode);
         let agent = connection.agent.clone();
-        let fresh = Arc::new(Link::new(connection, &self.paths));
+        let fresh = Arc::new(Link::new(connection, &self.paths, !self.settings.share_agent));
         let old = std::mem::replace(&mut *self.link.write().unwrap_or_else(|p| p.into_inner()), fresh);
         // The old agent's completions and calls in flight see it dead; its environments close
         // when the last call using them ends.

@@ -60,18 +60,22 @@ impl Finish {
         let Finish::PairMatched(pair_name) = self else { return Ok(()) };
         match link.state.pair_match(pair_name).map_err(|e| e.at(&link.paths.state))? {
             PairMatch::Matched => Ok(()),
-            found => Err(Error::new(
-                ErrorKind::PairNotMatched,
-                format!(
-                    "InitPair {pair_name:?} completed but {} is {}: the agent did not match the pair \
+            found => {
+                // Known now not to be a pair: RegisterTensors naming it would kill the agent.
+                link.guard.forget_pair(pair_name);
+                Err(Error::new(
+                    ErrorKind::PairNotMatched,
+                    format!(
+                        "InitPair {pair_name:?} completed but {} is {}: the agent did not match the pair \
                      (check the peers' names and world size)",
-                    pair_match_key(pair_name),
-                    match found {
-                        PairMatch::Other(v) => format!("{v:02x?}"),
-                        _ => "absent".to_string(),
-                    }
-                ),
-            )),
+                        pair_match_key(pair_name),
+                        match found {
+                            PairMatch::Other(v) => format!("{v:02x?}"),
+                            _ => "absent".to_string(),
+                        }
+                    ),
+                ))
+            }
         }
     }
 }
@@ -134,7 +138,7 @@ impl Pending {
             return Ok(true);
         }
         if self.after.is_none() && !self.look_for_post(link)? {
-            if link.shared.agent_dead() {
+            if link.agent_dead() {
                 return Err(link.shared.died_error(self.what));
             }
             return Ok(false);
@@ -214,7 +218,7 @@ impl Pending {
             Seen::Heartbeat
         } else if link.queue.head().is_ok_and(|head| head >= self.position.saturating_add(2)) {
             Seen::LaterDequeue
-        } else if link.shared.agent_dead() || link.files_gone() {
+        } else if link.agent_dead() || link.files_gone() {
             Seen::Dead
         } else {
             return Ok(None);
@@ -242,7 +246,7 @@ impl Pending {
         let mut slice = POST_FIRST_SLICE;
         loop {
             let step = if self.during.is_some() { *deadline } else { deadline.capped(slice) };
-            match self.sem.semaphore().wait(&step, &|| closed() || shared.agent_dead()) {
+            match self.sem.semaphore().wait(&step, &|| closed() || link.agent_dead()) {
                 Ok(()) => {
                     self.observe_post(link);
                     return Ok(());

@@ -9,9 +9,11 @@
 //! heartbeat. Then [`authorize_agent`] lets the agent (only it, when identified) ptrace this
 //! worker. The messages of every way this can fail are built in [`messages`].
 
+pub mod life;
 mod messages;
 pub mod steps;
 
+pub use life::{agent_life, agent_life_at, AgentLife};
 pub use messages::{queue_error, state_error};
 use steps::{Step, Trail};
 
@@ -22,9 +24,8 @@ use std::time::Duration;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lmdb::lock_path;
 use crate::protocol::command_queue::{AttachError, CommandQueue, QueueNames};
-use crate::protocol::naming::AgentPaths;
+use crate::protocol::naming::{AgentPaths, NamingTemplate};
 use crate::protocol::state_db::{StateDb, StateError};
-use crate::sys::process::{has_open_for_writing, lock_holders, pick_agent, Holders};
 use crate::sys::ptrace::{self, Tracer};
 use crate::sys::registry::FileId;
 use crate::sys::trust::{self, check_file, check_semaphore, Distrust, TrustPolicy};
@@ -52,7 +53,10 @@ pub enum PtraceMode {
 pub enum AgentIdentity {
     /// The verified writer of the state file.
     Pid(i32),
-    /// Not identified, and why (another pid namespace, /proc hidden, several candidates).
+    /// A holder of the state LMDB's lock in another pid namespace (a container): alive, its pid
+    /// unknown here.
+    Elsewhere,
+    /// Not identified, and why (/proc hidden, several candidates, no lock file).
     Unknown(String),
 }
 
@@ -61,7 +65,7 @@ impl AgentIdentity {
     pub fn pid(&self) -> Option<i32> {
         match self {
             AgentIdentity::Pid(p) => Some(*p),
-            AgentIdentity::Unknown(_) => None,
+            AgentIdentity::Elsewhere | AgentIdentity::Unknown(_) => None,
         }
     }
 }
@@ -71,6 +75,7 @@ impl fmt::Display for AgentIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AgentIdentity::Pid(p) => write!(f, "pid {p}"),
+            AgentIdentity::Elsewhere => f.write_str("pid unknown (in another pid namespace)"),
             AgentIdentity::Unknown(why) => write!(f, "pid unknown ({why})"),
         }
     }
@@ -84,12 +89,16 @@ pub struct Connection {
 }
 
 /// How a client authorizes and trusts an agent, at bootstrap and again at every reconnect.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
     pub trust: TrustPolicy,
     pub ptrace_mode: PtraceMode,
-    /// The paths follow the default naming (for messages: other agents can be listed then).
-    pub default_naming: bool,
+    /// The naming as templates, when the paths follow one (the default naming); `None` for a
+    /// naming callback. For messages: the node's other agents can be listed then.
+    pub template: Option<NamingTemplate>,
+    /// Other workers may attach to the same agent (the client's guard is off then: a peer may
+    /// have made the pairs and batches this worker addresses).
+    pub share_agent: bool,
 }
 
 /// How the agent's paths were found, for messages.
@@ -101,8 +110,9 @@ pub struct Origin {
     /// `RANK`, when the agent rank is `RANK + AGENT_RANK_OFFSET`.
     pub global_rank: Option<i64>,
     pub rank_offset: Option<i64>,
-    /// The default naming (`/tmp/agent_rank{N}_*`), not a naming callback.
-    pub default_naming: bool,
+    /// The naming as templates, when the paths follow one (the default naming, `etb doctor`'s
+    /// `--state`/`--queue`); `None` for a naming callback (other agents cannot be listed then).
+    pub template: Option<NamingTemplate>,
 }
 
 impl std::fmt::Display for Origin {
@@ -119,38 +129,69 @@ pub fn connect(
     deadline: &Deadline,
     origin: &Origin,
     trail: &mut Trail,
+    shared: bool,
 ) -> Result<Connection> {
-    wait_for_state_file(&paths.state, trust, deadline, origin)?;
+    let mut waiting = Waiting { origin, said: false };
+    wait_for_state_file(&paths.state, trust, deadline, &mut waiting)?;
     trail.pass(Step::StateFile);
     check_agent_files(paths, trust)?;
     trail.pass(Step::Trust);
-    let state = wait_for_state(&paths.state, trust, deadline, origin)?;
+    let (state, life) = wait_for_state(&paths.state, trust, deadline, &mut waiting, shared)?;
     trail.pass(Step::Heartbeat);
     let queue = wait_for_queue(&paths.command_queue, state.file_id(), trust, deadline, origin)?;
-    let agent = match identify_agent(&state, &paths.state) {
-        Ok(pid) => {
+    let agent = match life {
+        AgentLife::Alive(pid) => {
             trust::check_agent_process(pid)?;
             AgentIdentity::Pid(pid)
         }
-        Err(why) => {
-            log::debug!("agent process not identified: {why}");
-            AgentIdentity::Unknown(why)
-        }
+        AgentLife::Elsewhere => AgentIdentity::Elsewhere,
+        AgentLife::NoWriter(pids) => AgentIdentity::Unknown(format!(
+            "none of the holders of the state LMDB's lock in this pid namespace (pids {}) has the state file open \
+             for writing, and the agent is shared with peers: it may be in another pid namespace",
+            pids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+        )),
+        AgentLife::Gone => unreachable!("wait_for_state returns no gone agent"),
+        AgentLife::Unknown(why) => AgentIdentity::Unknown(why),
     };
+    if let AgentIdentity::Unknown(why) = &agent {
+        log::debug!("agent process not identified: {why}");
+    }
     trail.pass(Step::Queue);
     Ok(Connection { state, queue, agent })
 }
 
+/// Says once, at info level, that a bootstrap waits for its agent (a missing agent is otherwise
+/// silent until the deadline).
+struct Waiting<'a> {
+    origin: &'a Origin,
+    said: bool,
+}
+
+impl Waiting<'_> {
+    fn note(&mut self, deadline: &Deadline, path: &Path, why: &dyn std::fmt::Display) {
+        if std::mem::replace(&mut self.said, true) || deadline.expired() {
+            return;
+        }
+        log::info!(
+            "waiting up to {} for the agent ({}) at {}: {why}",
+            deadline.remaining().map_or("forever".to_string(), |d| format!("{:.1} s", d.as_secs_f64())),
+            self.origin,
+            path.display()
+        );
+    }
+}
+
 /// Step `state_file`: waits until the state LMDB exists (anything at the path: what it is, and
 /// whether it is trusted, the next steps tell).
-fn wait_for_state_file(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: &Origin) -> Result<()> {
+fn wait_for_state_file(path: &Path, trust: TrustPolicy, deadline: &Deadline, waiting: &mut Waiting<'_>) -> Result<()> {
     loop {
         if !matches!(check_file(path, "agent state LMDB", trust), Err(Distrust::Missing)) {
             return Ok(());
         }
+        waiting.note(deadline, path, &"its state file does not exist yet");
         if !deadline.sleep_step(POLL_INTERVAL) {
             let missing = StateError::Missing(std::io::ErrorKind::NotFound);
-            return Err(state_error(path, missing, deadline.elapsed_secs(), origin));
+            return Err(state_error(path, missing, deadline.elapsed_secs(), waiting.origin));
         }
     }
 }
@@ -182,19 +223,36 @@ pub fn check_agent_files(paths: &AgentPaths, trust: TrustPolicy) -> Result<()> {
     Ok(())
 }
 
-fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: &Origin) -> Result<StateDb> {
+/// Step `heartbeat`: opens the state LMDB and waits for a fresh heartbeat written by a live
+/// agent: one the lock says is gone (`life`) is waited on as an absent one is (a restarted agent
+/// replaces the files), and reported as gone at the deadline, fresh heartbeat or stale.
+/// `shared`: the worker shares its agent with peers (see [`AgentLife::gone`]).
+fn wait_for_state(
+    path: &Path,
+    trust: TrustPolicy,
+    deadline: &Deadline,
+    waiting: &mut Waiting<'_>,
+    shared: bool,
+) -> Result<(StateDb, AgentLife)> {
     let mut state: Option<StateDb> = None;
     loop {
         let attempt = match &state {
-            Some(s) => s.fresh_heartbeat_age().map(|_| ()),
+            Some(s) => s.fresh_heartbeat_age(),
             None => StateDb::open(path, trust).and_then(|s| {
-                let r = s.fresh_heartbeat_age().map(|_| ());
+                let r = s.fresh_heartbeat_age();
                 state = Some(s);
                 r
             }),
         };
-        let last = match attempt {
-            Ok(()) => return Ok(state.expect("set when the heartbeat was read")),
+        let mut last = match attempt {
+            Ok(age) => {
+                let s = state.as_ref().expect("set when the heartbeat was read");
+                let life = agent_life(s, path);
+                if !life.gone(shared) {
+                    return Ok((state.expect("set when the heartbeat was read"), life));
+                }
+                StateError::Gone(age)
+            }
             Err(e) => e,
         };
         log::trace!("state not ready: {last}");
@@ -204,9 +262,17 @@ fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: 
             StateError::Permission(_) => true,
             _ => false,
         };
-        if permanent {
-            return Err(state_error(path, last, deadline.elapsed_secs(), origin));
+        let expired = deadline.expired();
+        if let (StateError::Stale(age), Some(s), true) = (&last, &state, permanent || expired) {
+            // At the end: a stale heartbeat whose writer is gone is said so.
+            if agent_life(s, path).gone(shared) {
+                last = StateError::Gone(*age);
+            }
         }
+        if permanent || expired {
+            return Err(state_error(path, last, deadline.elapsed_secs(), waiting.origin));
+        }
+        waiting.note(deadline, path, &last);
         // A restarted agent replaces its files: follow the new one.
         if let Some(s) = &state {
             if FileId::of_path(path).ok() != Some(s.file_id()) {
@@ -214,7 +280,7 @@ fn wait_for_state(path: &Path, trust: TrustPolicy, deadline: &Deadline, origin: 
             }
         }
         if !deadline.sleep_step(POLL_INTERVAL) {
-            return Err(state_error(path, last, deadline.elapsed_secs(), origin));
+            continue; // the deadline passed: one more look, then the error above
         }
     }
 }
@@ -242,67 +308,20 @@ fn wait_for_queue(
     }
 }
 
-/// The agent's pid: the other process holding LMDB's lock on the state LMDB's lock file that has
-/// the state file open for writing (workers, sharing peers among them, open it read-only). A
-/// holder that cannot be verified so (another pid namespace, /proc hidden) leaves the agent
-/// unidentified: `Err` says why.
-fn identify_agent(state: &StateDb, path: &Path) -> std::result::Result<i32, String> {
-    // Fast path: the holder F_GETLK names (on the descriptor kept open since before our own
-    // open, so our own locks are never dropped), if it has the state file open for writing.
-    let candidate = state.lock_holder();
-    if let Some(pid) = candidate {
-        let id = state.file_id();
-        if has_open_for_writing(pid, id.dev, id.ino) {
-            return Ok(pid);
-        }
-    }
-    // Slow path (reading /proc/locks costs the kernel an RCU grace period: milliseconds).
-    match lock_holders(&lock_path(path)) {
-        Holders::Unavailable => Err(match candidate {
-            Some(pid) => format!("/proc/locks is unreadable and the lock holder, pid {pid}, could not be verified"),
-            None => "/proc/locks is unreadable and F_GETLK names no lock holder".to_string(),
-        }),
-        Holders::Pids(pids) => pick_agent(&pids, path).map_err(|n| match n {
-            0 => "no other process holds the state LMDB's lock in this pid namespace (an agent in another \
-                  container, or one that does not use the lock file)"
-                .to_string(),
-            n => format!("none, or more than one, of the {n} holders of the state LMDB's lock has the state file open for writing (pids {})", join_pids(&pids)),
-        }),
-    }
-}
-
-/// Whether the process that writes an agent's state file is still there, judged by LMDB's lock
-/// on the state's lock file: the one "agent gone, files left" check, for bootstrap's messages
-/// and the node tool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StateWriter {
-    /// A process holding the lock has the state file open for writing: the agent.
-    Alive(i32),
-    /// No process of this pid namespace (other than this one) holds the lock with the state
-    /// file open for writing: the agent that wrote the files is gone.
-    Gone,
-    /// `/proc/locks` or the files cannot be read: unknown.
-    Unknown,
-}
-
-/// Looks for the state file's writer among the holders of its LMDB lock (reads `/proc/locks`:
-/// milliseconds, so never on a hot path).
-pub fn state_writer(state_path: &Path) -> StateWriter {
-    use std::os::unix::fs::MetadataExt;
-    let Holders::Pids(pids) = lock_holders(&lock_path(state_path)) else { return StateWriter::Unknown };
-    let Ok(meta) = std::fs::metadata(state_path) else { return StateWriter::Unknown };
-    match pids.into_iter().find(|&pid| has_open_for_writing(pid, meta.dev(), meta.ino())) {
-        Some(pid) => StateWriter::Alive(pid),
-        None => StateWriter::Gone,
-    }
-}
-
 /// Lets the agent (only it, when known) ptrace this process; failures are logged, not returned.
 pub fn authorize_agent(agent: &AgentIdentity, mode: PtraceMode) {
     let tracer = match (mode, agent) {
         (PtraceMode::None, _) => return,
         (PtraceMode::Any, _) => Tracer::Any,
         (PtraceMode::Agent, AgentIdentity::Pid(pid)) => Tracer::Pid(*pid),
+        (PtraceMode::Agent, AgentIdentity::Elsewhere) => {
+            log::warn!(
+                "the agent runs in another pid namespace (its pid is not visible here): authorizing every process \
+                 to ptrace this worker (PR_SET_PTRACER_ANY); choose the ptrace mode \"none\" and authorize the \
+                 agent's pid yourself to avoid that"
+            );
+            Tracer::Any
+        }
         (PtraceMode::Agent, AgentIdentity::Unknown(why)) => {
             log::warn!(
                 "the agent's process could not be identified ({why}): authorizing every process to \
@@ -315,8 +334,4 @@ pub fn authorize_agent(agent: &AgentIdentity, mode: PtraceMode) {
     if let Err(e) = ptrace::grant(tracer, Path::new(ptrace::YAMA_DIR)) {
         log::warn!("{e}; the agent may fail to import CUDA memory shared by this worker");
     }
-}
-
-fn join_pids(pids: &[i32]) -> String {
-    pids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
 }

@@ -98,6 +98,8 @@ pub enum EnqueueError {
     Full,
     /// `give_up` said so while waiting for a slot.
     GaveUp,
+    /// The `admit` check refused the message (nothing was written).
+    Refused(crate::error::Error),
     Lmdb(LmdbError),
     Sem(SemError),
 }
@@ -223,11 +225,17 @@ impl CommandQueue {
     /// live processes, and deployments clear it whenever an agent starts (PROTOCOL section 6),
     /// so a command surviving a power cut would be discarded anyway. The agent's own commits
     /// keep whatever durability it chose.
+    ///
+    /// `admit` runs inside the write transaction, before anything is written: commands of all
+    /// this process's threads are enqueued one at a time there (LMDB serializes write
+    /// transactions), so what it decides and records follows the queue's order. An `Err` from it
+    /// writes nothing and gives the slot back (`Refused`).
     pub fn enqueue(
         &self,
         message: &[u8],
         deadline: &Deadline,
         give_up: &dyn Fn() -> bool,
+        admit: &mut dyn FnMut() -> crate::error::Result<()>,
     ) -> Result<u64, EnqueueError> {
         match self.space.wait(deadline, give_up) {
             Ok(()) => {}
@@ -236,12 +244,17 @@ impl CommandQueue {
             Err(WaitError::Sem(e)) => return Err(EnqueueError::Sem(e)),
         }
         let dbi = self.env.dbi;
+        let mut refused = None;
         let written = self.env.env.write(|t| {
             let head = t.get(dbi, HEAD_KEY)?.as_deref().and_then(decode_u64).unwrap_or(0);
             let tail = t.get(dbi, TAIL_KEY)?.as_deref().and_then(decode_u64).unwrap_or(0);
             // The semaphores can drift from the ring (an agent restarted over an uncleared
             // queue): never overwrite an unconsumed slot.
             if tail.wrapping_sub(head) >= CAPACITY {
+                return Ok(None);
+            }
+            if let Err(e) = admit() {
+                refused = Some(e);
                 return Ok(None);
             }
             t.put(dbi, &slot_key(tail), message)?;
@@ -253,7 +266,7 @@ impl CommandQueue {
             Ok(None) => {
                 // The transaction wrote nothing (it is committed empty): give the slot back.
                 let _ = self.space.post();
-                return Err(EnqueueError::Full);
+                return Err(refused.map_or(EnqueueError::Full, EnqueueError::Refused));
             }
             Err(e) => {
                 let _ = self.space.post();

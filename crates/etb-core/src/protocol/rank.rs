@@ -127,10 +127,17 @@ fn read_integer(env: &dyn EnvSource, name: &str) -> Result<Option<i64>> {
 pub fn resolve(env: &dyn EnvSource) -> Result<RankInfo> {
     let agent_rank = read_integer(env, AGENT_RANK)?;
     let global_rank = read_integer(env, RANK)?.ok_or_else(|| {
-        env_error(format!(
-            "environment variable {RANK} is not set: it is required (torchrun sets it); set {AGENT_RANK} \
-             as well, or {AGENT_RANK_OFFSET} so that the agent rank is {RANK} + {AGENT_RANK_OFFSET}"
-        ))
+        env_error(if agent_rank.is_some() {
+            format!(
+                "environment variable {RANK} is not set: it is required also when {AGENT_RANK} is set (as the \
+                 reference requires it; torchrun sets it): set {RANK} to this worker's global rank"
+            )
+        } else {
+            format!(
+                "environment variable {RANK} is not set: it is required (torchrun sets it); set it to this worker's \
+                 global rank (the agent rank is then {RANK} + {AGENT_RANK_OFFSET}), or set {AGENT_RANK} and {RANK}"
+            )
+        })
     })?;
     let local_rank = match read_integer(env, LOCAL_RANK)? {
         None => 0,
@@ -304,7 +311,9 @@ mod tests {
     fn rank_is_required_even_with_agent_rank() {
         let e = env_err(&[("AGENT_RANK", "0")]);
         assert!(e.message().contains("RANK is not set"), "{e}");
-        env_err(&[]);
+        assert!(e.message().contains("also when AGENT_RANK is set") && !e.message().contains("as well"), "{e}");
+        let e = env_err(&[]);
+        assert!(e.message().contains("RANK is not set") && e.message().contains("or set AGENT_RANK and RANK"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use once_cell::sync::Lazy;
 use crate::lmdb::file_check;
 pub use crate::lmdb::lock_path;
 use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
-use crate::sys::process::{lock_holder, probe_lock_file, LockProbe};
+use crate::sys::process::{lock_answer, probe_lock_file, LockAnswer, LockProbe};
 use crate::sys::registry::{FileId, Lease, Registry};
 use crate::sys::trust::{check_file, Distrust, TrustPolicy};
 
@@ -85,6 +85,10 @@ pub enum StateError {
     NotLmdb(String),
     /// Owner, mode or symlink: not trusted (permanent).
     Permission(String),
+    /// The agent is gone, whatever its heartbeat says: no process but this one holds the state
+    /// environment (or only processes that do not write it). The heartbeat's age. Decided by
+    /// `connection::life`, from the lock.
+    Gone(f64),
 }
 
 /// For messages and log lines, in words.
@@ -100,6 +104,7 @@ impl std::fmt::Display for StateError {
             StateError::Stale(age) => write!(f, "the heartbeat is {age:.3}s old"),
             StateError::NotLmdb(why) => write!(f, "not a usable LMDB file: {why}"),
             StateError::Permission(why) => f.write_str(why),
+            StateError::Gone(age) => write!(f, "the agent is gone (its heartbeat is {age:.3}s old, nobody writes it)"),
         }
     }
 }
@@ -182,10 +187,11 @@ impl StateDb {
         self.env.id()
     }
 
-    /// Another process holding LMDB's lock on the lock file, per `F_GETLK` (one of them, when
-    /// several do).
-    pub fn lock_holder(&self) -> Option<i32> {
-        self.env.lock_file.as_ref().and_then(lock_holder)
+    /// What `F_GETLK` says about LMDB's lock on the lock file, through the descriptor opened
+    /// before the environment (never another one: closing any descriptor of the file would drop
+    /// this process's locks on it); `None` when the lock file could not be opened.
+    pub fn lock_answer(&self) -> Option<LockAnswer> {
+        self.env.lock_file.as_ref().map(lock_answer)
     }
 
     pub fn locking(&self) -> bool {

@@ -68,19 +68,23 @@ fn flock(kind: i32, range: Range) -> libc::flock {
 }
 
 /// `F_GETLK`: the pid of another process holding a lock on `range` that conflicts with a lock
-/// of this kind (`exclusive`: a write lock, else a read lock). `Ok(None)` when none does; a
-/// holder in another pid namespace is reported with pid 0, which is returned as `None` too.
-/// Never reports this process's own locks. `Err` is the errno.
-pub fn conflicting_lock_holder(file: &File, exclusive: bool, range: Range) -> Result<Option<i32>, i32> {
+/// of this kind (`exclusive`: a write lock, else a read lock), as the kernel reports it: `Ok(None)`
+/// when none does, `Ok(Some(0))` for a holder in another pid namespace. `Err` is the errno.
+pub fn lock_query(file: &File, exclusive: bool, range: Range) -> Result<Option<i32>, i32> {
     let mut fl = flock(if exclusive { libc::F_WRLCK } else { libc::F_RDLCK }, range);
     // SAFETY: F_GETLK reads and writes only the flock struct we own.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) } != 0 {
         return Err(last_errno());
     }
-    if fl.l_type == libc::F_UNLCK as libc::c_short || fl.l_pid <= 0 {
+    if fl.l_type == libc::F_UNLCK as libc::c_short {
         return Ok(None);
     }
-    Ok(Some(fl.l_pid))
+    Ok(Some(fl.l_pid.max(0)))
+}
+
+/// As [`lock_query`], with a holder in another pid namespace (pid 0) returned as `None` too.
+pub fn conflicting_lock_holder(file: &File, exclusive: bool, range: Range) -> Result<Option<i32>, i32> {
+    Ok(lock_query(file, exclusive, range)?.filter(|&pid| pid > 0))
 }
 
 /// `F_SETLK`: takes a lock on `range` without waiting (`exclusive`: a write lock, else a read

@@ -40,16 +40,37 @@ pub fn probe_lock_file(lock_path: &Path) -> LockProbe {
     LockProbe { writable, file: Some(file) }
 }
 
-/// `F_GETLK` for a write lock on byte 0: the pid of another process holding LMDB's lock; `None`
-/// when none does, or when the holder lives in another pid namespace (the kernel reports 0).
-/// Cheap (one system call), but names only one holder when several hold it.
-pub fn lock_holder(file: &File) -> Option<i32> {
-    match crate::sys::fs::conflicting_lock_holder(file, true, crate::sys::fs::Range { start: 0, len: 1 }) {
-        Ok(holder) => holder,
-        Err(errno) => {
-            log::debug!("F_GETLK failed: {}", crate::error::errno_text(errno));
-            None
-        }
+/// What `F_GETLK` says about LMDB's lock on byte 0 of a lock file (the read lock every process
+/// with the environment open holds), asked through a descriptor of this process: its own locks
+/// never show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockAnswer {
+    /// No other process holds it (`F_UNLCK`): nobody else has the environment open.
+    Free,
+    /// A process of this pid namespace holds it (one of them, when several do).
+    Held(i32),
+    /// A process in another pid namespace holds it (the kernel reports pid 0).
+    HeldElsewhere,
+    /// `F_GETLK` failed (the errno).
+    Failed(i32),
+}
+
+/// The test seam of the other-pid-namespace path: with `ETB_TEST_AGENT_ELSEWHERE=1` in the
+/// environment (read once per process), a holder of this namespace reads as one of another
+/// (`HeldElsewhere`), as a worker in a container sees its agent. For tests only.
+fn holders_read_as_elsewhere() -> bool {
+    static SEAM: once_cell::sync::Lazy<bool> =
+        once_cell::sync::Lazy::new(|| std::env::var_os("ETB_TEST_AGENT_ELSEWHERE").is_some_and(|v| v == "1"));
+    *SEAM
+}
+
+/// `F_GETLK` for a write lock on byte 0 of `file`. Cheap (one system call).
+pub fn lock_answer(file: &File) -> LockAnswer {
+    match crate::sys::fs::lock_query(file, true, crate::sys::fs::Range { start: 0, len: 1 }) {
+        Ok(None) => LockAnswer::Free,
+        Ok(Some(pid)) if pid > 0 && !holders_read_as_elsewhere() => LockAnswer::Held(pid),
+        Ok(Some(_)) => LockAnswer::HeldElsewhere,
+        Err(errno) => LockAnswer::Failed(errno),
     }
 }
 
@@ -113,18 +134,13 @@ pub fn has_open_for_writing(pid: i32, dev: u64, ino: u64) -> bool {
     })
 }
 
-/// The agent among the holders of the state LMDB's lock: the one holder with the state's data
-/// file open for writing (workers open it read-only, and a sharing peer worker holds the same
-/// lock). `Err(n)`: `n` holders, none or several of them verified writers (unidentified).
-pub fn pick_agent(holders: &[i32], data_path: &Path) -> Result<i32, usize> {
+/// The holders of the state LMDB's lock that have its data file open for writing (workers open
+/// it read-only, and a sharing peer worker holds the same lock): the agent, when there is one.
+/// `Err` when the data file cannot be looked at.
+pub fn writers_among(holders: &[i32], data_path: &Path) -> Result<Vec<i32>, String> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(data_path) else { return Err(holders.len()) };
-    let writers: Vec<i32> =
-        holders.iter().copied().filter(|&p| has_open_for_writing(p, meta.dev(), meta.ino())).collect();
-    match writers.as_slice() {
-        [one] => Ok(*one),
-        _ => Err(holders.len()),
-    }
+    let meta = std::fs::metadata(data_path).map_err(|e| format!("{}: {e}", data_path.display()))?;
+    Ok(holders.iter().copied().filter(|&p| has_open_for_writing(p, meta.dev(), meta.ino())).collect())
 }
 
 /// Whether process `pid` is alive: it exists and is not a zombie.
@@ -162,10 +178,16 @@ mod tests {
     }
 
     #[test]
-    fn picking() {
-        assert_eq!(pick_agent(&[7], Path::new("/nonexistent")), Err(1), "an unverified lone holder is not the agent");
-        assert_eq!(pick_agent(&[], Path::new("/nonexistent")), Err(0));
-        assert_eq!(pick_agent(&[7, 8], Path::new("/nonexistent")), Err(2));
+    fn writers_are_verified() {
+        assert!(writers_among(&[7], Path::new("/nonexistent")).is_err(), "no data file, nothing to verify");
+        let path = std::env::temp_dir().join(format!("etb-lmdb-unit-writers-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        let me = std::process::id() as i32;
+        // i32::MAX: a pid that does not exist writes nothing.
+        assert_eq!(writers_among(&[me, i32::MAX], &path).unwrap(), vec![me]);
+        drop(f);
+        assert_eq!(writers_among(&[me], &path).unwrap(), Vec::<i32>::new(), "closed: no longer a writer");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
