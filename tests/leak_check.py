@@ -6,7 +6,9 @@ programs, the pytest processes, the benchmark's processes) writes its pid into t
 that made it, directly or as a rank (ranks are pid * 1000 + k):
 
 - completion semaphores: `sem.command_{kind}_{context}_{pid}_{32 hex}` (the pid field);
-- agent files and queue semaphores: `agent_rank{N}_*`, `sem.cq*_agent_rank{N}_command`,
+- agent files and queue semaphores: `agent_rank{N}_*`, `sem.cq*_agent_rank{N}_command`, the
+  worker lock files beside them (`.agent_rank{N}_state.lmdb.worker`, which the library never
+  removes: the harnesses do, as an operator would),
   `etb-test-{tag}-{pid}-{k}`, `sem.cq*_etb_test_{tag}_{pid}_{k}_command`, `etb-lmdb-unit-*-{pid}`,
   `sem.etb_unit_*_{pid}`, reference-counter files `etb_rc_{pid}_{n}`: a number in the name, or
   that number // 1000;
@@ -21,7 +23,7 @@ import pathlib
 import re
 
 SHM_PREFIXES = ("sem.cq_", "sem.command_", "sem.etb_", "etb-bench-", "etb_rc_")
-TMP_PREFIXES = ("agent_rank", "etb-test-", "etb-lmdb-unit-", "etb-demo-", "etb-bench-")
+TMP_PREFIXES = ("agent_rank", ".agent_rank", "etb-test-", "etb-lmdb-unit-", "etb-demo-", "etb-bench-")
 ALWAYS_OURS = ("etb-bench-", "etb-demo-")
 COMPLETION = re.compile(r"^sem\.command_.*_(\d+)_[0-9a-f]{32}$")
 

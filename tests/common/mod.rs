@@ -113,9 +113,16 @@ impl DevAgent {
     }
 }
 
+/// Removes the worker lock file beside an agent's state (`.{state}.worker`), which the library
+/// never removes (removing lock files races): the tests do, as an operator would, once done.
+pub fn remove_worker_lock(paths: &AgentPaths) {
+    let _ = std::fs::remove_file(etb_core::sys::worker_lock::lock_file_path(&paths.state));
+}
+
 impl Drop for DevAgent {
     fn drop(&mut self) {
         self.stop();
+        remove_worker_lock(&self.paths);
     }
 }
 
@@ -168,8 +175,10 @@ impl Drop for LeftoversGuard {
     }
 }
 
-/// Removes what a killed agent left behind (its files and queue semaphores).
+/// Removes what a killed agent left behind (its files and queue semaphores, and the worker lock
+/// file).
 pub fn remove_agent_leftovers(paths: &AgentPaths) {
+    remove_worker_lock(paths);
     for p in [&paths.command_queue, &paths.state] {
         let _ = std::fs::remove_file(p);
         let _ = std::fs::remove_file(etb_core::lmdb::lock_path(p));

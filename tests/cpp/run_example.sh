@@ -11,7 +11,8 @@ rank=$(( $$ * 1000 + 950 ))
 out=$(mktemp)
 "$agent" --rank "$rank" --die-with-parent --exit-after 120 > "$out" &
 pid=$!
-trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$out"' EXIT
+# The worker lock file is the operator's to remove (the library never does): the script's.
+trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$out" "/tmp/.agent_rank${rank}_state.lmdb.worker"' EXIT
 for _ in $(seq 200); do grep -q ready "$out" && break; sleep 0.05; done
 grep -q ready "$out" || { echo "etb-dev-agent not ready" >&2; exit 1; }
 AGENT_RANK=$rank RANK=0 LOCAL_RANK=1 "$example"

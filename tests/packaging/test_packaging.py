@@ -55,6 +55,8 @@ def agent():
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=10)
     proc.stdout.close()
+    # The worker lock file, which the library never removes: the operator's (here the test's).
+    pathlib.Path(f"/tmp/.agent_rank{rank}_state.lmdb.worker").unlink(missing_ok=True)
 
 
 agent.counter = 0

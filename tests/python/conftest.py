@@ -74,6 +74,17 @@ class Agent:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=10)
         self.proc.stdout.close()
+        remove_worker_lock(self.paths[1])
+
+
+def remove_worker_lock(state_path):
+    """Removes the worker lock file beside an agent's state (`.{state}.worker`), which the library
+    never removes (removing lock files races): the tests do, as an operator would, once done."""
+    folder, name = os.path.split(state_path)
+    try:
+        os.remove(os.path.join(folder, f".{name}.worker"))
+    except FileNotFoundError:
+        pass
 
 
 def default_paths(rank):

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 
-from conftest import HERE, ROOT, library_path, unique_rank
+from conftest import remove_worker_lock, HERE, ROOT, library_path, unique_rank
 
 DEV_AGENT = os.environ.get("ETB_DEV_AGENT") or str(ROOT / "target" / "debug" / "etb-dev-agent")
 
@@ -83,6 +83,7 @@ def test_64_workers_bootstrap_at_once_against_8_agents():
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=30)
             p.stdout.close()
+            remove_worker_lock(f"/tmp/agent_rank{rank}_state.lmdb")
 
 
 def test_100k_commands_from_8_producers_through_one_queue():

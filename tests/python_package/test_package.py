@@ -55,6 +55,9 @@ def agent(monkeypatch):
             p.send_signal(signal.SIGTERM)
         p.wait(timeout=10)
         p.stdout.close()
+        # The worker lock file, which the library never removes: the operator's (here the test's).
+        rank = p.args[2]
+        pathlib.Path(f"/tmp/.agent_rank{rank}_state.lmdb.worker").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -55,6 +55,8 @@ def test_reference_worker_runs_unchanged_and_the_agent_gets_what_it_sent(tmp_pat
     finally:
         agent.send_signal(signal.SIGTERM)
         _, agent_err = agent.communicate(timeout=30)
+        # The worker lock file, which the library never removes: the operator's (here the test's).
+        pathlib.Path(f"/tmp/.agent_rank{rank}_state.lmdb.worker").unlink(missing_ok=True)
     got = [json.loads(line) for line in got_path.read_text().splitlines()]
     by_kind = {}
     for entry in got:

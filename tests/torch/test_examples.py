@@ -42,6 +42,8 @@ def test_the_readme_python_worker_runs_against_the_strict_stand_in(tmp_path):
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.communicate(timeout=30)
+        # The worker lock file, which the library never removes: the operator's (here the test's).
+        pathlib.Path(f"/tmp/.agent_rank{rank}_state.lmdb.worker").unlink(missing_ok=True)
     got = [json.loads(line) for line in loads.read_text().splitlines()]
     tensors = [p for entry in got if entry["command"] == "RegisterTensors" for p in entry["payloads"]]
     assert tensors == [{"dtype": "torch.float32", "shape": [1024], "values": [0.0] * 1024}], tensors

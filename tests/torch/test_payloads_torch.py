@@ -11,6 +11,7 @@ import ctypes
 import itertools
 import mmap
 import os
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -115,6 +116,8 @@ def client(lib):
     lib.etb_client_close(c)
     agent.terminate()
     agent.wait()
+    # The worker lock file, which the library never removes: the operator's (here the test's).
+    pathlib.Path(f"/tmp/.agent_rank{rank}_state.lmdb.worker").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
