@@ -440,3 +440,18 @@ def test_bootstrap_names_the_agents_found_elsewhere(agents, lib, monkeypatch):
     assert status == 5, message  # ETB_ERR_AGENT_NOT_FOUND
     listed = message.split("agents found in /tmp: ranks ")[1].split(" (")[0].split(":")[0].rstrip(".")
     assert base + 100 in _expand(listed), message
+
+
+def test_output_into_a_reader_that_goes_early_ends_quietly():
+    # `etb doctor | head -1`: the reader closes the pipe early; etb must end as Unix tools
+    # do (killed by SIGPIPE, or exit), never panic with a backtrace on stderr.
+    env = dict(os.environ, AGENT_RANK="5", RANK="0")
+    env.pop("AGENT_RANK_OFFSET", None)
+    for args in (["doctor"], ["--help"], ["status"]):
+        r, w = os.pipe()
+        p = subprocess.Popen([ETB, *args], stdout=w, stderr=subprocess.PIPE, env=env)
+        os.close(w)
+        os.close(r)  # the reader has gone before etb writes: its first write meets EPIPE
+        _, err = p.communicate(timeout=30)
+        assert b"panicked" not in err and b"Broken pipe" not in err, (args, err.decode())
+        assert p.returncode in (0, 1, -signal.SIGPIPE), (args, p.returncode, err.decode())

@@ -114,6 +114,10 @@ pub fn path_json(path: &std::path::Path) -> serde_json::Value {
 }
 
 fn main() -> ExitCode {
+    // A command-line tool whose output is piped into `head` or `grep -q` ends quietly when the
+    // reader goes, as other Unix tools do, instead of println! panicking on EPIPE.
+    // SAFETY: resetting a signal's disposition to the default before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if matches!(argv.first().map(String::as_str), Some("--help" | "-h" | "help")) {
         println!("{USAGE}");
