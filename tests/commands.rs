@@ -24,20 +24,21 @@ fn every_command_has_its_effect() {
     let _agent = DevAgent::start(&paths, &["--record", rec.to_str().unwrap()], true);
     let (c, _) = boot(&paths, 5.0).unwrap();
     // Payloads must look like pickles: pickle.dumps((2, 4), 3) and pickle.dumps(b"\x01\x02", 3).
-    c.init_pair("weights", "train", "infer", 4, None, Some(b"\x80\x03K\x02K\x04\x86q\x00."), t(5.0)).unwrap();
+    c.init_pair("effect_pair", "train", "infer", 4, None, Some(b"\x80\x03K\x02K\x04\x86q\x00."), t(5.0)).unwrap();
     let tensor: &[u8] = b"\x80\x03C\x02\x01\x02q\x00.";
-    c.register_tensors("step_0", &[("weights", tensor), ("weights", b"\x80\x04N.")], Some(1 << 20), t(5.0)).unwrap();
-    assert!(!c.query_transfer_signal("step_0", t(5.0)).unwrap(), "absent signal reads false");
-    c.transfer("step_0", Send, t(5.0)).unwrap();
-    assert!(c.query_transfer_signal("step_0", t(5.0)).unwrap());
-    c.transfer("step_0", Recv, t(5.0)).unwrap();
-    assert!(!c.query_transfer_signal("step_0", t(5.0)).unwrap());
-    c.cleanup_batch("step_0", t(5.0)).unwrap();
+    c.register_tensors("effect_0", &[("effect_pair", tensor), ("effect_pair", b"\x80\x04N.")], Some(1 << 20), t(5.0))
+        .unwrap();
+    assert!(!c.query_transfer_signal("effect_0", t(5.0)).unwrap(), "absent signal reads false");
+    c.transfer("effect_0", Send, t(5.0)).unwrap();
+    assert!(c.query_transfer_signal("effect_0", t(5.0)).unwrap());
+    c.transfer("effect_0", Recv, t(5.0)).unwrap();
+    assert!(!c.query_transfer_signal("effect_0", t(5.0)).unwrap());
+    c.cleanup_batch("effect_0", t(5.0)).unwrap();
     let long = "b".repeat(300);
-    for batch in ["step_1", &long] {
-        c.register_tensors(batch, &[("weights", tensor)], None, t(5.0)).unwrap();
+    for batch in ["effect_1", &long] {
+        c.register_tensors(batch, &[("effect_pair", tensor)], None, t(5.0)).unwrap();
     }
-    c.transfer_detached("step_1", Send, t(5.0)).unwrap();
+    c.transfer_detached("effect_1", Send, t(5.0)).unwrap();
     c.transfer(&long, Send, t(5.0)).unwrap();
     assert!(c.query_transfer_signal(&long, t(5.0)).unwrap());
     let lines = recorded(&rec);
@@ -62,12 +63,13 @@ fn every_command_has_its_effect() {
     );
     assert_eq!(
         lines[10],
-        ("Transfer".into(), "step_1".into(), "send".into(), "-".into()),
+        ("Transfer".into(), "effect_1".into(), "send".into(), "-".into()),
         "detached: semaphore_name nil"
     );
-    assert!(lines[0].3.starts_with("/command_register_weights_"), "{:?}", lines[0]);
+    assert!(lines[0].3.starts_with("/command_register_effect_pair_"), "{:?}", lines[0]);
     assert!(lines[11].3.len() <= 252 && lines[11].3.starts_with("/command_transfer_batch_bbb"), "{:?}", lines[11]);
-    for f in ["step_0", "weights", "batch_bbb"] {
+    // Names no other test of this binary uses: its tests run in parallel in one process (one pid).
+    for f in ["effect_0", "effect_pair", "batch_bbb"] {
         assert_eq!(our_completion_semaphores(f), Vec::<String>::new());
     }
 }
