@@ -35,7 +35,7 @@ VENV_BIN = pathlib.Path(sys.executable).parent
 # The deployed and the newest Python stack of the agent: (py-lmdb, msgspec) pairs, one virtual
 # environment each, made once per machine (outside the clone) and reused.
 INTEROP_MATRIX = [("1.7.5", "0.20.0"), ("2.1.1", "0.23.0"), ("3.0.0", "0.20.0")]
-INTEROP_TESTS = ["tests/python/test_interop.py", "tests/python/test_commands.py"]
+INTEROP_TESTS = ["tests/python/test_interop.py", "tests/python/test_commands.py", "tests/python/test_survival.py"]
 # The agent's torch, pinned once (scripts/setup-torch-venv.sh makes its venv).
 TORCH_VERSION = (ROOT / "tests" / "torch-version").read_text().strip()
 totals = {"passed": 0, "failed": 0, "skipped": 0}

@@ -31,8 +31,8 @@ type on purpose; --lenient (only for tests of the stand-in itself) accepts every
     standin_agent.py (--rank N | --command-queue PATH --state PATH) [--no-queue] [--sync]
                      [--exit-after SECS] [--no-dequeue] [--exit-on TYPE] [--never-ack TYPE]
                      [--fail-on TYPE] [--fail-delay SECS] [--keep-files] [--unpickle]
-                     [--hold TYPE SECS] [--stall-heartbeat] [--record PATH] [--forking-loads PATH]
-                     [--lenient]
+                     [--hold TYPE SECS] [--stall-heartbeat] [--beat-hold SECS] [--record PATH]
+                     [--forking-loads PATH] [--lenient]
 """
 import argparse
 import os
@@ -217,6 +217,8 @@ def main(argv=None):
                    help="unpickle every payload (pickle.loads) as the agent does; one that fails is a failure")
     p.add_argument("--hold", nargs=2, metavar=("TYPE", "SECS"), help="handle TYPE for SECS before posting")
     p.add_argument("--stall-heartbeat", action="store_true")
+    p.add_argument("--beat-hold", type=float, default=0.0,
+                   help="keep each heartbeat's write transaction open SECS (a slow disk's commit)")
     p.add_argument("--lenient", action="store_true",
                    help="accept every command (only for tests of the stand-in itself)")
     p.add_argument("--record", help="append each decoded command as a JSON line")
@@ -254,6 +256,8 @@ def main(argv=None):
         now = str(time.time())
         with state.begin(write=True, db=state_db) as txn:
             txn.put(b"agent:heartbeat", now.encode())
+            if a.beat_hold:
+                time.sleep(a.beat_hold)
         return now
 
     first = beat()

@@ -63,13 +63,16 @@ fn run(opts: &Options) -> Result<(), String> {
     queue_leader::clean_stale(&opts.paths.command_queue, &opts.paths.state);
     let queue =
         if opts.create_queue { Some(queue_leader::QueueLeader::create(&opts.paths.command_queue)?) } else { None };
-    let state = state_writer::StateWriter::create(&opts.paths.state)?;
+    let mut state = state_writer::StateWriter::create(&opts.paths.state)?;
+    state.beat_hold = opts.beat_hold;
+    let state = std::sync::Arc::new(state);
     // Everything the agent opens is open before it says ready.
     let mut consumer = match &queue {
         Some(q) if !opts.faults.no_dequeue => Some(consumer::Consumer::new(q, &opts.faults)?),
         _ => None,
     };
-    let first_beat = state.beat(opts.heartbeat_offset)?;
+    let beater = state_writer::Beater::new(std::sync::Arc::clone(&state), opts.beat_from_thread);
+    let first_beat = beater.beat(opts.heartbeat_offset)?;
     // Nobody may be reading: a closed pipe must not stop the agent.
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready pid={} beat={first_beat}", std::process::id()).and_then(|_| out.flush());
@@ -97,7 +100,10 @@ fn run(opts: &Options) -> Result<(), String> {
                             if let Some(q) = queue {
                                 q.destroy();
                             }
-                            state.destroy();
+                            drop(state);
+                            if let Some(state) = beater.stop() {
+                                state.destroy();
+                            }
                         }
                         std::process::exit(3);
                     }
@@ -107,10 +113,12 @@ fn run(opts: &Options) -> Result<(), String> {
         }
         if !opts.stall_heartbeat {
             let stale = opts.stale_after.is_some_and(|d| started.elapsed() >= d);
-            state.beat(opts.heartbeat_offset + if stale { 60.0 } else { 0.0 })?;
+            beater.beat(opts.heartbeat_offset + if stale { 60.0 } else { 0.0 })?;
         }
     }
     drop(consumer);
+    drop(state);
+    let state = beater.stop();
     if opts.keep_files {
         std::mem::forget(queue);
         std::mem::forget(state);
@@ -119,7 +127,9 @@ fn run(opts: &Options) -> Result<(), String> {
     if let Some(q) = queue {
         q.destroy();
     }
-    state.destroy();
+    if let Some(state) = state {
+        state.destroy();
+    }
     Ok(())
 }
 

@@ -12,6 +12,10 @@ usage: etb-dev-agent (--rank N | --command-queue PATH --state PATH) [options]
   --state PATH             the state LMDB file
   --no-queue               do not create the command queue (a broken agent)
   --stall-heartbeat        write the first heartbeat, then never again
+  --beat-from-thread       write heartbeats from a helper thread (the loop hands each beat to it and
+                           waits), not from the main thread as the agent does: the state env's
+                           writer mutex is then never owned by the agent's main thread
+  --beat-hold SECS         keep each heartbeat's write transaction open SECS (a slow disk's commit)
   --heartbeat-offset SECS  write heartbeats SECS in the past (negative: in the future)
   --stale-after SECS       after SECS, write heartbeats 60 s in the past (alive but stale)
   --start-delay SECS       wait before creating anything
@@ -57,6 +61,8 @@ pub struct Options {
     pub paths: AgentPaths,
     pub create_queue: bool,
     pub stall_heartbeat: bool,
+    pub beat_from_thread: bool,
+    pub beat_hold: Option<Duration>,
     pub heartbeat_offset: f64,
     pub stale_after: Option<Duration>,
     pub start_delay: Option<Duration>,
@@ -89,6 +95,8 @@ impl Options {
             paths: AgentPaths::default_for_rank(0),
             create_queue: true,
             stall_heartbeat: false,
+            beat_from_thread: false,
+            beat_hold: None,
             heartbeat_offset: 0.0,
             stale_after: None,
             start_delay: None,
@@ -112,6 +120,8 @@ impl Options {
                 "--state" => state = Some(args.next().ok_or("--state needs a path")?),
                 "--no-queue" => o.create_queue = false,
                 "--stall-heartbeat" => o.stall_heartbeat = true,
+                "--beat-from-thread" => o.beat_from_thread = true,
+                "--beat-hold" => o.beat_hold = Some(duration("--beat-hold", args.next())?),
                 "--heartbeat-offset" => o.heartbeat_offset = secs("--heartbeat-offset", args.next())?,
                 "--start-delay" => o.start_delay = Some(duration("--start-delay", args.next())?),
                 "--exit-after" => o.exit_after = Some(duration("--exit-after", args.next())?),

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::link::Link;
+use super::link::{Link, Proof};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::naming::AgentPaths;
 use crate::sys::registry::FileId;
@@ -35,6 +35,17 @@ impl TestHooks {
     /// Whether the state LMDB is read with a reader slot (false: MDB_NOLOCK fallback).
     pub fn state_locking(&self) -> bool {
         self.link.state.locking()
+    }
+
+    /// How many commands each signal proved, as (signal, count) in the order the check looks.
+    pub fn proof_counts(&self) -> Vec<(Proof, u64)> {
+        Proof::ALL.into_iter().zip(self.link.proof_counts()).collect()
+    }
+
+    /// The TID the writer-lock signal expects as the mutex's owner (the agent's pid in its own
+    /// namespace); `None`: the signal is off.
+    pub fn writer_owner(&self) -> Option<i32> {
+        self.link.writer.as_ref().and_then(|w| w.owner())
     }
 
     /// The state LMDB's file identity.

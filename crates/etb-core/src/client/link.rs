@@ -3,9 +3,10 @@
 //! agent was seen dead, whether the client was closed, the process that made them). `reconnect`
 //! replaces the whole link.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::agent_writer::AgentWriter;
 use super::guard::Guard;
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, Result};
@@ -97,6 +98,40 @@ pub(super) struct Link {
     /// and no peer shares it: its death shows as the state LMDB's lock falling free, which the
     /// waits watch (`agent_dead`).
     watch_lock: bool,
+    /// The agent's state lock file, read for the survival proof's first signals.
+    pub(super) writer: Option<AgentWriter>,
+    /// How many commands each signal proved, in the order of [`Proof`].
+    proofs: [AtomicU64; Proof::COUNT],
+}
+
+/// What proved that the agent survived a command (docs/protocol.md section 5), in the order the
+/// survival check looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// After the post, the state env's writer mutex held by the agent's main thread: its loop
+    /// began its next transaction.
+    WriterLock,
+    /// A state commit since the post (the lock file's txnid word advanced).
+    Commit,
+    /// The heartbeat value changed since the post (or since the dequeue).
+    Heartbeat,
+    /// The agent dequeued a command after ours.
+    LaterDequeue,
+}
+
+impl Proof {
+    pub const COUNT: usize = 4;
+    pub const ALL: [Proof; Proof::COUNT] = [Proof::WriterLock, Proof::Commit, Proof::Heartbeat, Proof::LaterDequeue];
+
+    /// How the debug log line names it ("survival proven ... (by {})": bench/run.py counts them).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Proof::WriterLock => "the writer lock",
+            Proof::Commit => "a commit",
+            Proof::Heartbeat => "a new heartbeat",
+            Proof::LaterDequeue => "a later dequeue",
+        }
+    }
 }
 
 impl Link {
@@ -110,6 +145,7 @@ impl Link {
             closed: AtomicBool::new(false),
             owner_pid: std::process::id(),
         });
+        let writer = AgentWriter::open(&connection.state, paths, connection.agent.pid());
         Link {
             state: connection.state,
             queue: connection.queue,
@@ -117,7 +153,19 @@ impl Link {
             paths: paths.clone(),
             guard: Guard::new(guarded),
             watch_lock,
+            writer,
+            proofs: Default::default(),
         }
+    }
+
+    /// Counts a command proven by `proof`.
+    pub(super) fn proven_by(&self, proof: Proof) {
+        self.proofs[proof as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many commands each signal proved so far, in the order of [`Proof::ALL`].
+    pub(super) fn proof_counts(&self) -> [u64; Proof::COUNT] {
+        std::array::from_fn(|i| self.proofs[i].load(Ordering::Relaxed))
     }
 
     /// Whether the agent was seen dead: its process exited (the pidfd), or, when its pid is

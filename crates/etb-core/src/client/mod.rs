@@ -3,8 +3,9 @@
 //!
 //! One file per concept: this one holds the client's lifecycle (bootstrap hands it a connection,
 //! `reconnect` swaps it, `Drop` closes it) and its accessors; `link` what ties it to one agent
-//! process; `outcome` the survival proof; `commands` the command methods; `completion` a command
-//! issued without waiting; `hooks` what the integration tests may look at.
+//! process; `outcome` the survival proof, `agent_writer` its first signal (the agent's LMDB writer
+//! mutex); `commands` the command methods; `completion` a command issued without waiting; `hooks`
+//! what the integration tests may look at.
 //!
 //! Thread-safety: every method takes `&self` and may run on several threads at once (LMDB
 //! serializes the queue's write transactions; each call owns its completion semaphore).
@@ -12,6 +13,7 @@
 //! (the bundled LMDB 0.9.21 must not close the parent's environments, nor may the child remove
 //! the parent's semaphores).
 
+mod agent_writer;
 mod commands;
 mod completion;
 mod guard;
@@ -26,6 +28,7 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use completion::Completion;
 pub use hooks::TestHooks;
 use link::Link;
+pub use link::Proof;
 
 use crate::connection::steps::{Step, Trail};
 use crate::connection::{self, Connection, Settings};

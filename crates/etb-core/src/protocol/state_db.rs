@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use once_cell::sync::Lazy;
 
 use crate::lmdb::file_check;
+use crate::lmdb::lock_file::{Layout, LockView};
 pub use crate::lmdb::lock_path;
 use crate::lmdb::{Dbi, EnvOptions, Environment, LmdbError};
 use crate::sys::process::{lock_answer, probe_lock_file, LockAnswer, LockProbe};
@@ -196,6 +197,20 @@ impl StateDb {
 
     pub fn locking(&self) -> bool {
         self.env.locking
+    }
+
+    /// A read-only view of the lock file's header (the writer mutex, the last committed
+    /// transaction), mapped from the descriptor opened before the environment: never another
+    /// descriptor of the file (closing one would drop this process's locks on it). `Err` says why
+    /// there is none: no lock file, one replaced at its path since, or not the layout the view
+    /// reads (`lmdb::lock_file`).
+    pub fn lock_view(&self, path: &Path) -> Result<LockView, String> {
+        let file = self.env.lock_file.as_ref().ok_or("the lock file could not be opened")?;
+        let view = LockView::map(file, Layout::native())?;
+        if !view.is_at(&lock_path(path)) {
+            return Err(format!("{} was replaced since this process opened it", lock_path(path).display()));
+        }
+        Ok(view)
     }
 
     /// Reads one key.

@@ -154,9 +154,38 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// The pid of process `pid` (a pid of this namespace) in its own, innermost pid namespace: the
+/// last field of the `NSpid:` line of `/proc/PID/status` (the same as `pid` unless the process
+/// runs in a namespace nested in ours, as in a container started from this one). Its main thread's
+/// TID there is that number: what glibc writes as a mutex's owner. `None` when the file or the
+/// line cannot be read (kernels before 4.1 have no `NSpid`).
+pub fn pid_in_own_namespace(pid: i32) -> Option<i32> {
+    parse_nspid(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The last field of the `NSpid:` line of a `/proc/PID/status` text.
+pub fn parse_nspid(status: &str) -> Option<i32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().last()?.parse::<i32>().ok().filter(|&p| p > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nspid_parsing() {
+        assert_eq!(parse_nspid("Name:\tpython\nPid:\t20751\nNSpid:\t20751\n"), Some(20751));
+        // A process of a namespace nested in ours: 20751 here, 2 in its own.
+        assert_eq!(parse_nspid("Pid:\t20751\nNSpid:\t20751\t2\nNSpgid:\t1\n"), Some(2));
+        assert_eq!(parse_nspid("Pid:\t7\nNSpid:\t7\t40\t1\n"), Some(1), "two levels deep");
+        for bad in ["Pid:\t7\n", "NSpid:\n", "NSpid:\tx\n", "NSpid:\t0\n", "NSpid:\t-3\n"] {
+            assert_eq!(parse_nspid(bad), None, "{bad:?}");
+        }
+        let me = std::process::id() as i32;
+        assert_eq!(pid_in_own_namespace(me), parse_nspid(&std::fs::read_to_string("/proc/self/status").unwrap()));
+        assert_eq!(pid_in_own_namespace(i32::MAX), None, "no such process");
+    }
 
     #[test]
     fn proc_locks_parsing() {
