@@ -674,6 +674,39 @@ EtbStatus etb_client_bind_current_thread(const struct EtbClient *client);
 EtbStatus etb_client_reconnect(const struct EtbClient *client, double timeout_s);
 
 /**
+ * The client's event fd, for an event loop (epoll, poll, select, asyncio's `add_reader`):
+ * readable, level-triggered, while some completion handed to `etb_completion_watch` has its final
+ * outcome and its token was not yet taken with `etb_client_take_resolved` (which makes it
+ * unreadable again once none is left; never read it yourself). Writes `*fd_out` on success. The
+ * first call (or the first watch) starts the client's one watcher thread, which waits for the
+ * posts of the watched completions and runs their survival proof: the library adds that one
+ * thread per client that uses it, never one per command. The fd belongs to the client: do not
+ * close it; it is valid until `etb_client_close` (remove it from your loop first).
+ * `ETB_ERR_CLOSED` after close began; `ETB_ERR_IPC` when no eventfd or thread could be made.
+ * Thread-safe.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `fd_out` is NULL or writable.
+ */
+EtbStatus etb_client_event_fd(const struct EtbClient *client, int32_t *fd_out);
+
+/**
+ * Takes the tokens of watched completions whose outcome became final (success or an error:
+ * `etb_completion_poll` then answers it at once and never "pending" again), oldest first: up to
+ * `capacity` into `tokens_out`, their number into `*count_out`. Once none is left, the event fd
+ * is no longer readable. A freed completion's token is never returned. Never blocks; thread-safe.
+ * NULL `tokens_out` is accepted with `capacity` 0 (then `*count_out` is 0).
+ *
+ * # Safety
+ * `client` is NULL or a live client; `tokens_out` is NULL or has `capacity` writable elements;
+ * `count_out` is NULL or writable.
+ */
+EtbStatus etb_client_take_resolved(const struct EtbClient *client,
+                                   uint64_t *tokens_out,
+                                   size_t capacity,
+                                   size_t *count_out);
+
+/**
  * Sends `InitPair` and waits for it: the agent rendezvouses with every local and remote rank
  * (this can take minutes: size `timeout_s` for it). Succeeds only if the agent then records the
  * pair as matched (`pair:{pair_name}/state:match`), else `ETB_ERR_PAIR_NOT_MATCHED`.
@@ -883,7 +916,9 @@ EtbStatus etb_completion_wait(struct EtbCompletion *completion, double timeout_s
 
 /**
  * Tells, without blocking, whether the agent has acknowledged the command and was seen to
- * survive it (true only once proven): writes `*done_out` (required) on success. `ETB_ERR_AGENT_DIED` when the agent exited first;
+ * survive it (true only once proven; false also while the client's watcher thread, or another
+ * thread, is looking at it): writes `*done_out` (required) on success. Once the outcome is final
+ * it is answered at once, every time. `ETB_ERR_AGENT_DIED` when the agent exited first;
  * `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
  * NULL `completion` or `done_out`: `ETB_ERR_NULL_ARGUMENT`.
  *
@@ -891,8 +926,22 @@ EtbStatus etb_completion_wait(struct EtbCompletion *completion, double timeout_s
  * `completion` is NULL or a live completion not used by another thread during the call;
  * `done_out` is NULL or writable.
  */
-EtbStatus etb_completion_poll(struct EtbCompletion *completion,
-                              bool *done_out);
+EtbStatus etb_completion_poll(struct EtbCompletion *completion, bool *done_out);
+
+/**
+ * Hands the completion to its client's watcher thread (started on first use; see
+ * `etb_client_event_fd`): once its outcome is final, `token` (any number the caller chooses,
+ * e.g. an index or a pointer) is returned by `etb_client_take_resolved` and the client's event fd
+ * turns readable; a completion already final is resolved at once. Watching it again replaces
+ * the token. The completion stays the caller's: wait on it, poll it (a poll that finds the
+ * watcher looking at it answers false at once), and free it as before; freeing it unwatches it
+ * (its token, if not taken yet, is dropped). `ETB_ERR_CLOSED` once its client was closed.
+ * Use a completion from one thread at a time.
+ *
+ * # Safety
+ * `completion` is NULL or a live completion not used by another thread during the call.
+ */
+EtbStatus etb_completion_watch(struct EtbCompletion *completion, uint64_t token);
 
 /**
  * Releases a completion and removes its semaphore from /dev/shm, whether or not the command

@@ -31,6 +31,7 @@
 
 #include "etha_tensor_bus.h"
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -420,12 +421,28 @@ public:
     /// etb::Error: ETB_ERR_TIMEOUT, ETB_ERR_AGENT_DIED, ETB_ERR_CLOSED (its client was closed),
     /// ETB_ERR_PAIR_NOT_MATCHED (an InitPair the agent survived without matching the pair).
     void wait(double timeout_s = 30.0) { detail::check(etb_completion_wait(completion_.get(), timeout_s)); }
+    /// Waits at most `timeout` (any std::chrono duration): true once the agent acknowledged the
+    /// command and was seen to survive it, false when the time ran out first (the command may
+    /// still complete: wait again, poll, or watch). Throws etb::Error as wait() for every other
+    /// outcome.
+    template <class Rep, class Period>
+    [[nodiscard]] bool wait_for(std::chrono::duration<Rep, Period> timeout) {
+        const double seconds = std::chrono::duration<double>(timeout).count();
+        const EtbStatus s = etb_completion_wait(completion_.get(), seconds > 0 ? seconds : 0.0);
+        if (s == ETB_ERR_TIMEOUT) return false;
+        detail::check(s);
+        return true;
+    }
     /// Whether the command is acknowledged, without blocking. Throws etb::Error as wait().
     [[nodiscard]] bool poll() {
         bool done = false;
         detail::check(etb_completion_poll(completion_.get(), &done));
         return done;
     }
+    /// Hands the completion to its client's watcher thread: once its outcome is final, `token`
+    /// comes out of Client::take_resolved() and Client::event_fd() turns readable (for an epoll
+    /// or other event loop). Destroying the completion unwatches it.
+    void watch(uint64_t token) { detail::check(etb_completion_watch(completion_.get(), token)); }
     /// The C handle, still owned by this object.
     EtbCompletion *get() const noexcept { return completion_.get(); }
 
@@ -654,6 +671,24 @@ public:
         double age = 0.0;
         detail::check(etb_client_heartbeat_age(client_.get(), &age));
         return age;
+    }
+    /// The client's event fd: readable (level-triggered) while a watched completion
+    /// (Completion::watch) has its final outcome and its token was not taken. Owned by the
+    /// client (never close it); valid while the client lives. Starts the client's one watcher
+    /// thread.
+    [[nodiscard]] int event_fd() const {
+        int fd = -1;
+        detail::check(etb_client_event_fd(client_.get(), &fd));
+        return fd;
+    }
+    /// Takes up to `max` tokens of watched completions whose outcome is final, oldest first; the
+    /// event fd stops being readable once none is left. Never blocks.
+    [[nodiscard]] std::vector<uint64_t> take_resolved(std::size_t max = 64) const {
+        std::vector<uint64_t> tokens(max);
+        std::size_t n = 0;
+        detail::check(etb_client_take_resolved(client_.get(), tokens.data(), tokens.size(), &n));
+        tokens.resize(n);
+        return tokens;
     }
     /// The C handle, still owned by this object (nullptr when moved from).
     EtbClient *get() const noexcept { return client_.get(); }

@@ -195,6 +195,10 @@ FUNCTIONS = {
     "etb_client_bind_current_thread": (EtbStatus, [c_void_p]),
     # etb_client_reconnect(client, timeout_s)
     "etb_client_reconnect": (EtbStatus, [c_void_p, c_double]),
+    # etb_client_event_fd(client, fd_out)
+    "etb_client_event_fd": (EtbStatus, [c_void_p, POINTER(c_int32)]),
+    # etb_client_take_resolved(client, tokens_out, capacity, count_out)
+    "etb_client_take_resolved": (EtbStatus, [c_void_p, POINTER(c_uint64), c_size_t, POINTER(c_size_t)]),
     # etb_client_init_pair(client, pair_name, local_name, remote_name, expected_world_size,
     #     mesh_shape_payload, mesh_shape_payload_len, placements_payload, placements_payload_len, timeout_s)
     "etb_client_init_pair": (EtbStatus, [c_void_p, c_char_p, c_char_p, c_char_p, c_int64, c_void_p, c_size_t,
@@ -230,6 +234,8 @@ FUNCTIONS = {
     "etb_completion_wait": (EtbStatus, [c_void_p, c_double]),
     # etb_completion_poll(completion, done_out)
     "etb_completion_poll": (EtbStatus, [c_void_p, POINTER(c_bool)]),
+    # etb_completion_watch(completion, token)
+    "etb_completion_watch": (EtbStatus, [c_void_p, c_uint64]),
     # etb_completion_free(completion)
     "etb_completion_free": (None, [c_void_p]),
     # etb_status_name(status)

@@ -6,9 +6,10 @@ the README."""
 import ctypes
 import os
 import warnings
+import weakref
 from typing import List, Optional, Sequence, Tuple
 
-from . import _native, _payloads
+from . import _aio, _native, _payloads
 from ._common import Owned, check, options, read_info, text
 from .errors import STATUS, AcquireTimeout, TensorBusError
 
@@ -28,13 +29,17 @@ class Completion(Owned):
     """A command issued without waiting (transfer, init_pair, query_transfer_signal or
     BatchHandler.close with blocking=False). It reports done only once the agent posted it and was
     seen to survive it. It also answers what reference users call on the posix_ipc.Semaphore the
-    reference returns: acquire(timeout), release(), close(), unlink(), name."""
+    reference returns: acquire(timeout), release(), close(), unlink(), name. Awaitable in asyncio
+    (`await batch.transfer("send")`): the await parks no thread (the client's one watcher thread and
+    its event fd do the waiting); a cancelled await leaves the completion usable."""
 
     _release = "etb_completion_free"
 
-    def __init__(self, handle, name=""):
+    def __init__(self, handle, name="", client=None):
         self._handle = handle
         self.name = name  # the reference's semaphore name attribute
+        self._client = weakref.ref(client) if client is not None else None
+        self._token = None
 
     @property
     def _h(self):
@@ -61,6 +66,30 @@ class Completion(Owned):
             if e.status == STATUS["TIMEOUT"]:
                 raise AcquireTimeout(e.status, e.message) from None
             raise
+
+    def watch(self, token):
+        """Hands the completion to its client's watcher thread: once its outcome is final, `token`
+        comes out of TensorBusClient.take_resolved() and the client's event_fd() turns readable
+        (for an event loop of your own; `await` does this for asyncio)."""
+        check(_native.lib().etb_completion_watch(self._h, int(token)))
+        self._token = int(token)
+
+    def __await__(self):
+        return self._wait_async().__await__()
+
+    async def _wait_async(self):
+        if self.poll():
+            return None
+        client = self._client() if self._client is not None else None
+        if client is None:
+            raise TensorBusError(STATUS["CLOSED"], f"{self.name or 'the completion'}: its client is gone")
+        if self._token is None:
+            self.watch(_aio.next_token())
+        await client._aio().future_for(self._token)
+        # Resolved means final: poll answers it, or raises the error it ended with.
+        if not self.poll():
+            raise RuntimeError(f"{self.name}: resolved by the watcher but not final (a library bug)")
+        return None
 
     def release(self):
         """posix_ipc.Semaphore.release: nothing to do here (the agent posts, we consume)."""
@@ -128,7 +157,7 @@ class TensorBusClient(Owned):
             return None
         handle = ctypes.c_void_p()
         check(lib.etb_client_init_pair_async(*args, ctypes.byref(handle)))
-        return Completion(handle, f"InitPair {pair_name}")
+        return Completion(handle, f"InitPair {pair_name}", self)
 
     def register_tensors(self, batch_id: str, tensors: Sequence[Tuple[object, str]], bucket_size: Optional[int] = None,
                          timeout: float = 30.0) -> "BatchHandler":
@@ -171,7 +200,7 @@ class TensorBusClient(Owned):
             return None
         handle = ctypes.c_void_p()
         check(lib.etb_client_transfer_async(self._h, batch, kind, float(timeout), ctypes.byref(handle)))
-        return Completion(handle, f"Transfer {batch_id} {transfer_type}")
+        return Completion(handle, f"Transfer {batch_id} {transfer_type}", self)
 
     def transfer_detached(self, batch_id: str, transfer_type: str, timeout: float = 30.0):
         """Transfer with no completion at all (fire and forget; beyond the reference)."""
@@ -235,7 +264,7 @@ class TensorBusClient(Owned):
             return None
         handle = ctypes.c_void_p()
         check(lib.etb_client_cleanup_batch_async(self._h, batch, float(timeout), ctypes.byref(handle)))
-        return Completion(handle, f"CleanupBatch {batch_id}")
+        return Completion(handle, f"CleanupBatch {batch_id}", self)
 
     def cleanup_batch_detached(self, batch_id: str, timeout: float = 30.0):
         """CleanupBatch with no completion semaphore: a clean-up nobody waits for (the agent then
@@ -265,6 +294,29 @@ class TensorBusClient(Owned):
         age = ctypes.c_double()
         check(_native.lib().etb_client_heartbeat_age(self._h, ctypes.byref(age)))
         return age.value
+
+    def event_fd(self) -> int:
+        """The client's event fd (beyond the reference): readable, level-triggered, while a watched
+        completion (Completion.watch) has its final outcome and its token was not taken with
+        take_resolved(). Owned by the client: never close it. Starts the client's one watcher
+        thread."""
+        fd = ctypes.c_int(-1)
+        check(_native.lib().etb_client_event_fd(self._h, ctypes.byref(fd)))
+        return fd.value
+
+    def take_resolved(self, max_tokens: int = 64) -> List[int]:
+        """The tokens of watched completions whose outcome is final, oldest first (at most
+        `max_tokens`); the event fd stops being readable once none is left. Never blocks."""
+        tokens = (ctypes.c_uint64 * max(int(max_tokens), 0))()
+        n = ctypes.c_size_t(0)
+        check(_native.lib().etb_client_take_resolved(self._h, tokens, len(tokens), ctypes.byref(n)))
+        return list(tokens[:n.value])
+
+    def _aio(self):
+        """The asyncio readers of this client's event fd (one per loop)."""
+        if getattr(self, "_readers", None) is None:
+            self._readers = _aio.Readers(self.event_fd, self.take_resolved)
+        return self._readers
 
 
 class BatchHandler:

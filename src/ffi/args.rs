@@ -57,6 +57,33 @@ pub(crate) fn out<T>(ptr: *mut T, name: &str) -> Result<Out<T>, FfiError> {
     Ok(Out(ptr))
 }
 
+/// An out-array of `capacity` elements, checked now and written later, only on success.
+pub(crate) struct OutSlice<T>(*mut T, usize);
+
+impl<T: Copy> OutSlice<T> {
+    pub fn capacity(&self) -> usize {
+        self.1
+    }
+
+    /// Writes `values` (at most `capacity`) to the array's first elements.
+    pub fn write(self, values: &[T]) {
+        let n = values.len().min(self.1);
+        if n > 0 {
+            // SAFETY: checked non-NULL by `out_slice` when the capacity is not 0; `capacity`
+            // writable, aligned elements by the export's contract; `n <= capacity`.
+            unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.0, n) };
+        }
+    }
+}
+
+/// Checks an out-array of `capacity` elements; NULL is accepted only with capacity 0.
+pub(crate) fn out_slice<T>(ptr: *mut T, capacity: usize, name: &str) -> Result<OutSlice<T>, FfiError> {
+    if ptr.is_null() && capacity > 0 {
+        return Err(FfiError::null(name));
+    }
+    Ok(OutSlice(ptr, capacity))
+}
+
 /// `len` elements from `ptr`: NULL is accepted only with `len` 0 (the empty slice).
 pub(crate) fn slice<'a, T>(ptr: *const T, len: usize, name: &str) -> Result<&'a [T], FfiError> {
     match optional_slice(ptr, len, name)? {

@@ -4,7 +4,7 @@
 
 use std::ffi::c_void;
 
-use super::args::{out, reference, take_handle, timeout};
+use super::args::{out, out_slice, reference, take_handle, timeout};
 use super::status::EtbStatus;
 use etb_core::client::Client;
 
@@ -96,6 +96,56 @@ pub unsafe extern "C" fn etb_client_reconnect(client: *const EtbClient, timeout_
     status_boundary!({
         let c = reference(client, "client")?;
         c.client.reconnect(timeout(timeout_s, "timeout_s")?)?;
+        Ok(())
+    })
+}
+
+/// The client's event fd, for an event loop (epoll, poll, select, asyncio's `add_reader`):
+/// readable, level-triggered, while some completion handed to `etb_completion_watch` has its final
+/// outcome and its token was not yet taken with `etb_client_take_resolved` (which makes it
+/// unreadable again once none is left; never read it yourself). Writes `*fd_out` on success. The
+/// first call (or the first watch) starts the client's one watcher thread, which waits for the
+/// posts of the watched completions and runs their survival proof: the library adds that one
+/// thread per client that uses it, never one per command. The fd belongs to the client: do not
+/// close it; it is valid until `etb_client_close` (remove it from your loop first).
+/// `ETB_ERR_CLOSED` after close began; `ETB_ERR_IPC` when no eventfd or thread could be made.
+/// Thread-safe.
+///
+/// # Safety
+/// `client` is NULL or a live client; `fd_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_event_fd(client: *const EtbClient, fd_out: *mut i32) -> EtbStatus {
+    status_boundary!({
+        let c = reference(client, "client")?;
+        let fd_out = out(fd_out, "fd_out")?;
+        fd_out.write(c.client.event_fd()?);
+        Ok(())
+    })
+}
+
+/// Takes the tokens of watched completions whose outcome became final (success or an error:
+/// `etb_completion_poll` then answers it at once and never "pending" again), oldest first: up to
+/// `capacity` into `tokens_out`, their number into `*count_out`. Once none is left, the event fd
+/// is no longer readable. A freed completion's token is never returned. Never blocks; thread-safe.
+/// NULL `tokens_out` is accepted with `capacity` 0 (then `*count_out` is 0).
+///
+/// # Safety
+/// `client` is NULL or a live client; `tokens_out` is NULL or has `capacity` writable elements;
+/// `count_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn etb_client_take_resolved(
+    client: *const EtbClient,
+    tokens_out: *mut u64,
+    capacity: usize,
+    count_out: *mut usize,
+) -> EtbStatus {
+    status_boundary!({
+        let c = reference(client, "client")?;
+        let tokens = out_slice(tokens_out, capacity, "tokens_out")?;
+        let count_out = out(count_out, "count_out")?;
+        let taken = c.client.take_resolved(tokens.capacity())?;
+        count_out.write(taken.len());
+        tokens.write(&taken);
         Ok(())
     })
 }

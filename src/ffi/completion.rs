@@ -29,7 +29,9 @@ pub unsafe extern "C" fn etb_completion_wait(completion: *mut EtbCompletion, tim
 }
 
 /// Tells, without blocking, whether the agent has acknowledged the command and was seen to
-/// survive it (true only once proven): writes `*done_out` (required) on success. `ETB_ERR_AGENT_DIED` when the agent exited first;
+/// survive it (true only once proven; false also while the client's watcher thread, or another
+/// thread, is looking at it): writes `*done_out` (required) on success. Once the outcome is final
+/// it is answered at once, every time. `ETB_ERR_AGENT_DIED` when the agent exited first;
 /// `ETB_ERR_CLOSED` once its client was closed. Use a completion from one thread at a time.
 /// NULL `completion` or `done_out`: `ETB_ERR_NULL_ARGUMENT`.
 ///
@@ -43,6 +45,25 @@ pub unsafe extern "C" fn etb_completion_poll(completion: *mut EtbCompletion, don
         let done_out = out(done_out, "done_out")?;
         done_out.write(c.completion.poll()?);
         Ok(())
+    })
+}
+
+/// Hands the completion to its client's watcher thread (started on first use; see
+/// `etb_client_event_fd`): once its outcome is final, `token` (any number the caller chooses,
+/// e.g. an index or a pointer) is returned by `etb_client_take_resolved` and the client's event fd
+/// turns readable; a completion already final is resolved at once. Watching it again replaces
+/// the token. The completion stays the caller's: wait on it, poll it (a poll that finds the
+/// watcher looking at it answers false at once), and free it as before; freeing it unwatches it
+/// (its token, if not taken yet, is dropped). `ETB_ERR_CLOSED` once its client was closed.
+/// Use a completion from one thread at a time.
+///
+/// # Safety
+/// `completion` is NULL or a live completion not used by another thread during the call.
+#[no_mangle]
+pub unsafe extern "C" fn etb_completion_watch(completion: *mut EtbCompletion, token: u64) -> EtbStatus {
+    status_boundary!({
+        let c = reference(completion, "completion")?;
+        Ok(c.completion.watch(token)?)
     })
 }
 

@@ -9,6 +9,7 @@
 #include "../c/harness.h"
 
 #include <dirent.h>
+#include <poll.h>
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -448,6 +449,42 @@ static int t_async_commands() {
     return nothing_left(rank) && no_completion_semaphores();
 }
 
+/* Completions for an event loop: Completion::wait_for, watch, and the client's event fd with
+ * take_resolved, against an agent that delays each Transfer's acknowledgement by 0.1 s. */
+static int t_event_fd_and_wait_for() {
+    long long rank = fresh_rank();
+    Agent agent = start_agent(rank, 1, "--ack-delay", "0.1");
+    CHECK(agent.pid > 0, "agent did not start");
+    set_direct(rank);
+    {
+        auto [c, info] = etb::bootstrap_client(nullptr, 5.0, etb::CudaMode::Skip);
+        c.init_pair("ep", "a", "b", 1);
+        const uint8_t tensor[] = {0x80, 0x03, 'C', 0x02, 0x01, 0x02, 'q', 0x00, '.'};
+        c.register_tensors("eb", {{"ep", tensor, sizeof tensor}});
+        etb::Completion slow = c.transfer_async("eb", etb::TransferKind::Send);
+        CHECK(!slow.wait_for(std::chrono::milliseconds(10)), "0.1 s to the post: not done in 10 ms");
+        CHECK(slow.wait_for(std::chrono::seconds(5)), "done within 5 s");
+        const int fd = c.event_fd();
+        CHECK(fd >= 0, "an fd");
+        etb::Completion a = c.transfer_async("eb", etb::TransferKind::Send);
+        etb::Completion b = c.transfer_async("eb", etb::TransferKind::Send);
+        a.watch(11);
+        b.watch(12);
+        std::vector<uint64_t> got;
+        for (double until = now_s() + 10.0; got.size() < 2 && now_s() < until;) {
+            struct pollfd p = {fd, POLLIN, 0};
+            if (poll(&p, 1, 1000) == 1)
+                for (uint64_t t : c.take_resolved()) got.push_back(t);
+        }
+        CHECK(got == (std::vector<uint64_t>{11, 12}), "both resolved, in issue order (got %zu)", got.size());
+        CHECK(a.poll() && b.poll(), "resolved means final");
+        struct pollfd p = {fd, POLLIN, 0};
+        CHECK(poll(&p, 1, 0) == 0, "drained");
+    }
+    stop_agent(&agent);
+    return nothing_left(rank) && no_completion_semaphores();
+}
+
 /* etb::connect_client: an explicit agent rank and paths, nothing of the environment read. */
 static int t_connect_client() {
     long long rank = fresh_rank();
@@ -696,6 +733,7 @@ int main() {
     run_case("log_callback", t_log_callback);
     run_case("async_commands", t_async_commands);
     run_case("connect_client", t_connect_client);
+    run_case("event_fd_and_wait_for", t_event_fd_and_wait_for);
     run_cuda_case("cuda_payloads", t_cuda_payloads);
     run_cuda_case("cuda_errors", t_cuda_errors);
     printf("%d passed, %d failed\n", g_passed, g_failed);

@@ -10,7 +10,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "python" / "etha_tensor_bus"
 # Bottom up. _abi: generated declarations; _native: loading and declaring; errors: exceptions;
 # _common: the shared helpers; _payloads and client: the forms; bootstrap returns a client.
-LAYERS = [["_abi"], ["_native", "errors"], ["_common"], ["_payloads", "client"], ["bootstrap"], ["__init__"]]
+LAYERS = [["_abi"], ["_native", "errors"], ["_common", "_aio"], ["_payloads", "client"], ["bootstrap"], ["__init__"]]
 
 
 def imports():

@@ -186,7 +186,7 @@ impl Client {
     fn call(&self, command: &Command<'_>, timeout: Timeout, finish: Finish) -> Result<()> {
         let deadline = timeout.start();
         let (mut pending, link) = self.issue(command, &deadline, finish)?;
-        pending.wait(&link, &deadline, &|| false)
+        pending.wait(&link, &deadline, &|| false, true)
     }
 
     /// Issues `command` with a completion to wait on or poll later; `timeout` bounds only the
@@ -194,7 +194,7 @@ impl Client {
     fn call_async(&self, command: &Command<'_>, timeout: Timeout, finish: Finish) -> Result<Completion> {
         let deadline = timeout.start();
         let (pending, link) = self.issue(command, &deadline, finish)?;
-        Ok(Completion::new(pending, &link))
+        Ok(Completion::new(pending, &link, &self.hub))
     }
 
     /// Enqueues `command` with a fresh completion semaphore: the command on its way to an outcome.

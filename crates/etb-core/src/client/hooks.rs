@@ -14,6 +14,7 @@ use crate::sys::registry::FileId;
 pub struct TestHooks {
     pub(super) link: Arc<Link>,
     pub(super) paths: AgentPaths,
+    pub(super) hub: Arc<super::watcher::Hub>,
 }
 
 impl TestHooks {
@@ -46,6 +47,11 @@ impl TestHooks {
     /// namespace); `None`: the signal is off.
     pub fn writer_owner(&self) -> Option<i32> {
         self.link.writer.as_ref().and_then(|w| w.owner())
+    }
+
+    /// Whether the client's watcher thread was started, and how many completions it watches.
+    pub fn watcher(&self) -> (bool, usize) {
+        (self.hub.started(), self.hub.watched())
     }
 
     /// The state LMDB's file identity.

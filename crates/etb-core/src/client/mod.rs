@@ -4,8 +4,9 @@
 //! One file per concept: this one holds the client's lifecycle (bootstrap hands it a connection,
 //! `reconnect` swaps it, `Drop` closes it) and its accessors; `link` what ties it to one agent
 //! process; `outcome` the survival proof, `agent_writer` its first signal (the agent's LMDB writer
-//! mutex); `commands` the command methods; `completion` a command issued without waiting; `hooks`
-//! what the integration tests may look at.
+//! mutex); `commands` the command methods; `completion` a command issued without waiting;
+//! `watcher` the one thread per client that resolves watched completions for event loops;
+//! `hooks` what the integration tests may look at.
 //!
 //! Thread-safety: every method takes `&self` and may run on several threads at once (LMDB
 //! serializes the queue's write transactions; each call owns its completion semaphore).
@@ -20,6 +21,7 @@ mod guard;
 mod hooks;
 mod link;
 mod outcome;
+mod watcher;
 
 use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering;
@@ -64,6 +66,8 @@ pub struct Client {
     reconnecting: Mutex<()>,
     stable: ManuallyDrop<Stable>,
     settings: Settings,
+    /// The watcher of completions handed to it (`Completion::watch`), with the event fd.
+    hub: Arc<watcher::Hub>,
 }
 
 impl Client {
@@ -83,6 +87,7 @@ impl Client {
             reconnecting: Mutex::new(()),
             stable: ManuallyDrop::new(Stable { cuda, cuda_unbound, _worker_lock: worker_lock }),
             settings,
+            hub: watcher::Hub::new(),
         }
     }
 
@@ -154,11 +159,27 @@ impl Client {
         Ok(agent.pid())
     }
 
+    /// The client's event fd: readable (level-triggered) while a watched completion
+    /// (`Completion::watch`) has its final outcome and its token was not taken yet
+    /// ([`Client::take_resolved`]). Starts the client's one watcher thread on first use. The fd
+    /// belongs to the client: never close it; it is valid until the client is dropped.
+    pub fn event_fd(&self) -> Result<i32> {
+        self.link().shared.check_not_forked()?;
+        self.hub.event_fd()
+    }
+
+    /// Takes up to `max` tokens of watched completions whose outcome is final, oldest first;
+    /// the event fd stops being readable once none is left. Never blocks.
+    pub fn take_resolved(&self, max: usize) -> Result<Vec<u64>> {
+        self.link().shared.check_not_forked()?;
+        Ok(self.hub.take_resolved(max))
+    }
+
     /// What the integration tests look at (the queue's positions and slots, the state's
     /// locking): not part of the API, hidden from its documentation.
     #[doc(hidden)]
     pub fn test_hooks(&self) -> TestHooks {
-        TestHooks { link: self.link(), paths: self.paths.clone() }
+        TestHooks { link: self.link(), paths: self.paths.clone(), hub: self.hub.clone() }
     }
 
     pub fn agent_rank(&self) -> i64 {
@@ -233,11 +254,15 @@ impl Drop for Client {
         let link = self.link.get_mut().unwrap_or_else(|p| p.into_inner());
         link.shared.closed.store(true, Ordering::Release);
         if link.shared.in_owner_process() {
+            // The watcher's waits end on `closed`; its thread is joined and the event fd closed.
+            self.hub.stop();
             // SAFETY: dropped exactly once, here; nothing uses it afterwards.
             unsafe { ManuallyDrop::drop(&mut self.stable) };
         } else {
-            // In a forked child the handles are the parent's: forget them (leak the copies).
+            // In a forked child the handles are the parent's: forget them (leak the copies). The
+            // watcher's thread is the parent's too: never joined nor detached here.
             std::mem::forget(link.clone());
+            std::mem::forget(self.hub.clone());
         }
     }
 }

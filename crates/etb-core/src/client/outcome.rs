@@ -125,8 +125,9 @@ impl Pending {
         self.what
     }
 
-    pub(super) fn done(&self) -> bool {
-        self.done
+    /// The command's logical position in the queue.
+    pub(super) fn position(&self) -> u64 {
+        self.position
     }
 
     /// The one non-blocking step: true once the agent posted the completion, was seen to
@@ -147,13 +148,20 @@ impl Pending {
 
     /// Drives [`Pending::poll`] to the outcome, at most until `deadline`: a blocking wait on the
     /// semaphore for the post, then short sleeps until survival is shown. `closed` ends the
-    /// wait early with `Closed`.
-    pub(super) fn wait(&mut self, link: &Link, deadline: &Deadline, closed: &dyn Fn() -> bool) -> Result<()> {
+    /// wait early with `Closed`. `spin`: first spin on the queue's head and the semaphore (a
+    /// caller's wait); the client's watcher, which comes back every slice, does not.
+    pub(super) fn wait(
+        &mut self,
+        link: &Link,
+        deadline: &Deadline,
+        closed: &dyn Fn() -> bool,
+        spin: bool,
+    ) -> Result<()> {
         if self.done {
             return Ok(());
         }
         if self.after.is_none() {
-            self.wait_posted(link, deadline, closed)?;
+            self.wait_posted(link, deadline, closed, spin)?;
         }
         let mut pause = PROOF_FIRST_PAUSE;
         let started = Instant::now();
@@ -246,9 +254,9 @@ impl Pending {
     /// Waits until the agent posts the completion (which alone proves nothing: the agent posts
     /// also when the command failed, then ends), noting what the proof needs: first spinning on
     /// [`Pending::look_for_post`], then in timed waits on the semaphore.
-    fn wait_posted(&mut self, link: &Link, deadline: &Deadline, closed: &dyn Fn() -> bool) -> Result<()> {
+    fn wait_posted(&mut self, link: &Link, deadline: &Deadline, closed: &dyn Fn() -> bool, spin: bool) -> Result<()> {
         let shared = &link.shared;
-        let spin_until = Instant::now() + POST_SPIN;
+        let spin_until = Instant::now() + if spin { POST_SPIN } else { Duration::ZERO };
         while self.during.is_none() && Instant::now() < spin_until && !deadline.expired() {
             if self.look_for_post(link)? {
                 return Ok(());
