@@ -12,7 +12,8 @@
  *                             driver (ETB_CUDA_DRIVER_PATH): fresh (each in its own allocation, so
  *                             each makes its IPC handle), then cached (N of one allocation whose
  *                             handle is made); the driver calls per payload of each, and the fake
- *                             driver's own cost per call (a push/pop pair through dlsym)
+ *                             driver's own cost per call (push/pop pairs through dlsym) and of the
+ *                             lookup a payload makes (cuPointerGetAttributes; -1 without it)
  *   ours death                prints "waiting", then a blocking transfer the agent never
  *                             acknowledges; prints the wall time at which it returned
  *   ours footprint LIB        resident memory before and after dlopen(LIB) and a bootstrap
@@ -198,11 +199,12 @@ int main(int argc, char **argv) {
         unsigned long long (*total_calls)(void) = NULL;
         void *(*context_of)(int) = NULL;
         int (*push)(void *) = NULL, (*pop)(void **) = NULL;
+        int (*lookup)(unsigned int, int *, void **, unsigned long long) = NULL;
         const int64_t shape[2] = {1024, 1024};
         EtbPayload **made = calloc((size_t)n, sizeof *made);
         EtbClient *c;
         EtbCudaTensor ct;
-        double fresh = 0, cached = 0, fake_ns, t0;
+        double fresh = 0, cached = 0, fake_ns, lookup_ns = -1, t0;
         unsigned long long calls, fresh_calls, cached_calls, one;
         const int pairs = 1000000;
         void *ctx = NULL;
@@ -213,6 +215,7 @@ int main(int argc, char **argv) {
             *(void **)(&context_of) = dlsym(fake, "fake_cuda_context");
             *(void **)(&push) = dlsym(fake, "cuCtxPushCurrent_v2");
             *(void **)(&pop) = dlsym(fake, "cuCtxPopCurrent_v2");
+            *(void **)(&lookup) = dlsym(fake, "cuPointerGetAttributes");
         }
         if (!alloc || !release || !total_calls || !context_of || !push || !pop || !made || n < 1) {
             fprintf(stderr, "payloads: ETB_CUDA_DRIVER_PATH must name the fake driver\n");
@@ -254,6 +257,18 @@ int main(int argc, char **argv) {
         }
         cached_calls = total_calls() - calls;
         for (i = 0; i < n; i++) etb_payload_free(made[i]);
+        /* The fake's own cost of the lookup a payload makes: the 8 attributes of cuda/ipc.rs. */
+        if (lookup) {
+            int attributes[8] = {2, 8, 9, 7, 17, 10, 11, 12};
+            unsigned long long values[8];
+            void *data[8];
+            int k;
+            for (k = 0; k < 8; k++) data[k] = &values[k];
+            t0 = mono();
+            for (i = 0; i < pairs / 10; i++)
+                if (lookup(8, attributes, data, ct.data) != 0) return 1;
+            lookup_ns = (mono() - t0) / (pairs / 10) * 1e9;
+        }
         release(ct.data);
         free(made);
         etb_client_close(c);
@@ -274,9 +289,9 @@ int main(int argc, char **argv) {
         printf("{\"n\": %d, \"seconds\": %.6f, \"per_s\": %.1f, \"us_each\": %.3f, "
                "\"fresh\": {\"seconds\": %.6f, \"per_s\": %.1f, \"us_each\": %.3f, \"driver_calls_each\": %.2f}, "
                "\"cached\": {\"seconds\": %.6f, \"per_s\": %.1f, \"us_each\": %.3f, \"driver_calls_each\": %.2f}, "
-               "\"fake_driver_ns_per_call\": %.1f, \"fake_driver_quiet\": %s}\n",
+               "\"fake_driver_ns_per_call\": %.1f, \"fake_driver_lookup_ns\": %.1f, \"fake_driver_quiet\": %s}\n",
                n, fresh, n / fresh, fresh / n * 1e6, fresh, n / fresh, fresh / n * 1e6, (double)fresh_calls / n, cached,
-               n / cached, cached / n * 1e6, (double)cached_calls / n, fake_ns,
+               n / cached, cached / n * 1e6, (double)cached_calls / n, fake_ns, lookup_ns,
                getenv("FAKE_CUDA_QUIET") && *getenv("FAKE_CUDA_QUIET") && strcmp(getenv("FAKE_CUDA_QUIET"), "0") != 0
                    ? "true"
                    : "false");

@@ -310,7 +310,8 @@ def report(R):
         for key, label, target in (("cached", "cached handle", ">= 10x"), ("fresh", "fresh allocation", "report both")):
             row(f"CUDA tensor payload, {label}", pl[key]["us_each"], dumps["us_each"], "us", target,
                 extra=f"(1024, 1024) bf16: ours {pl[key]['per_s']:,.0f}/s, {pl[key]['driver_calls_each']:g} driver "
-                      f"calls each (fake driver: {pl['fake_driver_ns_per_call']:.0f} ns per call); ForkingPickler.dumps "
+                      f"calls each (fake driver: {pl['fake_driver_ns_per_call']:.0f} ns per call, "
+                      f"{pl['fake_driver_lookup_ns']:.0f} ns per lookup); ForkingPickler.dumps "
                       f"of a shared CPU tensor {dumps['per_s']:,.0f}/s (torch {dumps['torch']})")
     d = R["death"]
     row("agent death -> error (median)", d["ours"]["median"], d["reference"]["median"], "ms", "< 100 ms", extra=d["reference"]["note"])
