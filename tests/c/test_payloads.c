@@ -4,7 +4,8 @@
  * handle cache, the context push/pop, events, lifetimes (close, fork), mesh shapes and
  * placements. ETB_TEST_CUDA_VARIANT picks the driver build's cases: "" (default),
  * "unversioned" (push/pop/destroy fallbacks), "noipc" (no cuIpcGetMemHandle), "singular" (no
- * cuPointerGetAttributes: the default cases through the singular calls).
+ * cuPointerGetAttributes: the default cases through the singular calls), "quiet" (the default
+ * build with FAKE_CUDA_QUIET=1, as the benchmarks run it).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "etha_tensor_bus.h"
@@ -528,6 +529,27 @@ static int t_driver_without_ipc(void) {
     return nothing_left(agent.rank);
 }
 
+/* The benchmarks' quiet driver: no call log, no per-function counts; the total still counts. */
+static int t_quiet_driver(void) {
+    Agent agent;
+    EtbClient *c = boot(&agent, ETB_CUDA_REQUIRE);
+    const int64_t shape[1] = {16};
+    EtbPayload *p = NULL;
+    unsigned long long mark = fake_total_calls();
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(tensor_payload(c, ETB_DTYPE_FLOAT32, fake_alloc(1, 4096, 0), 1, shape, NULL, &p), ETB_OK);
+    CHECK(calls_since(&mark) == 4, "the total counts in quiet mode");
+    CHECK(strcmp(fake_calls(), "") == 0 && fake_count("cuPointerGetAttributes") == 0, "a quiet driver logged: %s",
+          log_tail());
+    /* An injected failure still applies. */
+    fake_fail("cuIpcGetMemHandle", 201);
+    EXPECT(tensor_payload(c, ETB_DTYPE_FLOAT32, fake_alloc(1, 4096, 0), 1, shape, NULL, &p), ETB_ERR_CUDA);
+    fake_fail("cuIpcGetMemHandle", 0);
+    etb_client_close(c);
+    stop_agent(&agent);
+    return nothing_left(agent.rank);
+}
+
 int main(void) {
     const char *variant = getenv("ETB_TEST_CUDA_VARIANT");
     g_next_rank = (long long)getpid() * 1000 + 400;
@@ -540,6 +562,8 @@ int main(void) {
         run_case("older_driver_names", t_older_driver_names);
     } else if (variant && strcmp(variant, "noipc") == 0) {
         run_case("driver_without_ipc", t_driver_without_ipc);
+    } else if (variant && strcmp(variant, "quiet") == 0) {
+        run_case("quiet_driver", t_quiet_driver);
     } else {
         run_case("dtypes_and_layout_payloads", t_dtypes_and_layout_payloads);
         run_case("errors_in_order", t_errors_in_order);
