@@ -148,6 +148,15 @@ impl File {
         file.header().fetch_add(1, Ordering::AcqRel);
         Ok(file)
     }
+
+    /// Takes a slot of this file that no live payload holds and that reads 0 ([`Book::take`]),
+    /// and sets it to 1.
+    fn take(&self) -> Option<usize> {
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let index = book.take(|i| self.slot(i).load(Ordering::Acquire))?;
+        self.slot(index).store(1, Ordering::Release);
+        Some(index)
+    }
 }
 
 impl Drop for File {
@@ -174,17 +183,6 @@ pub struct Slot {
     file: Arc<File>,
     index: usize,
     owner_pid: u32,
-}
-
-impl File {
-    /// Takes a slot of this file that no live payload holds and that reads 0 ([`Book::take`]),
-    /// and sets it to 1.
-    fn take(&self) -> Option<usize> {
-        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
-        let index = book.take(|i| self.slot(i).load(Ordering::Acquire))?;
-        self.slot(index).store(1, Ordering::Release);
-        Some(index)
-    }
 }
 
 impl Slot {
