@@ -8,8 +8,12 @@
  *   ours enqueue N [THREADS]  N detached transfers (split over THREADS) into a queue nobody reads
  *   ours issue N              N transfer_async + completion_free
  *   ours roundtrip N          N blocking transfers against a consuming agent
- *   ours payloads N           N CUDA tensor payloads, (1024, 1024) bfloat16, each in its own
- *                             allocation of the fake CUDA driver (ETB_CUDA_DRIVER_PATH), made and freed
+ *   ours payloads N           N CUDA tensor payloads, (1024, 1024) bfloat16, through the fake CUDA
+ *                             driver (ETB_CUDA_DRIVER_PATH): fresh (each in its own allocation, so
+ *                             each makes its IPC handle), then cached (N of one allocation whose
+ *                             handle is made); the driver calls per payload of each, and the fake
+ *                             driver's own cost per call (push/pop pairs through dlsym) and of the
+ *                             lookup a payload makes (cuPointerGetAttributes; -1 without it)
  *   ours death                prints "waiting", then a blocking transfer the agent never
  *                             acknowledges; prints the wall time at which it returned
  *   ours footprint LIB        resident memory before and after dlopen(LIB) and a bootstrap
@@ -192,42 +196,105 @@ int main(int argc, char **argv) {
         void *fake = dlopen(getenv("ETB_CUDA_DRIVER_PATH"), RTLD_NOW | RTLD_LOCAL);
         unsigned long long (*alloc)(int, unsigned long long, int) = NULL;
         void (*release)(unsigned long long) = NULL;
+        unsigned long long (*total_calls)(void) = NULL;
+        void *(*context_of)(int) = NULL;
+        int (*push)(void *) = NULL, (*pop)(void **) = NULL;
+        int (*lookup)(unsigned int, int *, void **, unsigned long long) = NULL;
         const int64_t shape[2] = {1024, 1024};
         EtbPayload **made = calloc((size_t)n, sizeof *made);
         EtbClient *c;
         EtbCudaTensor ct;
-        double total = 0;
+        double fresh = 0, cached = 0, fake_ns, lookup_ns = -1, t0;
+        unsigned long long calls, fresh_calls, cached_calls, one;
+        const int pairs = 1000000;
+        void *ctx = NULL;
         if (fake) {
             *(void **)(&alloc) = dlsym(fake, "fake_cuda_alloc");
             *(void **)(&release) = dlsym(fake, "fake_cuda_free");
+            *(void **)(&total_calls) = dlsym(fake, "fake_cuda_total_calls");
+            *(void **)(&context_of) = dlsym(fake, "fake_cuda_context");
+            *(void **)(&push) = dlsym(fake, "cuCtxPushCurrent_v2");
+            *(void **)(&pop) = dlsym(fake, "cuCtxPopCurrent_v2");
+            *(void **)(&lookup) = dlsym(fake, "cuPointerGetAttributes");
         }
-        if (!alloc || !release || !made) {
+        if (!alloc || !release || !total_calls || !context_of || !push || !pop || !made || n < 1) {
             fprintf(stderr, "payloads: ETB_CUDA_DRIVER_PATH must name the fake driver\n");
             return 1;
         }
         setenv("LOCAL_RANK", "0", 1);
         c = boot(NULL);
+        etb_cuda_tensor_init(&ct);
+        ct.dtype = ETB_DTYPE_BFLOAT16;
+        ct.ndim = 2;
+        ct.shape = shape;
+        /* Fresh: a new allocation per payload. */
+        calls = total_calls();
         for (i = 0; i < n; i++) {
-            double t0;
-            etb_cuda_tensor_init(&ct);
-            ct.dtype = ETB_DTYPE_BFLOAT16;
             ct.data = alloc(0, 2u << 20, 0);
-            ct.ndim = 2;
-            ct.shape = shape;
             t0 = mono();
             if (etb_client_cuda_tensor_payload(c, &ct, &made[i]) != ETB_OK) {
                 fprintf(stderr, "payload: %s\n", etb_last_error_message());
                 return 1;
             }
-            total += mono() - t0;
+            fresh += mono() - t0;
             /* The fake's table is small: its entry goes, the payload (holding nothing of it) stays. */
             release(ct.data);
         }
+        fresh_calls = total_calls() - calls;
         for (i = 0; i < n; i++) etb_payload_free(made[i]);
+        /* Cached: one allocation, its handle made by a first payload (not timed). */
+        ct.data = alloc(0, 2u << 20, 0);
+        if (etb_client_cuda_tensor_payload(c, &ct, &made[0]) != ETB_OK) return 1;
+        etb_payload_free(made[0]);
+        calls = total_calls();
+        for (i = 0; i < n; i++) {
+            t0 = mono();
+            if (etb_client_cuda_tensor_payload(c, &ct, &made[i]) != ETB_OK) {
+                fprintf(stderr, "payload: %s\n", etb_last_error_message());
+                return 1;
+            }
+            cached += mono() - t0;
+        }
+        cached_calls = total_calls() - calls;
+        for (i = 0; i < n; i++) etb_payload_free(made[i]);
+        /* The fake's own cost of the lookup a payload makes: the 8 attributes of cuda/ipc.rs. */
+        if (lookup) {
+            int attributes[8] = {2, 8, 9, 7, 17, 10, 11, 12};
+            unsigned long long values[8];
+            void *data[8];
+            int k;
+            for (k = 0; k < 8; k++) data[k] = &values[k];
+            t0 = mono();
+            for (i = 0; i < pairs / 10; i++)
+                if (lookup(8, attributes, data, ct.data) != 0) return 1;
+            lookup_ns = (mono() - t0) / (pairs / 10) * 1e9;
+        }
+        release(ct.data);
         free(made);
         etb_client_close(c);
-        printf("{\"n\": %d, \"seconds\": %.6f, \"per_s\": %.1f, \"us_each\": %.3f}\n", n, total, n / total,
-               total / n * 1e6);
+        /* The fake driver's own cost of one call: push/pop pairs of a context, as a payload makes. */
+        ctx = context_of(0);
+        calls = total_calls();
+        t0 = mono();
+        for (i = 0; i < pairs; i++) {
+            void *popped = NULL;
+            if (push(ctx) != 0 || pop(&popped) != 0) return 1;
+        }
+        fake_ns = (mono() - t0) / (2.0 * pairs) * 1e9;
+        one = total_calls() - calls;
+        if (one != 2ull * (unsigned long long)pairs) {
+            fprintf(stderr, "payloads: %llu fake calls counted for %d pairs\n", one, pairs);
+            return 1;
+        }
+        printf("{\"n\": %d, \"seconds\": %.6f, \"per_s\": %.1f, \"us_each\": %.3f, "
+               "\"fresh\": {\"seconds\": %.6f, \"per_s\": %.1f, \"us_each\": %.3f, \"driver_calls_each\": %.2f}, "
+               "\"cached\": {\"seconds\": %.6f, \"per_s\": %.1f, \"us_each\": %.3f, \"driver_calls_each\": %.2f}, "
+               "\"fake_driver_ns_per_call\": %.1f, \"fake_driver_lookup_ns\": %.1f, \"fake_driver_quiet\": %s}\n",
+               n, fresh, n / fresh, fresh / n * 1e6, fresh, n / fresh, fresh / n * 1e6, (double)fresh_calls / n, cached,
+               n / cached, cached / n * 1e6, (double)cached_calls / n, fake_ns, lookup_ns,
+               getenv("FAKE_CUDA_QUIET") && *getenv("FAKE_CUDA_QUIET") && strcmp(getenv("FAKE_CUDA_QUIET"), "0") != 0
+                   ? "true"
+                   : "false");
         return 0;
     } else if (strcmp(mode, "death") == 0) {
         EtbClient *c = boot(NULL);

@@ -203,13 +203,15 @@ def main():
         R["roundtrip"] = roundtrip_on(disk)
         R["roundtrip_shm"] = roundtrip_on(shm)
 
-        # 6b. Native CUDA tensor payloads (the fake CUDA driver), beside the floor of a Python worker:
-        # ForkingPickler.dumps of shared CPU tensors with the agent's torch, in the same run.
+        # 6b. Native CUDA tensor payloads (the fake CUDA driver, quiet: no call log), fresh and of a
+        # cached allocation, beside the floor of a Python worker: ForkingPickler.dumps of shared CPU
+        # tensors with the agent's torch, in the same run.
         fake, torch_python = os.environ.get("ETB_BENCH_FAKE_CUDA"), os.environ.get("ETB_BENCH_TORCH_PYTHON")
         if fake and torch_python:
             count = 50 if q else 1000
             ours = with_agent(disk, [], lambda ag: run_json([OURS, "payloads", str(count)],
-                                                            dict(ag.env(disk), ETB_CUDA_DRIVER_PATH=fake)))
+                                                            dict(ag.env(disk), ETB_CUDA_DRIVER_PATH=fake,
+                                                                 FAKE_CUDA_QUIET="1")))
             dumps = run_json([torch_python, str(ROOT / "bench" / "torch_dumps.py"), str(count)], dict(os.environ))
             R["payloads"] = {"ours": ours, "torch_dumps": dumps}
 
@@ -304,10 +306,13 @@ def report(R):
             extra=f"our side {r['ours']['our_side_us']:.1f} us = {share:.1f}%; survival check {sc['median']:.1f} us "
                   f"(p90 {sc['p90']:.1f}) of it")
     if "payloads" in R:
-        pl = R["payloads"]
-        row("CUDA tensor payload, (1024, 1024) bf16", pl["ours"]["us_each"], pl["torch_dumps"]["us_each"], "us",
-            "report both", extra=f"ours {pl['ours']['per_s']:,.0f}/s (fake driver); ForkingPickler.dumps of a shared "
-                                 f"CPU tensor {pl['torch_dumps']['per_s']:,.0f}/s (torch {pl['torch_dumps']['torch']})")
+        pl, dumps = R["payloads"]["ours"], R["payloads"]["torch_dumps"]
+        for key, label, target in (("cached", "cached handle", ">= 10x"), ("fresh", "fresh allocation", "report both")):
+            row(f"CUDA tensor payload, {label}", pl[key]["us_each"], dumps["us_each"], "us", target,
+                extra=f"(1024, 1024) bf16: ours {pl[key]['per_s']:,.0f}/s, {pl[key]['driver_calls_each']:g} driver "
+                      f"calls each (fake driver: {pl['fake_driver_ns_per_call']:.0f} ns per call, "
+                      f"{pl['fake_driver_lookup_ns']:.0f} ns per lookup); ForkingPickler.dumps "
+                      f"of a shared CPU tensor {dumps['per_s']:,.0f}/s (torch {dumps['torch']})")
     d = R["death"]
     row("agent death -> error (median)", d["ours"]["median"], d["reference"]["median"], "ms", "< 100 ms", extra=d["reference"]["note"])
     f = R["footprint"]

@@ -3,7 +3,9 @@
  * through the fake CUDA driver (tests/fake_cuda, ETB_CUDA_DRIVER_PATH), every error row, the
  * handle cache, the context push/pop, events, lifetimes (close, fork), mesh shapes and
  * placements. ETB_TEST_CUDA_VARIANT picks the driver build's cases: "" (default),
- * "unversioned" (push/pop/destroy fallbacks), "noipc" (no cuIpcGetMemHandle).
+ * "unversioned" (push/pop/destroy fallbacks), "noipc" (no cuIpcGetMemHandle), "singular" (no
+ * cuPointerGetAttributes: the default cases through the singular calls), "quiet" (the default
+ * build with FAKE_CUDA_QUIET=1, as the benchmarks run it).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "etha_tensor_bus.h"
@@ -19,6 +21,7 @@ static void (*fake_free)(unsigned long long);
 static void (*fake_fail)(const char *, int);
 static void (*fake_old_driver)(int);
 static int (*fake_count)(const char *);
+static unsigned long long (*fake_total_calls)(void);
 static int (*fake_live_events)(void);
 static const char *(*fake_calls)(void);
 static int (*fake_ctx_get_current)(void **);
@@ -32,11 +35,18 @@ static int load_fake(void) {
     *(void **)(&fake_fail) = dlsym(h, "fake_cuda_fail");
     *(void **)(&fake_old_driver) = dlsym(h, "fake_cuda_old_driver");
     *(void **)(&fake_count) = dlsym(h, "fake_cuda_count");
+    *(void **)(&fake_total_calls) = dlsym(h, "fake_cuda_total_calls");
     *(void **)(&fake_live_events) = dlsym(h, "fake_cuda_live_events");
     *(void **)(&fake_calls) = dlsym(h, "fake_cuda_calls");
     *(void **)(&fake_ctx_get_current) = dlsym(h, "cuCtxGetCurrent");
     return fake_alloc && fake_alloc_at && fake_free && fake_fail && fake_old_driver && fake_count && fake_live_events &&
-           fake_calls && fake_ctx_get_current;
+           fake_calls && fake_ctx_get_current && fake_total_calls;
+}
+
+/* Whether this run's driver build lacks cuPointerGetAttributes (the "singular" variant). */
+static int singular_driver(void) {
+    const char *variant = getenv("ETB_TEST_CUDA_VARIANT");
+    return variant && strcmp(variant, "singular") == 0;
 }
 
 #define EXPECT(call, want)                                                                              \
@@ -225,11 +235,17 @@ static int t_memory_kinds(void) {
     fake_fail("cuIpcGetMemHandle", 0);
     /* Every driver call a payload makes, failing in turn: ETB_ERR_CUDA naming it, nothing made. */
     {
-        const char *calls[] = {"cuPointerGetAttribute", "cuMemGetAddressRange_v2", "cuIpcGetMemHandle",
-                               "cuCtxPushCurrent_v2",  "cuEventCreate",           "cuEventRecord",
-                               "cuIpcGetEventHandle"};
-        size_t k;
-        for (k = 0; k < sizeof calls / sizeof calls[0]; k++) {
+        const char *plural[] = {"cuPointerGetAttributes", "cuIpcGetMemHandle", "cuCtxPushCurrent_v2",
+                                "cuEventCreate",          "cuEventRecord",     "cuIpcGetEventHandle"};
+        const char *singular[] = {"cuPointerGetAttribute(", "cuMemGetAddressRange_v2", "cuIpcGetMemHandle",
+                                  "cuCtxPushCurrent_v2",    "cuEventCreate",           "cuEventRecord",
+                                  "cuIpcGetEventHandle"};
+        const char **calls = singular_driver() ? singular : plural;
+        size_t k, n = singular_driver() ? sizeof singular / sizeof singular[0] : sizeof plural / sizeof plural[0];
+        for (k = 0; k < n; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "%s", calls[k]);
+            name[strcspn(name, "(")] = '\0';
             EtbCudaTensor t;
             int events = fake_live_events();
             etb_cuda_tensor_init(&t);
@@ -238,10 +254,10 @@ static int t_memory_kinds(void) {
             t.ndim = 1;
             t.shape = shape;
             t.wait_on_stream = 1;
-            fake_fail(calls[k], 999);
+            fake_fail(name, 999);
             p = (EtbPayload *)(void *)0x1;
             EXPECT(etb_client_cuda_tensor_payload(c, &t, &p), ETB_ERR_CUDA);
-            fake_fail(calls[k], 0);
+            fake_fail(name, 0);
             SAYS(calls[k]);
             CHECK(p == (EtbPayload *)(void *)0x1, "%s: payload_out written on failure", calls[k]);
             CHECK(fake_live_events() == events, "%s: an event was left behind", calls[k]);
@@ -295,10 +311,11 @@ static int t_handle_cache_threads_and_lifetimes(void) {
     CHECK(etb_payload_len(a) == etb_payload_len(again) && memcmp(etb_payload_data(a), etb_payload_data(again),
                                                                  etb_payload_len(a)) != 0, "different bytes");
     etb_payload_free(again);
-    /* A thread with no current context: the client's is pushed for the call, popped after. */
+    /* A thread with no current context: the client's is pushed for the handle of a new allocation
+     * (cuIpcGetMemHandle needs a current context), popped after. */
     memset(&tc, 0, sizeof tc);
     tc.c = c;
-    tc.ptr = base;
+    tc.ptr = fake_alloc(1, 4096, 0);
     pthread_create(&th, NULL, from_another_thread, &tc);
     pthread_join(th, NULL);
     CHECK(tc.status == ETB_OK, "payload on another thread: %s", etb_status_name(tc.status));
@@ -346,6 +363,128 @@ static int t_handle_cache_threads_and_lifetimes(void) {
     return nothing_left(agent.rank);
 }
 
+/* The call log's last 400 characters, for messages. */
+static const char *log_tail(void) {
+    const char *log = fake_calls();
+    size_t n = strlen(log);
+    return n > 400 ? log + n - 400 : log;
+}
+
+/* Driver calls since `*mark`, and moves the mark. */
+static unsigned long long calls_since(unsigned long long *mark) {
+    unsigned long long now = fake_total_calls(), n = now - *mark;
+    *mark = now;
+    return n;
+}
+
+/*
+ * The driver calls of one payload, fresh (a new allocation: its IPC handle is made) and cached
+ * (the same allocation again), with and without the stream event. With cuPointerGetAttributes:
+ * one call for the lookup, without a context push, and one push for the handle and event. Without
+ * it (the singular variant, or a driver older than 11.3): the singular calls of before.
+ */
+static int t_driver_calls_per_payload(void) {
+    Agent agent;
+    EtbClient *c = boot(&agent, ETB_CUDA_REQUIRE);
+    const int64_t shape[1] = {16};
+    unsigned long long base = fake_alloc(1, 1 << 16, 0), mark;
+    int singular = singular_driver(), plural_before, k;
+    /* fresh, cached, fresh + event, cached + event */
+    const unsigned long long want_plural[4] = {4, 1, 7, 6}, want_singular[4] = {12, 9, 15, 14};
+    const unsigned long long *want = singular ? want_singular : want_plural;
+    EtbPayload *p[4] = {NULL, NULL, NULL, NULL};
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    plural_before = fake_count("cuPointerGetAttributes");
+    for (k = 0; k < 4; k++) {
+        EtbCudaTensor t;
+        int pushes = fake_count("cuCtxPushCurrent_v2"), singles = fake_count("cuPointerGetAttribute"),
+            ranges = fake_count("cuMemGetAddressRange_v2");
+        etb_cuda_tensor_init(&t);
+        t.dtype = ETB_DTYPE_FLOAT32;
+        t.data = k == 2 ? fake_alloc(1, 1 << 16, 0) : base; /* payload 0 makes base's handle */
+        t.ndim = 1;
+        t.shape = shape;
+        t.wait_on_stream = k >= 2;
+        mark = fake_total_calls();
+        EXPECT(etb_client_cuda_tensor_payload(c, &t, &p[k]), ETB_OK);
+        {
+            unsigned long long n = calls_since(&mark);
+            CHECK(n == want[k], "payload %d (%s%s): %llu driver calls, want %llu: %s", k, k % 2 ? "cached" : "fresh",
+                  k >= 2 ? " + event" : "", n, want[k], log_tail());
+        }
+        if (singular) {
+            CHECK(fake_count("cuPointerGetAttribute") - singles == 6 && fake_count("cuMemGetAddressRange_v2") - ranges == 1,
+                  "payload %d: six cuPointerGetAttribute and one cuMemGetAddressRange_v2 expected", k);
+        } else {
+            CHECK(fake_count("cuPointerGetAttribute") == singles && fake_count("cuMemGetAddressRange_v2") == ranges,
+                  "payload %d: a singular lookup call with cuPointerGetAttributes there", k);
+            CHECK(fake_count("cuCtxPushCurrent_v2") - pushes == (k == 1 ? 0 : 1),
+                  "payload %d: %d context pushes", k, fake_count("cuCtxPushCurrent_v2") - pushes);
+        }
+    }
+    CHECK(fake_count("cuPointerGetAttributes") - plural_before == (singular ? 0 : 4), "one cuPointerGetAttributes each");
+    for (k = 0; k < 4; k++) etb_payload_free(p[k]);
+    etb_client_close(c);
+    stop_agent(&agent);
+    return nothing_left(agent.rank);
+}
+
+/*
+ * The fallbacks to the singular calls: a driver older than 11.3 (it may not know every attribute
+ * asked) is never asked the plural; a plural call that fails with CUDA_ERROR_INVALID_VALUE (an
+ * attribute it does not know), CUDA_ERROR_NOT_SUPPORTED or CUDA_ERROR_INVALID_CONTEXT is followed
+ * by the singular calls; any other failure is the payload's error.
+ */
+static int t_plural_fallbacks(void) {
+    Agent agent, old_agent;
+    EtbClient *c = boot(&agent, ETB_CUDA_REQUIRE), *old;
+    const int64_t shape[1] = {16};
+    const int fallbacks[3] = {1, 801, 201};
+    EtbPayload *p = NULL;
+    int plural, singles, k;
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    for (k = 0; k < 3; k++) {
+        plural = fake_count("cuPointerGetAttributes");
+        singles = fake_count("cuPointerGetAttribute");
+        fake_fail("cuPointerGetAttributes", fallbacks[k]);
+        EXPECT(tensor_payload(c, ETB_DTYPE_FLOAT32, fake_alloc(1, 4096, 0), 1, shape, NULL, &p), ETB_OK);
+        fake_fail("cuPointerGetAttributes", 0);
+        CHECK(fake_count("cuPointerGetAttributes") == plural + 1 && fake_count("cuPointerGetAttribute") == singles + 6,
+              "error %d: the singular calls after the plural one", fallbacks[k]);
+        etb_payload_free(p);
+    }
+    /* The old-driver mode: the plural call refuses the attributes it does not know. */
+    fake_old_driver(1);
+    singles = fake_count("cuPointerGetAttribute");
+    EXPECT(tensor_payload(c, ETB_DTYPE_FLOAT32, fake_alloc(1, 4096, 0), 1, shape, NULL, &p), ETB_OK);
+    fake_old_driver(0);
+    CHECK(fake_count("cuPointerGetAttribute") == singles + 6, "the old driver's payload took the singular calls");
+    etb_payload_free(p);
+    /* Any other failure: ETB_ERR_CUDA naming the plural call, no singular call after it. */
+    singles = fake_count("cuPointerGetAttribute");
+    fake_fail("cuPointerGetAttributes", 999);
+    EXPECT(tensor_payload(c, ETB_DTYPE_FLOAT32, fake_alloc(1, 4096, 0), 1, shape, NULL, &p), ETB_ERR_CUDA);
+    fake_fail("cuPointerGetAttributes", 0);
+    SAYS("cuPointerGetAttributes");
+    CHECK(fake_count("cuPointerGetAttribute") == singles, "singular calls after a real failure");
+    /* A driver of version 11.2 is never asked the plural. */
+    setenv("FAKE_CUDA_VERSION", "11020", 1);
+    old = boot(&old_agent, ETB_CUDA_REQUIRE);
+    unsetenv("FAKE_CUDA_VERSION");
+    CHECK(old != NULL, "bootstrap: %s", etb_last_error_message());
+    plural = fake_count("cuPointerGetAttributes");
+    singles = fake_count("cuPointerGetAttribute");
+    EXPECT(tensor_payload(old, ETB_DTYPE_FLOAT32, fake_alloc(1, 4096, 0), 1, shape, NULL, &p), ETB_OK);
+    CHECK(fake_count("cuPointerGetAttributes") == plural && fake_count("cuPointerGetAttribute") == singles + 6,
+          "a driver of 11.2 was asked cuPointerGetAttributes");
+    etb_payload_free(p);
+    etb_client_close(old);
+    stop_agent(&old_agent);
+    etb_client_close(c);
+    stop_agent(&agent);
+    return nothing_left(old_agent.rank) && nothing_left(agent.rank);
+}
+
 static int t_empty_tensor(void) {
     Agent agent;
     EtbClient *c = boot(&agent, ETB_CUDA_REQUIRE);
@@ -390,6 +529,27 @@ static int t_driver_without_ipc(void) {
     return nothing_left(agent.rank);
 }
 
+/* The benchmarks' quiet driver: no call log, no per-function counts; the total still counts. */
+static int t_quiet_driver(void) {
+    Agent agent;
+    EtbClient *c = boot(&agent, ETB_CUDA_REQUIRE);
+    const int64_t shape[1] = {16};
+    EtbPayload *p = NULL;
+    unsigned long long mark = fake_total_calls();
+    CHECK(c != NULL, "bootstrap: %s", etb_last_error_message());
+    EXPECT(tensor_payload(c, ETB_DTYPE_FLOAT32, fake_alloc(1, 4096, 0), 1, shape, NULL, &p), ETB_OK);
+    CHECK(calls_since(&mark) == 4, "the total counts in quiet mode");
+    CHECK(strcmp(fake_calls(), "") == 0 && fake_count("cuPointerGetAttributes") == 0, "a quiet driver logged: %s",
+          log_tail());
+    /* An injected failure still applies. */
+    fake_fail("cuIpcGetMemHandle", 201);
+    EXPECT(tensor_payload(c, ETB_DTYPE_FLOAT32, fake_alloc(1, 4096, 0), 1, shape, NULL, &p), ETB_ERR_CUDA);
+    fake_fail("cuIpcGetMemHandle", 0);
+    etb_client_close(c);
+    stop_agent(&agent);
+    return nothing_left(agent.rank);
+}
+
 int main(void) {
     const char *variant = getenv("ETB_TEST_CUDA_VARIANT");
     g_next_rank = (long long)getpid() * 1000 + 400;
@@ -402,12 +562,16 @@ int main(void) {
         run_case("older_driver_names", t_older_driver_names);
     } else if (variant && strcmp(variant, "noipc") == 0) {
         run_case("driver_without_ipc", t_driver_without_ipc);
+    } else if (variant && strcmp(variant, "quiet") == 0) {
+        run_case("quiet_driver", t_quiet_driver);
     } else {
         run_case("dtypes_and_layout_payloads", t_dtypes_and_layout_payloads);
         run_case("errors_in_order", t_errors_in_order);
         run_case("memory_kinds", t_memory_kinds);
         run_case("handle_cache_threads_and_lifetimes", t_handle_cache_threads_and_lifetimes);
         run_case("empty_tensor", t_empty_tensor);
+        run_case("driver_calls_per_payload", t_driver_calls_per_payload);
+        if (!singular_driver()) run_case("plural_fallbacks", t_plural_fallbacks);
     }
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;

@@ -5,13 +5,17 @@
  *
  * Knobs (read at each call): FAKE_CUDA_DEVICES (default 2), FAKE_CUDA_FAIL_INIT (a CUresult
  * for cuInit to return), FAKE_CUDA_FAIL_RETAIN (for cuDevicePrimaryCtxRetain),
- * FAKE_CUDA_FAIL_SET_CURRENT (for cuCtxSetCurrent with a non-NULL context).
+ * FAKE_CUDA_FAIL_SET_CURRENT (for cuCtxSetCurrent with a non-NULL context),
+ * FAKE_CUDA_VERSION (what cuDriverGetVersion answers; default 12080).
+ * Quiet mode, for the benchmarks (FAKE_CUDA_QUIET non-empty and not "0", read once, at the first
+ * call): no call log and no per-function counts (fake_cuda_calls() stays "", fake_cuda_count()
+ * 0); fake_cuda_total_calls() still counts, and injected failures still apply.
  * Build variants: -DFAKE_UNVERSIONED exports only the unversioned names of cuDeviceGetUuid,
  * cuDevicePrimaryCtxRelease, cuEventDestroy, cuCtxPushCurrent and cuCtxPopCurrent (an older
  * driver); -DFAKE_NO_RETAIN lacks cuDevicePrimaryCtxRetain; -DFAKE_NO_IPC lacks
- * cuIpcGetMemHandle.
+ * cuIpcGetMemHandle; -DFAKE_NO_POINTER_ATTRIBUTES lacks cuPointerGetAttributes (the plural).
  * Memory: no memory is allocated; the tests declare fake allocations (addresses are plain
- * numbers) that cuMemGetAddressRange_v2, cuPointerGetAttribute and cuIpcGetMemHandle look up.
+ * numbers) that cuMemGetAddressRange_v2, cuPointerGetAttribute(s) and cuIpcGetMemHandle look up.
  * Kinds: 0 device memory (cuMemAlloc), 1 pinned host memory, 2 managed memory, 3 virtual memory
  * (cuMemCreate + cuMemMap), 4 pool memory (cudaMallocAsync). Each allocation has a buffer id
  * (from 1, new for every allocation, also one made again at a freed address).
@@ -21,11 +25,12 @@
  * context cuCtxSetCurrent makes current; the IPC and event calls need a current context.
  * Test control: fake_cuda_alloc(dev, size, kind), fake_cuda_alloc_at(dev, address, size, kind),
  * fake_cuda_free(base), fake_cuda_fail(function, result) (every call of that entry point returns
- * result without doing anything; 0 clears), fake_cuda_old_driver(on) (cuPointerGetAttribute does
+ * result without doing anything; 0 clears), fake_cuda_old_driver(on) (cuPointerGetAttribute(s) do
  * not know IS_LEGACY_CUDA_IPC_CAPABLE nor MEMPOOL_HANDLE).
  * Introspection for the tests: fake_cuda_calls(), fake_cuda_retain_count(dev),
  * fake_cuda_release_errors(), fake_cuda_count(function) (calls of that entry point, failed ones
- * included), fake_cuda_live_events(), fake_cuda_reset() (the call log, counts, failures,
+ * included), fake_cuda_total_calls() (calls of every entry point, the fake_cuda_* functions
+ * excepted), fake_cuda_live_events(), fake_cuda_reset() (the call log, counts, failures,
  * allocations, events and the old-driver mode; buffer ids, event ids and addresses keep
  * counting).
  */
@@ -62,13 +67,33 @@ static int g_initialized;
 static __thread CUcontext t_current;
 static char g_contexts[MAX_DEVICES]; /* their addresses are the fake contexts */
 
+/* FAKE_CUDA_QUIET, read once: -1 not read yet, 0 no, 1 yes. */
+static int g_quiet = -1;
+static int quiet(void) {
+    int q = __atomic_load_n(&g_quiet, __ATOMIC_RELAXED);
+    if (q < 0) {
+        const char *v = getenv("FAKE_CUDA_QUIET");
+        q = v && *v && strcmp(v, "0") != 0;
+        __atomic_store_n(&g_quiet, q, __ATOMIC_RELAXED);
+    }
+    return q;
+}
+
+/* Appends "item;" to the call log while it fits; the log's length is kept, never recounted. */
+static size_t g_calls_len;
 static void record(const char *fmt, int arg) {
     char item[128];
+    int n;
+    if (quiet()) return;
+    n = snprintf(item, sizeof item, fmt, arg);
+    if (n < 0) return;
+    if ((size_t)n >= sizeof item) n = (int)sizeof item - 1;
     pthread_mutex_lock(&g_lock);
-    snprintf(item, sizeof item, fmt, arg);
-    if (strlen(g_calls) + strlen(item) + 2 < sizeof g_calls) {
-        strcat(g_calls, item);
-        strcat(g_calls, ";");
+    if (g_calls_len + (size_t)n + 2 < sizeof g_calls) {
+        memcpy(g_calls + g_calls_len, item, (size_t)n);
+        g_calls[g_calls_len + (size_t)n] = ';';
+        g_calls_len += (size_t)n + 1;
+        g_calls[g_calls_len] = '\0';
     }
     pthread_mutex_unlock(&g_lock);
 }
@@ -86,12 +111,21 @@ static int devices(void) { return knob("FAKE_CUDA_DEVICES", 2); }
 static struct { char name[NAME_LEN]; int count; } g_counts[MAX_NAMES];
 static struct { char name[NAME_LEN]; CUresult result; } g_fails[MAX_NAMES];
 
-/* Every entry point starts here: counts the call, answers the failure injected for it (0: none). */
+/* Calls of every entry point (atomic), and how many failures are injected (under g_lock). */
+static unsigned long long g_total_calls;
+static int g_fail_count;
+
+/*
+ * Every entry point starts here: counts the call, answers the failure injected for it (0: none).
+ * In quiet mode only the total is counted, and the lock is taken only while failures are injected.
+ */
 static CUresult enter(const char *function) {
     CUresult result = 0;
-    int i;
+    int i, q = quiet();
+    __atomic_fetch_add(&g_total_calls, 1, __ATOMIC_RELAXED);
+    if (q && __atomic_load_n(&g_fail_count, __ATOMIC_RELAXED) == 0) return 0;
     pthread_mutex_lock(&g_lock);
-    for (i = 0; i < MAX_NAMES; i++) {
+    for (i = 0; i < MAX_NAMES && !q; i++) {
         if (g_counts[i].name[0] == '\0') {
             snprintf(g_counts[i].name, NAME_LEN, "%s", function);
             g_counts[i].count = 1;
@@ -102,7 +136,7 @@ static CUresult enter(const char *function) {
             break;
         }
     }
-    for (i = 0; i < MAX_NAMES; i++)
+    for (i = 0; i < MAX_NAMES && g_fail_count; i++)
         if (g_fails[i].result && strcmp(g_fails[i].name, function) == 0) result = g_fails[i].result;
     pthread_mutex_unlock(&g_lock);
     return result;
@@ -122,7 +156,7 @@ CUresult cuDriverGetVersion(int *version) {
     CUresult injected = enter("cuDriverGetVersion");
     record("cuDriverGetVersion", 0);
     if (injected) return injected;
-    *version = 12080;
+    *version = knob("FAKE_CUDA_VERSION", 12080);
     return 0;
 }
 
@@ -387,65 +421,112 @@ CUresult cuMemGetAddressRange(unsigned int *base, unsigned int *size, unsigned i
 #define CU_POINTER_ATTRIBUTE_RANGE_START_ADDR 11
 #define CU_POINTER_ATTRIBUTE_RANGE_SIZE 12
 #define CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE 17
-CUresult cuPointerGetAttribute(void *data, int attribute, CUdeviceptr ptr) {
-    CUresult injected = enter("cuPointerGetAttribute");
-    struct fake_alloc a;
-    int i, old;
+
+/* Whether the driver knows the attribute (the old-driver mode knows fewer), under g_lock. */
+static int knows_attribute(int attribute) {
+    switch (attribute) {
+    case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
+    case CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE: return !g_old_driver;
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+    case CU_POINTER_ATTRIBUTE_BUFFER_ID:
+    case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE: return 1;
+    default: return 0;
+    }
+}
+
+/* Writes attribute of allocation a (NULL: an unknown pointer, every value 0) into data, in the
+ * attribute's own type, as the real driver does. */
+static void attribute_value(const struct fake_alloc *a, int attribute, void *data) {
     unsigned int u;
     int d;
     unsigned long long id;
     void *pool;
     CUdeviceptr range_base;
     size_t range_size;
+    switch (attribute) {
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+        u = !a ? 0u : a->kind == 1 ? 1u /* CU_MEMORYTYPE_HOST */ : 2u /* CU_MEMORYTYPE_DEVICE */;
+        memcpy(data, &u, sizeof u);
+        break;
+    case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+        u = a && a->kind == 2;
+        memcpy(data, &u, sizeof u);
+        break;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+        d = a ? a->device : 0;
+        memcpy(data, &d, sizeof d);
+        break;
+    case CU_POINTER_ATTRIBUTE_BUFFER_ID:
+        id = a ? a->buffer_id : 0;
+        memcpy(data, &id, sizeof id);
+        break;
+    case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
+        u = a && a->kind == 0;
+        memcpy(data, &u, sizeof u);
+        break;
+    case CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE:
+        pool = a ? a->pool : NULL;
+        memcpy(data, &pool, sizeof pool);
+        break;
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+        range_base = a ? a->base : 0;
+        memcpy(data, &range_base, sizeof range_base);
+        break;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+        range_size = a ? (size_t)a->size : 0;
+        memcpy(data, &range_size, sizeof range_size);
+        break;
+    default: break;
+    }
+}
+
+CUresult cuPointerGetAttribute(void *data, int attribute, CUdeviceptr ptr) {
+    CUresult injected = enter("cuPointerGetAttribute");
+    struct fake_alloc a;
+    int i, known;
     memset(&a, 0, sizeof a);
     record("cuPointerGetAttribute(%d)", attribute);
     if (injected) return injected;
     pthread_mutex_lock(&g_lock);
-    old = g_old_driver;
+    known = knows_attribute(attribute);
     i = find_alloc(ptr);
     if (i >= 0) a = g_allocs[i];
     pthread_mutex_unlock(&g_lock);
-    if (old && (attribute == CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE ||
-                attribute == CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE))
-        return CUDA_ERROR_INVALID_VALUE;
-    if (i < 0 || !data) return CUDA_ERROR_INVALID_VALUE;
-    switch (attribute) {
-    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
-        u = a.kind == 1 ? 1u /* CU_MEMORYTYPE_HOST */ : 2u /* CU_MEMORYTYPE_DEVICE */;
-        memcpy(data, &u, sizeof u);
-        return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_IS_MANAGED:
-        u = a.kind == 2;
-        memcpy(data, &u, sizeof u);
-        return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
-        d = a.device;
-        memcpy(data, &d, sizeof d);
-        return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_BUFFER_ID:
-        id = a.buffer_id;
-        memcpy(data, &id, sizeof id);
-        return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
-        u = a.kind == 0;
-        memcpy(data, &u, sizeof u);
-        return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE:
-        pool = a.pool;
-        memcpy(data, &pool, sizeof pool);
-        return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
-        range_base = a.base;
-        memcpy(data, &range_base, sizeof range_base);
-        return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
-        range_size = (size_t)a.size;
-        memcpy(data, &range_size, sizeof range_size);
-        return CUDA_SUCCESS;
-    default:
-        return CUDA_ERROR_INVALID_VALUE;
-    }
+    if (!known || i < 0 || !data) return CUDA_ERROR_INVALID_VALUE;
+    attribute_value(&a, attribute, data);
+    return CUDA_SUCCESS;
 }
+
+#ifndef FAKE_NO_POINTER_ATTRIBUTES
+/*
+ * The real driver answers several attributes in one call, each into its own data[i], in the
+ * attribute's type, without a current context. Unlike the singular call, a pointer it did not
+ * hand out is not an error: every attribute gets its NULL value (0) and the call succeeds. An
+ * attribute it does not know (the old-driver mode's), a NULL array or a NULL data[i] is
+ * CUDA_ERROR_INVALID_VALUE for the whole call, and nothing is written.
+ */
+CUresult cuPointerGetAttributes(unsigned int count, int *attributes, void **data, CUdeviceptr ptr) {
+    CUresult injected = enter("cuPointerGetAttributes");
+    struct fake_alloc a;
+    unsigned int k;
+    int i, known = 1;
+    memset(&a, 0, sizeof a);
+    record("cuPointerGetAttributes(%d)", (int)count);
+    if (injected) return injected;
+    if (count == 0 || !attributes || !data) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_lock);
+    for (k = 0; k < count; k++) known = known && knows_attribute(attributes[k]) && data[k];
+    i = find_alloc(ptr);
+    if (i >= 0) a = g_allocs[i];
+    pthread_mutex_unlock(&g_lock);
+    if (!known) return CUDA_ERROR_INVALID_VALUE;
+    for (k = 0; k < count; k++) attribute_value(i >= 0 ? &a : NULL, attributes[k], data[k]);
+    return CUDA_SUCCESS;
+}
+#endif
 
 static void put_le(char *out, unsigned long long value, int bytes) {
     int i;
@@ -697,6 +778,8 @@ void fake_cuda_fail(const char *function, int result) {
         snprintf(g_fails[slot].name, NAME_LEN, "%s", function);
         g_fails[slot].result = result;
     }
+    for (i = 0, slot = 0; i < MAX_NAMES; i++) slot += g_fails[i].result != 0;
+    __atomic_store_n(&g_fail_count, slot, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&g_lock);
 }
 
@@ -722,6 +805,8 @@ int fake_cuda_count(const char *function) {
     return count;
 }
 
+unsigned long long fake_cuda_total_calls(void) { return __atomic_load_n(&g_total_calls, __ATOMIC_RELAXED); }
+
 int fake_cuda_live_events(void) {
     int live;
     pthread_mutex_lock(&g_lock);
@@ -734,6 +819,9 @@ void fake_cuda_reset(void) {
     struct fake_event *e, *next;
     pthread_mutex_lock(&g_lock);
     g_calls[0] = '\0';
+    g_calls_len = 0;
+    __atomic_store_n(&g_total_calls, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&g_fail_count, 0, __ATOMIC_RELAXED);
     memset(g_counts, 0, sizeof g_counts);
     memset(g_fails, 0, sizeof g_fails);
     memset(g_allocs, 0, sizeof g_allocs);

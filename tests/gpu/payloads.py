@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
@@ -55,6 +56,29 @@ print("RELEASED", flush=True)
 """
 
 
+def check_lookup(cuda, base, device):
+    """What the payloads' one cuPointerGetAttributes call assumes of a real driver
+    (crates/etb-core/src/cuda/ipc.rs): asked from a thread with no current context, about a pointer
+    inside cuMemAlloc memory, it answers device memory, not managed, on this device, legacy-IPC
+    capable, and the range cuMemGetAddressRange_v2 answers (the allocation's base and size)."""
+    asked = (ctypes.c_int * 6)(2, 8, 9, 10, 11, 12)  # MEMORY_TYPE, IS_MANAGED, DEVICE_ORDINAL,
+    # IS_LEGACY_CUDA_IPC_CAPABLE, RANGE_START_ADDR, RANGE_SIZE (cuda.h)
+    values = (ctypes.c_uint64 * 6)()
+    data = (ctypes.c_void_p * 6)(*[ctypes.addressof(values) + 8 * i for i in range(6)])
+    ptr = ctypes.c_uint64(base + 4096)
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.update(rc=cuda.cuPointerGetAttributes(ctypes.c_uint(6), asked,
+                                                                                           data, ptr)))
+    thread.start()
+    thread.join()
+    start, size = ctypes.c_uint64(), ctypes.c_size_t()
+    rc = cuda.cuMemGetAddressRange_v2(ctypes.byref(start), ctypes.byref(size), ptr)
+    got = (answer.get("rc"), values[0], values[1], values[2] & 0xFFFFFFFF, values[3], values[4], values[5])
+    want = (0, 2, 0, device, 1, start.value, size.value)
+    check("cuPointerGetAttributes with no current context: device memory and its allocation's range",
+          rc == 0 and start.value == base and got == want, f"got {got}, want {want} (cuMemGetAddressRange_v2: {rc})")
+
+
 def main():
     lib_path, torch_python = sys.argv[1], sys.argv[2]
     if len(sys.argv) > 3:
@@ -81,6 +105,7 @@ def main():
     host = (ctypes.c_float * n)(*range(n))
     rc = cuda.cuMemcpyHtoD_v2(ptr, host, ctypes.c_size_t(n * 4))
     check("fill the memory", rc == 0, f"CUresult {rc}")
+    check_lookup(cuda, ptr.value, int(os.environ.get("LOCAL_RANK", "0")))
     for name, wait in (("synchronized", 0), ("stream/event path", 1)):
         t = _native.CudaTensor()
         lib.etb_cuda_tensor_init(ctypes.byref(t))

@@ -59,6 +59,7 @@ struct Api {
     // one is an error only when a payload needs it.
     mem_get_address_range: Option<ipc::MemGetAddressRange>,
     pointer_get_attribute: Option<ipc::PointerGetAttribute>,
+    pointer_get_attributes: Option<ipc::PointerGetAttributes>,
     ipc_get_mem_handle: Option<ipc::IpcGetMemHandle>,
     event_create: Option<ipc::EventCreate>,
     event_record: Option<ipc::EventRecord>,
@@ -127,6 +128,8 @@ fn load() -> std::result::Result<Api, String> {
         // pointers and sizes.
         mem_get_address_range: sym!("cuMemGetAddressRange_v2"),
         pointer_get_attribute: sym!("cuPointerGetAttribute"),
+        // The plural: one call for every attribute a payload asks (the singular calls without it).
+        pointer_get_attributes: sym!("cuPointerGetAttributes"),
         ipc_get_mem_handle: sym!("cuIpcGetMemHandle"),
         event_create: sym!("cuEventCreate"),
         event_record: sym!("cuEventRecord"),
@@ -216,6 +219,8 @@ pub struct CudaBinding {
     device: CuDevice,
     context: CuContext,
     owner_pid: u32,
+    /// `cuDriverGetVersion`'s answer at bootstrap (0 when it failed): which calls payloads use.
+    driver_version: i32,
 }
 
 // SAFETY: a CUcontext is a handle usable from any thread (cuCtxSetCurrent is per thread); the
@@ -364,7 +369,7 @@ fn try_bind(api: &'static Api, ordinal: i32, report: &mut CudaReport) -> Result<
         (api.primary_ctx_retain)(&mut context, device)
     })?;
     // From here the binding owns the retain: dropping it on an error releases it.
-    let binding = CudaBinding { api, device, context, owner_pid: std::process::id() };
+    let binding = CudaBinding { api, device, context, owner_pid: std::process::id(), driver_version: version };
     binding.make_current()?;
     report.identity = Some(DeviceIdentity { name: c_text(&name), pci_bus_id: c_text(&bus), uuid: uuid_text(&uuid) });
     Ok(binding)

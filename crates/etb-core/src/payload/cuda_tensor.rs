@@ -130,11 +130,11 @@ pub fn make(binding: &CudaBinding, t: &CudaTensor<'_>) -> Result<Payload> {
             l.span_bytes, t.data, allocation.base, allocation.size
         )));
     }
-    let handle = binding.ipc_mem_handle(&allocation)?;
+    // The handle and the event under one context push (none for a cached handle and no event).
+    let (handle, event) = binding.share(&allocation, t.wait_on_stream)?;
     let storage_offset = t.data - allocation.base;
     // From the tensor's first element to the end of the allocation, in whole elements.
     let storage_size = (end - t.data) / l.element_size * l.element_size;
-    let event = t.wait_on_stream.map(|stream| binding.ipc_event(stream)).transpose()?;
     let slot = Slot::take()?;
     args.storage = Some(SharedStorage {
         handle: &handle,
