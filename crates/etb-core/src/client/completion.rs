@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::link::{Link, Shared};
 use super::outcome::{closed_error, Pending};
-use super::watcher::Hub;
+use super::watcher::{Hub, Watched};
 use crate::error::{ErrorKind, Result};
 use crate::timeout::{Deadline, Timeout};
 
@@ -98,13 +98,13 @@ impl Completion {
     /// again replaces the token; dropping the completion unwatches it.
     pub fn watch(&self, token: u64) -> Result<()> {
         self.inner.usable()?;
-        self.hub.watch(&self.inner, token)
+        self.hub.watch(self.inner.clone(), token)
     }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        self.hub.unwatch(Arc::as_ptr(&self.inner));
+        self.hub.unwatch(Arc::as_ptr(&self.inner) as *const ());
     }
 }
 
@@ -137,18 +137,20 @@ impl Inner {
         }
         result
     }
+}
 
-    pub(super) fn is_final(&self) -> bool {
+impl Watched for Inner {
+    fn is_final(&self) -> bool {
         self.outcome.get().is_some()
     }
 
-    pub(super) fn position(&self) -> u64 {
+    fn position(&self) -> u64 {
         self.position
     }
 
     /// The watcher's look, without blocking: whether the outcome is final now. Leaves the
     /// completion alone while another thread holds it.
-    pub(super) fn poll_quietly(&self) -> bool {
+    fn poll_quietly(&self) -> bool {
         if self.is_final() {
             return true;
         }
@@ -170,7 +172,7 @@ impl Inner {
     /// The watcher's blocking look: waits at most `slice` for the post and the proof (without
     /// the first spin of a caller's wait); whether the outcome is final then. While another
     /// thread holds the completion, sleeps a little instead.
-    pub(super) fn wait_quietly(&self, slice: Duration) -> bool {
+    fn wait_quietly(&self, slice: Duration) -> bool {
         if self.is_final() {
             return true;
         }

@@ -17,11 +17,22 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
-use super::completion::Inner;
 use crate::error::{Error, ErrorKind, Result};
 
 /// How long the thread blocks on one semaphore before it looks at every watched completion.
 pub(super) const SLICE: Duration = Duration::from_millis(10);
+
+/// What the watcher needs of a completion (`completion::Inner` implements it): whether its outcome
+/// is final, its queue position, and one look without blocking or one blocking slice, each of
+/// which answers whether the outcome is final now.
+pub(super) trait Watched: Send + Sync {
+    fn is_final(&self) -> bool;
+    fn position(&self) -> u64;
+    fn poll_quietly(&self) -> bool;
+    fn wait_quietly(&self, slice: Duration) -> bool;
+}
+
+type Inner = dyn Watched;
 
 /// A client's watcher: its watched and resolved completions, its eventfd and its thread.
 pub(super) struct Hub {
@@ -88,10 +99,10 @@ impl Hub {
 
     /// Hands `inner` to the thread; its `token` comes out of [`Hub::take_resolved`] once its
     /// outcome is final (at once if it already is). Watching it again replaces the token.
-    pub(super) fn watch(self: &Arc<Self>, inner: &Arc<Inner>, token: u64) -> Result<()> {
+    pub(super) fn watch(self: &Arc<Self>, inner: Arc<Inner>, token: u64) -> Result<()> {
         let mut st = self.lock();
         self.start(&mut st)?;
-        let weak = Arc::downgrade(inner);
+        let weak = Arc::downgrade(&inner);
         st.watched.retain(|(_, w)| !w.ptr_eq(&weak));
         st.resolved.retain(|(_, w)| !w.ptr_eq(&weak));
         if inner.is_final() {
@@ -105,11 +116,11 @@ impl Hub {
 
     /// Forgets `inner` (freed): it leaves the watched set, and its token, if not taken yet, the
     /// resolved queue (the fd is drained when none is left).
-    pub(super) fn unwatch(&self, inner: *const Inner) {
+    pub(super) fn unwatch(&self, inner: *const ()) {
         let mut st = self.lock();
-        st.watched.retain(|(_, w)| w.as_ptr() != inner);
+        st.watched.retain(|(_, w)| w.as_ptr() as *const () != inner);
         let before = st.resolved.len();
-        st.resolved.retain(|(_, w)| w.as_ptr() != inner);
+        st.resolved.retain(|(_, w)| w.as_ptr() as *const () != inner);
         if before > 0 && st.resolved.is_empty() {
             drain(&st);
         }
