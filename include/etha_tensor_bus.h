@@ -157,10 +157,12 @@ typedef int32_t EtbCudaMode;
 typedef int32_t EtbPtraceMode;
 
 /**
- * Options of `etb_bootstrap_client_ex`. Fill it with `etb_bootstrap_options_init`, then set
- * what you need. The layout is fixed: later versions only append fields at the end (from offset
- * `sizeof` of this version: 56 bytes on 64-bit Linux), and `struct_size` (the `sizeof` the caller was
- * compiled with) tells the library how much of it the caller knows.
+ * Options of `etb_bootstrap_client_ex` and `etb_client_connect`. Fill it with
+ * `etb_bootstrap_options_init`, then set what you need. The layout is fixed: later versions only
+ * append fields at the end (from offset `sizeof` of this version: 64 bytes on 64-bit Linux), and
+ * `struct_size` (the `sizeof` the caller was compiled with) tells the library how much of it the
+ * caller knows: a field past an older caller's `struct_size` takes its default (0.1's first
+ * layouts, 40 and 56 bytes, end before `device_index`, so they bind as before).
  */
 typedef struct EtbBootstrapOptions {
     /**
@@ -202,6 +204,21 @@ typedef struct EtbBootstrapOptions {
      * Default 0: a second worker gets `ETB_ERR_AGENT_BUSY` (a wrong AGENT_RANK_OFFSET, usually).
      */
     uint32_t allow_shared_agent;
+    /**
+     * Ignored. It fills what was the struct's padding in the 56-byte layout (offsets 52..56), so
+     * that `device_index` never lands where an older caller left garbage.
+     */
+    uint32_t reserved1;
+    /**
+     * The CUDA device the client binds and makes its payloads on, as the driver numbers devices
+     * (so `CUDA_VISIBLE_DEVICES` applies): 0 and up. Default -1: `cuda:{LOCAL_RANK}` for
+     * `etb_bootstrap_client_ex`, `cuda:0` for `etb_client_connect` (as before this field). A
+     * process that drives several GPUs (JAX, any single-controller runtime) makes one client per
+     * local agent, each with its own device. Past the driver's device count: `ETB_ERR_CUDA`
+     * naming both, under `ETB_CUDA_AUTO` too; under `ETB_CUDA_SKIP` it only names the info's
+     * device. Below -1: `ETB_ERR_INVALID_ARGUMENT`, before any wait.
+     */
+    int32_t device_index;
 } EtbBootstrapOptions;
 
 /**
@@ -307,10 +324,12 @@ typedef struct EtbPlacement {
 } EtbPlacement;
 
 /**
- * Bind to `cuda:{LOCAL_RANK}` when a CUDA driver and that device exist; otherwise go on
- * unbound. In a process that has not touched CUDA yet this costs the first `cuInit` and a new
- * primary context (typically a few hundred milliseconds and a few hundred MiB of GPU memory);
- * where PyTorch already initialized the device, retaining its primary context costs nothing more.
+ * Bind to the client's device (`device_index`, else `cuda:{LOCAL_RANK}`) when a CUDA driver and
+ * that device exist; otherwise go on unbound, except that a `device_index` the driver does not
+ * have is `ETB_ERR_CUDA` (a device chosen on purpose). In a process that has not touched CUDA
+ * yet this costs the first `cuInit` and a new primary context (typically a few hundred
+ * milliseconds and a few hundred MiB of GPU memory); where PyTorch already initialized the
+ * device, retaining its primary context costs nothing more.
  */
 #define ETB_CUDA_AUTO 0
 
@@ -321,13 +340,16 @@ typedef struct EtbPlacement {
 #define ETB_CUDA_REQUIRE 1
 
 /**
- * Never touch the CUDA driver (CPU-only control processes).
+ * Never touch the CUDA driver (CPU-only control processes); a `device_index` then only names
+ * the info's device, unchecked.
  */
 #define ETB_CUDA_SKIP 2
 
 /**
  * Exactly the agent process identified at bootstrap (and its descendants); when it cannot be
- * identified, every process, with a warning that says why.
+ * identified, every process, with a warning that says why. The kernel keeps one tracer per
+ * process: when this process already authorized another agent that still runs (one process,
+ * several agents), every process, with a warning naming both pids; ANY then stays.
  */
 #define ETB_PTRACE_AGENT 0
 
@@ -518,7 +540,8 @@ extern "C" {
 
 /**
  * Fills `*options` with the defaults: `struct_size` = `sizeof(EtbBootstrapOptions)`, default
- * naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`, `ETB_PTRACE_AGENT`; every other byte zero.
+ * naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`, `ETB_PTRACE_AGENT`, `device_index` -1 (the
+ * default device); every other byte zero.
  * NULL is ignored (and recorded as the thread's last error). Thread-safe; does not block.
  *
  * It writes this library version's `sizeof(EtbBootstrapOptions)` bytes. Fields are only ever
@@ -574,11 +597,14 @@ EtbStatus etb_bootstrap_client(EtbPathNamingFn path_naming_fn,
  *
  * CUDA (after the agent is validated): the driver (`libcuda.so.1`, or the library named by
  * `ETB_CUDA_DRIVER_PATH`) is loaded at run time, once per process, reusing one already loaded;
- * the device is `cuda:{LOCAL_RANK}` as the driver numbers it (so `CUDA_VISIBLE_DEVICES`
- * applies); its *primary* context (the one PyTorch and the CUDA runtime use) is retained and made
- * current on the calling thread. The client holds the retain and releases it on close. See
- * `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE`, `ETB_CUDA_SKIP` for what each mode does and costs.
- * Everything else as `etb_bootstrap_client`.
+ * the device is `options->device_index`, or by default `cuda:{LOCAL_RANK}`, as the driver
+ * numbers it (so `CUDA_VISIBLE_DEVICES` applies); its *primary* context (the one PyTorch and the
+ * CUDA runtime use) is retained and made current on the calling thread. The client holds the
+ * retain and releases it on close; the driver calls of its payloads that need a context run
+ * under that one, pushed on whatever thread makes them.
+ * See `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE`, `ETB_CUDA_SKIP` for what each mode does and costs.
+ * With a `device_index`, `LOCAL_RANK` no longer picks the device (it is still read, and a
+ * malformed one is still `ETB_ERR_ENV`). Everything else as `etb_bootstrap_client`.
  *
  * # Safety
  * `options` is NULL or points to `options->struct_size` readable bytes (filled by
@@ -594,11 +620,15 @@ EtbStatus etb_bootstrap_client_ex(const struct EtbBootstrapOptions *options,
  * the reference's `TensorBusClient(agent_rank, lmdb_command_queue_path,
  * agent_state_lmdb_path)`. Validates the agent, attaches its queue and authorizes it as
  * `etb_bootstrap_client_ex` does, with `options` (NULL: the defaults; its naming callback is
- * ignored). The info's method is `"direct"`, its global rank -1 and its device `cuda:0` (the
- * CUDA mode binds to device 0: use `etb_bootstrap_client_ex` to bind to `LOCAL_RANK`). Paths are
- * bytes (any but NUL). Writes `*client_out` and `*info_out` on success only (release with
- * `etb_client_close` and `etb_info_free`). Blocks up to the options' connection timeout.
- * Thread-safe.
+ * ignored). The info's method is `"direct"` and its global rank -1. The device is
+ * `options->device_index` (default -1: `cuda:0`; `LOCAL_RANK` is not read): one process that
+ * drives several GPUs connects once per local agent, each client with its own device, and may
+ * then use each client, and make its payloads, from any thread. Authorizing a second agent's
+ * process to ptrace this one widens the authorization to every process (`PR_SET_PTRACER_ANY`)
+ * with a warning, unless the first agent is gone (`ETB_PTRACE_AGENT`; the kernel keeps one
+ * tracer per process). Paths are bytes (any but NUL). Writes `*client_out` and `*info_out` on
+ * success only (release with `etb_client_close` and `etb_info_free`). Blocks up to the options'
+ * connection timeout. Thread-safe.
  *
  * # Safety
  * The paths are NULL or NUL-terminated; `options` is NULL or as for `etb_bootstrap_client_ex`;
@@ -1054,8 +1084,10 @@ bool etb_info_has_rank_offset(const struct EtbBootstrapInfo *info);
 int64_t etb_info_rank_offset(const struct EtbBootstrapInfo *info);
 
 /**
- * The CUDA device string, `"cuda:{LOCAL_RANK}"`. Owned by `info`: valid until `etb_info_free`.
- * NULL when `info` is NULL. Thread-safe.
+ * The CUDA device string of the client, `"cuda:{etb_info_device_index}"`: the options'
+ * `device_index` when chosen, else `"cuda:{LOCAL_RANK}"` (bootstrap) or `"cuda:0"`
+ * (`etb_client_connect`), bound or not. Owned by `info`: valid until `etb_info_free`. NULL when
+ * `info` is NULL. Thread-safe.
  *
  * # Safety
  * `info` is NULL or a live info from `etb_bootstrap_client`.
@@ -1063,7 +1095,8 @@ int64_t etb_info_rank_offset(const struct EtbBootstrapInfo *info);
 const char *etb_info_device(const struct EtbBootstrapInfo *info);
 
 /**
- * The CUDA device ordinal (`LOCAL_RANK`, 0 when unset); -1 when `info` is NULL. Thread-safe.
+ * The client's CUDA device ordinal: the options' `device_index` when chosen, else `LOCAL_RANK`
+ * (0 when unset; bootstrap) or 0 (`etb_client_connect`); -1 when `info` is NULL. Thread-safe.
  *
  * # Safety
  * `info` is NULL or a live info from `etb_bootstrap_client`.
@@ -1108,8 +1141,8 @@ const char *etb_info_method(const struct EtbBootstrapInfo *info);
 int32_t etb_info_agent_pid(const struct EtbBootstrapInfo *info);
 
 /**
- * Whether bootstrap bound the worker to its GPU (retained `cuda:{LOCAL_RANK}`'s primary context
- * and made it current); false when unbound (no driver or device under `ETB_CUDA_AUTO`, or
+ * Whether bootstrap bound the worker to its GPU (retained its device's primary context, see
+ * `etb_info_device`, and made it current); false when unbound (no driver or device under `ETB_CUDA_AUTO`, or
  * `ETB_CUDA_SKIP`) or when `info` is NULL. Thread-safe.
  *
  * # Safety

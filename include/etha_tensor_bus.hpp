@@ -309,9 +309,10 @@ public:
         return etb_info_has_rank_offset(info_.get()) ? std::optional<int64_t>(etb_info_rank_offset(info_.get()))
                                                      : std::nullopt;
     }
-    /// "cuda:{LOCAL_RANK}".
+    /// "cuda:{device_index()}".
     std::string device() const { return detail::text(etb_info_device(info_.get())); }
-    /// LOCAL_RANK (0 when unset).
+    /// The client's device: BootstrapOptions::device_index when chosen, else LOCAL_RANK (0 when
+    /// unset; bootstrap_client) or 0 (connect_client).
     int32_t device_index() const noexcept { return etb_info_device_index(info_.get()); }
     /// The agent's command-queue LMDB path.
     std::string command_queue_path() const { return detail::text(etb_info_command_queue_path(info_.get())); }
@@ -755,6 +756,11 @@ struct BootstrapOptions {
     bool allow_shared_group = false;
     /// Other workers may attach to the same agent (each of them must allow it).
     bool allow_shared_agent = false;
+    /// The CUDA device the client binds and makes its payloads on (0 and up, as the driver
+    /// numbers devices). Empty: cuda:{LOCAL_RANK} for bootstrap_client, cuda:0 for
+    /// connect_client. One process that drives several GPUs connects one client per local agent,
+    /// each with its own device; past the driver's device count is etb::Error ETB_ERR_CUDA.
+    std::optional<int32_t> device_index;
 };
 
 namespace detail {
@@ -770,15 +776,17 @@ inline EtbBootstrapOptions c_options(const BootstrapOptions &options, NamingCont
     c.ptrace_mode = static_cast<EtbPtraceMode>(options.ptrace_mode);
     c.allow_shared_group = options.allow_shared_group ? 1u : 0u;
     c.allow_shared_agent = options.allow_shared_agent ? 1u : 0u;
+    if (options.device_index) c.device_index = *options.device_index;
     return c;
 }
 }  // namespace detail
 
 /// Finds this worker's agent and attaches to it (etb_bootstrap_client_ex): reads AGENT_RANK (or
 /// RANK + AGENT_RANK_OFFSET) and LOCAL_RANK, waits up to connection_timeout_s, binds the calling
-/// thread's GPU as cuda_mode says. Returns the client and the info, owned by the caller and
-/// independent. Throws etb::Error; an exception thrown by the naming function reaches the caller
-/// as itself. Thread-safe (but reads the environment: no concurrent setenv).
+/// thread to its GPU (options.device_index, else cuda:{LOCAL_RANK}) as cuda_mode says. Returns
+/// the client and the info, owned by the caller and independent. Throws etb::Error; an exception
+/// thrown by the naming function reaches the caller as itself. Thread-safe (but reads the
+/// environment: no concurrent setenv).
 [[nodiscard]] inline std::pair<Client, BootstrapInfo> bootstrap_client(const BootstrapOptions &options) {
     EtbClient *client = nullptr;
     EtbBootstrapInfo *info = nullptr;
@@ -805,9 +813,10 @@ inline EtbBootstrapOptions c_options(const BootstrapOptions &options, NamingCont
 /// (etb_client_connect: the reference's TensorBusClient(agent_rank, lmdb_command_queue_path,
 /// agent_state_lmdb_path)). Validates the agent, attaches its queue and authorizes it as
 /// bootstrap_client does, with `options` (its path_naming_fn is not used: the paths are given).
-/// The info's method is "direct", its global rank -1 and its device cuda:0 (cuda_mode binds
-/// device 0: use bootstrap_client to bind to LOCAL_RANK). Paths are bytes, any but NUL (a NUL is
-/// ETB_ERR_INVALID_ARGUMENT). Returns the client and the info, owned by the caller and
+/// The info's method is "direct", its global rank -1 and its device options.device_index's
+/// (empty: cuda:0). One process connects once per local agent, each client on its own device
+/// (see etb_client_connect for the ptrace rule of several agents). Paths are bytes, any but NUL
+/// (a NUL is ETB_ERR_INVALID_ARGUMENT). Returns the client and the info, owned by the caller and
 /// independent. Throws etb::Error. Thread-safe.
 [[nodiscard]] inline std::pair<Client, BootstrapInfo> connect_client(int64_t agent_rank,
                                                                      const std::string &command_queue_path,

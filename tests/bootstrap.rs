@@ -28,6 +28,7 @@ fn boot_paths(paths: &AgentPaths, timeout: f64) -> etha_tensor_bus::Result<(Clie
         ptrace_mode: PtraceMode::Agent,
         trust: TrustPolicy::default(),
         share_agent: true,
+        device_index: None,
     })
 }
 
@@ -45,6 +46,7 @@ fn default_names_offset_method() {
         ptrace_mode: PtraceMode::Agent,
         trust: TrustPolicy::default(),
         share_agent: true,
+        device_index: None,
     })
     .unwrap();
     assert_eq!(info.agent_rank, rank);
@@ -85,6 +87,7 @@ fn naming_function_gets_the_rank() {
         ptrace_mode: PtraceMode::Agent,
         trust: TrustPolicy::default(),
         share_agent: true,
+        device_index: None,
     })
     .unwrap();
     assert_eq!(seen, vec![17]);
@@ -273,6 +276,7 @@ fn one_worker_per_agent() {
             ptrace_mode: PtraceMode::Agent,
             trust: TrustPolicy::default(),
             share_agent: share,
+            device_index: None,
         })
     };
     let (first, _) = boot_as(false).unwrap();
@@ -333,4 +337,45 @@ fn bootstrap_and_doctor_run_the_same_steps() {
     let expected: Vec<&str> = STEPS.iter().map(|s| s.name()).collect();
     assert_eq!(names, expected, "the steps the doctor reports");
     drop(agent);
+}
+
+fn boot_on_device(
+    paths: &AgentPaths,
+    device_index: Option<i32>,
+    timeout: f64,
+) -> etha_tensor_bus::Result<(Client, BootstrapInfo)> {
+    let env = env_of(&[("AGENT_RANK", "0".into()), ("RANK", "0".into()), ("LOCAL_RANK", "3".into())]);
+    let mut naming = |_rank: i64| Ok(paths.clone());
+    bootstrap_client(BootstrapOptions {
+        path_naming: Some(&mut naming),
+        connection_timeout: secs(timeout),
+        env: &env,
+        cuda_mode: CudaMode::Skip,
+        ptrace_mode: PtraceMode::Agent,
+        trust: TrustPolicy::default(),
+        share_agent: true,
+        device_index,
+    })
+}
+
+/// `device_index` chooses the client's device: the info names it (here in the skip mode, which
+/// binds nothing) and LOCAL_RANK no longer does; without it LOCAL_RANK's device, as before; a
+/// negative one is refused before any wait for the agent.
+#[test]
+fn device_index_names_the_device_and_is_checked_first() {
+    let dir = TempDir::new("devindex");
+    let paths = dir.paths();
+    let _agent = DevAgent::start(&paths, &[], true);
+    let (client, info) = boot_on_device(&paths, Some(1), 5.0).unwrap();
+    assert_eq!((info.device.as_str(), info.device_index, info.local_rank), ("cuda:1", 1, 3));
+    assert!(info.cuda.identity.is_none(), "skip binds nothing");
+    drop(client);
+    let (client, info) = boot_on_device(&paths, None, 5.0).unwrap();
+    assert_eq!((info.device.as_str(), info.device_index, info.local_rank), ("cuda:3", 3, 3));
+    drop(client);
+    // No agent at these paths and no time to wait: an unchecked index would be AgentNotFound.
+    let absent = TempDir::new("devindex-absent");
+    let e = boot_on_device(&absent.paths(), Some(-1), 0.0).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.message().starts_with("device_index is -1: a CUDA device ordinal is 0 or more"), "{e}");
 }

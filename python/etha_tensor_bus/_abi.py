@@ -132,6 +132,8 @@ class EtbBootstrapOptions(Structure):
         ("ptrace_mode", EtbPtraceMode),
         ("allow_shared_group", c_uint32),
         ("allow_shared_agent", c_uint32),
+        ("reserved1", c_uint32),
+        ("device_index", c_int32),
     ]
 
 

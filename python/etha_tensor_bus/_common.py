@@ -17,13 +17,21 @@ from .errors import STATUS, error_for
 CUDA_MODES = _native.enum("ETB_CUDA_")  # {"auto": ETB_CUDA_AUTO, "require": ..., "skip": ...}
 
 
-def options(connection_timeout, cuda_mode, share_agent, naming=None):
+def options(connection_timeout, cuda_mode, share_agent, naming=None, device_index=None):
     """An EtbBootstrapOptions: the library's defaults (etb_bootstrap_options_init), then the
-    options the Python forms take. A `cuda_mode` that is not one of CUDA_MODES is a ValueError,
+    options the Python forms take. A `cuda_mode` that is not one of CUDA_MODES, or a
+    `device_index` that is not None or an int >= 0, is a ValueError (TypeError for a non-int),
     raised before the library is loaded. `naming`: a NAMING_FN, which the caller keeps alive for
-    the call that uses the options."""
+    the call that uses the options. `device_index` None keeps the library's default (-1: the
+    device of LOCAL_RANK for bootstrap_client, cuda:0 for TensorBusClient)."""
     if cuda_mode not in CUDA_MODES:
         raise ValueError(f"cuda_mode must be one of {sorted(CUDA_MODES)}, not {cuda_mode!r}")
+    if device_index is not None:
+        if isinstance(device_index, bool) or not isinstance(device_index, int):
+            raise TypeError(f"device_index must be an int or None, not {type(device_index).__name__}")
+        if not 0 <= device_index <= 0x7FFFFFFF:
+            raise ValueError(f"device_index must be a CUDA device ordinal, 0 to 2147483647 (None: the default "
+                             f"device), not {device_index}")
     o = _native.BootstrapOptions()
     _native.lib().etb_bootstrap_options_init(ctypes.byref(o))
     if naming is not None:
@@ -31,6 +39,8 @@ def options(connection_timeout, cuda_mode, share_agent, naming=None):
     o.connection_timeout_s = float(connection_timeout)
     o.cuda_mode = CUDA_MODES[cuda_mode]
     o.allow_shared_agent = 1 if share_agent else 0
+    if device_index is not None:
+        o.device_index = device_index
     return o
 
 
@@ -50,7 +60,9 @@ def text(value, what):
 @dataclasses.dataclass(frozen=True)
 class BootstrapInfo:
     """The reference's BootstrapInfo (agent_rank, global_rank, rank_offset, device,
-    command_queue_path, state_path, method), plus the agent's pid and the GPU binding."""
+    command_queue_path, state_path, method), plus the agent's pid and the GPU binding. `device` is
+    the client's: "cuda:{device_index}" when one was chosen, else "cuda:{LOCAL_RANK}" (bootstrap)
+    or "cuda:0" (TensorBusClient)."""
 
     agent_rank: int
     global_rank: int

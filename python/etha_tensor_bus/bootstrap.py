@@ -24,14 +24,17 @@ def setup_ptrace():
 
 def bootstrap_client(path_naming_fn: Optional[Callable[[int], Tuple[str, str]]] = None,
                      connection_timeout: float = 30.0, *, cuda_mode: str = "auto",
-                     share_agent: bool = False) -> Tuple[TensorBusClient, BootstrapInfo]:
+                     share_agent: bool = False,
+                     device_index: Optional[int] = None) -> Tuple[TensorBusClient, BootstrapInfo]:
     """The reference's bootstrap_client: resolves the agent rank from the environment (AGENT_RANK,
     or RANK + AGENT_RANK_OFFSET), names the agent's files (`path_naming_fn(rank) ->
     (cmd_queue_path, state_path)`; an exception it raises reaches the caller as itself), waits for
     the agent, and returns (TensorBusClient, BootstrapInfo). Beyond the reference, keyword-only:
-    `cuda_mode` ("auto" binds to cuda:{LOCAL_RANK} when a driver and the device exist, "require"
-    fails without them, "skip" never touches CUDA) and `share_agent` (allow other workers on the
-    same agent; by default a second worker gets a ConnectionError)."""
+    `cuda_mode` ("auto" binds to the device when a driver and the device exist, "require"
+    fails without them, "skip" never touches CUDA), `share_agent` (allow other workers on the
+    same agent; by default a second worker gets a ConnectionError) and `device_index` (the CUDA
+    device to bind and make payloads on; None: cuda:{LOCAL_RANK}; one the driver does not have is
+    a TensorBusError ETB_ERR_CUDA, also in "auto")."""
     raised = []
 
     def naming(rank, cq, cq_cap, st, st_cap, _user_data):
@@ -48,7 +51,7 @@ def bootstrap_client(path_naming_fn: Optional[Callable[[int], Tuple[str, str]]] 
             return 1
 
     callback = _native.NAMING_FN(naming) if path_naming_fn is not None else None  # alive for the call
-    opts = options(connection_timeout, cuda_mode, share_agent, naming=callback)
+    opts = options(connection_timeout, cuda_mode, share_agent, naming=callback, device_index=device_index)
     handle, info = ctypes.c_void_p(), ctypes.c_void_p()
     status = _native.lib().etb_bootstrap_client_ex(ctypes.byref(opts), ctypes.byref(handle), ctypes.byref(info))
     if raised:

@@ -104,13 +104,21 @@ class TensorBusClient(Owned):
     bootstrap_client, or directly with an agent rank and the two paths (taken from
     TENSOR_BUS_COMMAND_QUEUE_PATH and TENSOR_BUS_STATE_PATH when None). Closing it releases only
     this worker's handles: the agent's queue and files stay (the reference's close() destroys
-    them, a defect not copied). A context manager."""
+    them, a defect not copied). A context manager.
+
+    Beyond the reference, keyword-only: `cuda_mode` (see bootstrap_client), `share_agent`, and
+    `device_index`, the CUDA device this client binds and makes its payloads on (None: cuda:0).
+    A process that drives several GPUs (JAX: one process per host) makes one client per local
+    agent, each with its own device_index, and may use each from any thread. The kernel keeps one
+    ptrace authorization per process: the second live agent widens it to every process, with a
+    warning (README, "Several GPUs in one process")."""
 
     _release = "etb_client_close"
 
     def __init__(self, agent_rank: int, lmdb_command_queue_path: Optional[str] = None,
                  agent_state_lmdb_path: Optional[str] = None, connection_timeout: float = 30.0, *,
-                 cuda_mode: str = "auto", share_agent: bool = False, _handle=None):
+                 cuda_mode: str = "auto", share_agent: bool = False, device_index: Optional[int] = None,
+                 _handle=None):
         self.info = None
         # batch id -> how many times it was registered through this client (a dropped
         # BatchHandler of an earlier registration must not clean up a newer one).
@@ -126,7 +134,7 @@ class TensorBusClient(Owned):
                              "or set TENSOR_BUS_COMMAND_QUEUE_PATH and TENSOR_BUS_STATE_PATH")
         self._registrations = {}
         self._warned_unknown = set()
-        opts = options(connection_timeout, cuda_mode, share_agent)
+        opts = options(connection_timeout, cuda_mode, share_agent, device_index=device_index)
         handle, info = ctypes.c_void_p(), ctypes.c_void_p()
         check(_native.lib().etb_client_connect(int(agent_rank), os.fsencode(cq), os.fsencode(st), ctypes.byref(opts),
                                                ctypes.byref(handle), ctypes.byref(info)))

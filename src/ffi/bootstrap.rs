@@ -9,7 +9,7 @@ use super::boundary::FfiError;
 use super::client::EtbClient;
 use super::info::EtbBootstrapInfo;
 use super::naming::{call_naming_fn, EtbPathNamingFn};
-use super::status::{EtbStatus, ETB_ERR_NAMING};
+use super::status::{EtbStatus, ETB_ERR_INVALID_ARGUMENT, ETB_ERR_NAMING};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -23,21 +23,26 @@ use etb_core::sys::trust::TrustPolicy;
 
 /// When to bind the worker to its GPU: `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE` or `ETB_CUDA_SKIP`.
 pub type EtbCudaMode = i32;
-/// Bind to `cuda:{LOCAL_RANK}` when a CUDA driver and that device exist; otherwise go on
-/// unbound. In a process that has not touched CUDA yet this costs the first `cuInit` and a new
-/// primary context (typically a few hundred milliseconds and a few hundred MiB of GPU memory);
-/// where PyTorch already initialized the device, retaining its primary context costs nothing more.
+/// Bind to the client's device (`device_index`, else `cuda:{LOCAL_RANK}`) when a CUDA driver and
+/// that device exist; otherwise go on unbound, except that a `device_index` the driver does not
+/// have is `ETB_ERR_CUDA` (a device chosen on purpose). In a process that has not touched CUDA
+/// yet this costs the first `cuInit` and a new primary context (typically a few hundred
+/// milliseconds and a few hundred MiB of GPU memory); where PyTorch already initialized the
+/// device, retaining its primary context costs nothing more.
 pub const ETB_CUDA_AUTO: EtbCudaMode = 0;
 /// As AUTO, but no driver, a failing `cuInit` or an ordinal past the device count is
 /// `ETB_ERR_CUDA`, with the driver's own error text.
 pub const ETB_CUDA_REQUIRE: EtbCudaMode = 1;
-/// Never touch the CUDA driver (CPU-only control processes).
+/// Never touch the CUDA driver (CPU-only control processes); a `device_index` then only names
+/// the info's device, unchecked.
 pub const ETB_CUDA_SKIP: EtbCudaMode = 2;
 
-/// Options of `etb_bootstrap_client_ex`. Fill it with `etb_bootstrap_options_init`, then set
-/// what you need. The layout is fixed: later versions only append fields at the end (from offset
-/// `sizeof` of this version: 56 bytes on 64-bit Linux), and `struct_size` (the `sizeof` the caller was
-/// compiled with) tells the library how much of it the caller knows.
+/// Options of `etb_bootstrap_client_ex` and `etb_client_connect`. Fill it with
+/// `etb_bootstrap_options_init`, then set what you need. The layout is fixed: later versions only
+/// append fields at the end (from offset `sizeof` of this version: 64 bytes on 64-bit Linux), and
+/// `struct_size` (the `sizeof` the caller was compiled with) tells the library how much of it the
+/// caller knows: a field past an older caller's `struct_size` takes its default (0.1's first
+/// layouts, 40 and 56 bytes, end before `device_index`, so they bind as before).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct EtbBootstrapOptions {
@@ -62,12 +67,25 @@ pub struct EtbBootstrapOptions {
     /// Non-zero: other workers may attach to the same agent (every one of them must allow it).
     /// Default 0: a second worker gets `ETB_ERR_AGENT_BUSY` (a wrong AGENT_RANK_OFFSET, usually).
     pub allow_shared_agent: u32,
+    /// Ignored. It fills what was the struct's padding in the 56-byte layout (offsets 52..56), so
+    /// that `device_index` never lands where an older caller left garbage.
+    pub reserved1: u32,
+    /// The CUDA device the client binds and makes its payloads on, as the driver numbers devices
+    /// (so `CUDA_VISIBLE_DEVICES` applies): 0 and up. Default -1: `cuda:{LOCAL_RANK}` for
+    /// `etb_bootstrap_client_ex`, `cuda:0` for `etb_client_connect` (as before this field). A
+    /// process that drives several GPUs (JAX, any single-controller runtime) makes one client per
+    /// local agent, each with its own device. Past the driver's device count: `ETB_ERR_CUDA`
+    /// naming both, under `ETB_CUDA_AUTO` too; under `ETB_CUDA_SKIP` it only names the info's
+    /// device. Below -1: `ETB_ERR_INVALID_ARGUMENT`, before any wait.
+    pub device_index: i32,
 }
 
 /// Whom bootstrap lets ptrace this worker: `ETB_PTRACE_AGENT`, `ETB_PTRACE_ANY`, `ETB_PTRACE_NONE`.
 pub type EtbPtraceMode = i32;
 /// Exactly the agent process identified at bootstrap (and its descendants); when it cannot be
-/// identified, every process, with a warning that says why.
+/// identified, every process, with a warning that says why. The kernel keeps one tracer per
+/// process: when this process already authorized another agent that still runs (one process,
+/// several agents), every process, with a warning naming both pids; ANY then stays.
 pub const ETB_PTRACE_AGENT: EtbPtraceMode = 0;
 /// Every process of this user (`PR_SET_PTRACER_ANY`), the reference's behaviour.
 pub const ETB_PTRACE_ANY: EtbPtraceMode = 1;
@@ -83,6 +101,7 @@ struct Parsed {
     ptrace_mode: PtraceMode,
     trust: TrustPolicy,
     share_agent: bool,
+    device_index: Option<i32>,
 }
 
 /// The smallest `struct_size` accepted: the end of the five fields every version has.
@@ -91,6 +110,7 @@ const MIN_OPTIONS_SIZE: usize =
 
 // SAFETY: `#[repr(C)]`, starts with `struct_size: u32`; its fields are integers, a float, a raw
 // pointer and an optional function pointer, for which every bit pattern is a valid value.
+// (`device_index` sits after `reserved1`, past the 56 bytes of the layout before it.)
 unsafe impl Versioned for EtbBootstrapOptions {
     const INIT_FN: &'static str = "etb_bootstrap_options_init";
 }
@@ -110,7 +130,8 @@ const PTRACE_MODES: [(EtbPtraceMode, &str, PtraceMode); 3] = [
 ];
 
 /// Fills `*options` with the defaults: `struct_size` = `sizeof(EtbBootstrapOptions)`, default
-/// naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`, `ETB_PTRACE_AGENT`; every other byte zero.
+/// naming, `user_data` NULL, 30 s, `ETB_CUDA_AUTO`, `ETB_PTRACE_AGENT`, `device_index` -1 (the
+/// default device); every other byte zero.
 /// NULL is ignored (and recorded as the thread's last error). Thread-safe; does not block.
 ///
 /// It writes this library version's `sizeof(EtbBootstrapOptions)` bytes. Fields are only ever
@@ -138,6 +159,26 @@ fn default_options() -> EtbBootstrapOptions {
         ptrace_mode: ETB_PTRACE_AGENT,
         allow_shared_group: 0,
         allow_shared_agent: 0,
+        reserved1: 0,
+        device_index: DEFAULT_DEVICE_INDEX,
+    }
+}
+
+/// `device_index`'s default: the device of today's rule (`LOCAL_RANK`, or 0 for a connect).
+const DEFAULT_DEVICE_INDEX: i32 = -1;
+
+/// `device_index` in the core's terms: -1 is the default (`None`), 0 and up a device.
+fn device_index(value: i32) -> Result<Option<i32>, FfiError> {
+    match value {
+        DEFAULT_DEVICE_INDEX => Ok(None),
+        v if v >= 0 => Ok(Some(v)),
+        v => Err(FfiError::new(
+            ETB_ERR_INVALID_ARGUMENT,
+            format!(
+                "device_index is {v}: use -1 (the default: cuda:{{LOCAL_RANK}}, or cuda:0 for etb_client_connect) or a \
+                 CUDA device ordinal, 0 and up"
+            ),
+        )),
     }
 }
 
@@ -157,6 +198,7 @@ fn read_options(options: *const EtbBootstrapOptions, null_is_default: bool) -> R
         ptrace_mode: decode(local.ptrace_mode, "ptrace_mode", &PTRACE_MODES)?,
         trust: TrustPolicy { allow_shared_group: local.allow_shared_group != 0 },
         share_agent: local.allow_shared_agent != 0,
+        device_index: device_index(local.device_index)?,
     })
 }
 
@@ -189,6 +231,7 @@ fn attach(
         ptrace_mode: p.ptrace_mode,
         trust: p.trust,
         share_agent: p.share_agent,
+        device_index: p.device_index,
     };
     let (client, info) = match target {
         Target::Environment => bootstrap_client(options)?,
@@ -252,11 +295,14 @@ pub unsafe extern "C" fn etb_bootstrap_client(
 ///
 /// CUDA (after the agent is validated): the driver (`libcuda.so.1`, or the library named by
 /// `ETB_CUDA_DRIVER_PATH`) is loaded at run time, once per process, reusing one already loaded;
-/// the device is `cuda:{LOCAL_RANK}` as the driver numbers it (so `CUDA_VISIBLE_DEVICES`
-/// applies); its *primary* context (the one PyTorch and the CUDA runtime use) is retained and made
-/// current on the calling thread. The client holds the retain and releases it on close. See
-/// `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE`, `ETB_CUDA_SKIP` for what each mode does and costs.
-/// Everything else as `etb_bootstrap_client`.
+/// the device is `options->device_index`, or by default `cuda:{LOCAL_RANK}`, as the driver
+/// numbers it (so `CUDA_VISIBLE_DEVICES` applies); its *primary* context (the one PyTorch and the
+/// CUDA runtime use) is retained and made current on the calling thread. The client holds the
+/// retain and releases it on close; the driver calls of its payloads that need a context run
+/// under that one, pushed on whatever thread makes them.
+/// See `ETB_CUDA_AUTO`, `ETB_CUDA_REQUIRE`, `ETB_CUDA_SKIP` for what each mode does and costs.
+/// With a `device_index`, `LOCAL_RANK` no longer picks the device (it is still read, and a
+/// malformed one is still `ETB_ERR_ENV`). Everything else as `etb_bootstrap_client`.
 ///
 /// # Safety
 /// `options` is NULL or points to `options->struct_size` readable bytes (filled by
@@ -278,11 +324,15 @@ pub unsafe extern "C" fn etb_bootstrap_client_ex(
 /// the reference's `TensorBusClient(agent_rank, lmdb_command_queue_path,
 /// agent_state_lmdb_path)`. Validates the agent, attaches its queue and authorizes it as
 /// `etb_bootstrap_client_ex` does, with `options` (NULL: the defaults; its naming callback is
-/// ignored). The info's method is `"direct"`, its global rank -1 and its device `cuda:0` (the
-/// CUDA mode binds to device 0: use `etb_bootstrap_client_ex` to bind to `LOCAL_RANK`). Paths are
-/// bytes (any but NUL). Writes `*client_out` and `*info_out` on success only (release with
-/// `etb_client_close` and `etb_info_free`). Blocks up to the options' connection timeout.
-/// Thread-safe.
+/// ignored). The info's method is `"direct"` and its global rank -1. The device is
+/// `options->device_index` (default -1: `cuda:0`; `LOCAL_RANK` is not read): one process that
+/// drives several GPUs connects once per local agent, each client with its own device, and may
+/// then use each client, and make its payloads, from any thread. Authorizing a second agent's
+/// process to ptrace this one widens the authorization to every process (`PR_SET_PTRACER_ANY`)
+/// with a warning, unless the first agent is gone (`ETB_PTRACE_AGENT`; the kernel keeps one
+/// tracer per process). Paths are bytes (any but NUL). Writes `*client_out` and `*info_out` on
+/// success only (release with `etb_client_close` and `etb_info_free`). Blocks up to the options'
+/// connection timeout. Thread-safe.
 ///
 /// # Safety
 /// The paths are NULL or NUL-terminated; `options` is NULL or as for `etb_bootstrap_client_ex`;

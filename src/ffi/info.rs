@@ -80,8 +80,10 @@ pub unsafe extern "C" fn etb_info_rank_offset(info: *const EtbBootstrapInfo) -> 
     value_boundary!(0, { Ok(borrow_info(info)?.info.rank_offset.unwrap_or(0)) })
 }
 
-/// The CUDA device string, `"cuda:{LOCAL_RANK}"`. Owned by `info`: valid until `etb_info_free`.
-/// NULL when `info` is NULL. Thread-safe.
+/// The CUDA device string of the client, `"cuda:{etb_info_device_index}"`: the options'
+/// `device_index` when chosen, else `"cuda:{LOCAL_RANK}"` (bootstrap) or `"cuda:0"`
+/// (`etb_client_connect`), bound or not. Owned by `info`: valid until `etb_info_free`. NULL when
+/// `info` is NULL. Thread-safe.
 ///
 /// # Safety
 /// `info` is NULL or a live info from `etb_bootstrap_client`.
@@ -90,13 +92,14 @@ pub unsafe extern "C" fn etb_info_device(info: *const EtbBootstrapInfo) -> *cons
     value_boundary!(std::ptr::null(), { Ok(borrow_info(info)?.device.as_ptr()) })
 }
 
-/// The CUDA device ordinal (`LOCAL_RANK`, 0 when unset); -1 when `info` is NULL. Thread-safe.
+/// The client's CUDA device ordinal: the options' `device_index` when chosen, else `LOCAL_RANK`
+/// (0 when unset; bootstrap) or 0 (`etb_client_connect`); -1 when `info` is NULL. Thread-safe.
 ///
 /// # Safety
 /// `info` is NULL or a live info from `etb_bootstrap_client`.
 #[no_mangle]
 pub unsafe extern "C" fn etb_info_device_index(info: *const EtbBootstrapInfo) -> i32 {
-    value_boundary!(-1, { Ok(borrow_info(info)?.info.local_rank) })
+    value_boundary!(-1, { Ok(borrow_info(info)?.info.device_index) })
 }
 
 /// The agent's command-queue LMDB path (bytes, NUL-terminated, not necessarily UTF-8). Owned by
@@ -146,8 +149,8 @@ pub unsafe extern "C" fn etb_info_agent_pid(info: *const EtbBootstrapInfo) -> i3
     value_boundary!(-1, { Ok(borrow_info(info)?.info.agent_pid.unwrap_or(-1)) })
 }
 
-/// Whether bootstrap bound the worker to its GPU (retained `cuda:{LOCAL_RANK}`'s primary context
-/// and made it current); false when unbound (no driver or device under `ETB_CUDA_AUTO`, or
+/// Whether bootstrap bound the worker to its GPU (retained its device's primary context, see
+/// `etb_info_device`, and made it current); false when unbound (no driver or device under `ETB_CUDA_AUTO`, or
 /// `ETB_CUDA_SKIP`) or when `info` is NULL. Thread-safe.
 ///
 /// # Safety

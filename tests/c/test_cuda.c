@@ -66,8 +66,11 @@ static int t_options(void) {
     CHECK(o.struct_size == sizeof o && o.path_naming_fn == NULL && o.user_data == NULL, "init defaults");
     CHECK(o.connection_timeout_s == 30.0 && o.cuda_mode == ETB_CUDA_AUTO, "init defaults");
     CHECK(offsetof(EtbBootstrapOptions, cuda_mode) == 32 && offsetof(EtbBootstrapOptions, ptrace_mode) == 40, "layout pinned");
-    CHECK(offsetof(EtbBootstrapOptions, allow_shared_agent) == 48 && sizeof o == 56, "layout pinned");
+    CHECK(offsetof(EtbBootstrapOptions, allow_shared_agent) == 48 && offsetof(EtbBootstrapOptions, reserved1) == 52,
+          "layout pinned");
+    CHECK(offsetof(EtbBootstrapOptions, device_index) == 56 && sizeof o == 64, "layout pinned");
     CHECK(o.ptrace_mode == ETB_PTRACE_AGENT && o.allow_shared_group == 0 && o.allow_shared_agent == 0, "init defaults");
+    CHECK(o.reserved1 == 0 && o.device_index == -1, "init defaults: device_index -1");
     CHECK(etb_bootstrap_client_ex(NULL, &c, &i) == ETB_ERR_NULL_ARGUMENT, "NULL options");
     o.cuda_mode = ETB_CUDA_SKIP;
     o.struct_size = 35;
@@ -93,17 +96,19 @@ static int t_options(void) {
     big[sizeof o + 3] = 1; /* a newer caller asking for something this library does not know */
     c = NULL;
     CHECK(etb_bootstrap_client_ex((EtbBootstrapOptions *)(void *)big, &c, &i) == ETB_ERR_INVALID_ARGUMENT, "non-zero tail");
-    CHECK(strstr(etb_last_error_message(), "byte 59") != NULL, "%s", etb_last_error_message());
-    CHECK(sizeof o == 56, "the byte above is past sizeof");
+    CHECK(strstr(etb_last_error_message(), "byte 67") != NULL, "%s", etb_last_error_message());
+    CHECK(sizeof o == 64, "the byte above is past sizeof");
     CHECK(strstr(etb_last_error_message(), "newer") != NULL && c == NULL, "%s", etb_last_error_message());
-    /* What was padding in the first layout (reserved0, bytes 36..39) is ignored, whatever it holds. */
+    /* What was padding in the earlier layouts (reserved0, bytes 36..39; reserved1, 52..55) and
+     * the padding after device_index are ignored, whatever they hold. */
     memset(big, 0, sizeof big);
     etb_bootstrap_options_init(&o);
     o.cuda_mode = ETB_CUDA_SKIP;
     memcpy(big, &o, sizeof o);
     memset(big + offsetof(EtbBootstrapOptions, reserved0), 0xab, sizeof(uint32_t));
-    memset(big + offsetof(EtbBootstrapOptions, allow_shared_agent) + sizeof(uint32_t), 0xab,
-           sizeof o - offsetof(EtbBootstrapOptions, allow_shared_agent) - sizeof(uint32_t));
+    memset(big + offsetof(EtbBootstrapOptions, reserved1), 0xab, sizeof(uint32_t));
+    memset(big + offsetof(EtbBootstrapOptions, device_index) + sizeof(int32_t), 0xab,
+           sizeof o - offsetof(EtbBootstrapOptions, device_index) - sizeof(int32_t));
     CHECK(etb_bootstrap_client_ex((EtbBootstrapOptions *)(void *)big, &c, &i) == ETB_OK, "garbage padding: %s",
           etb_last_error_message());
     etb_client_close(c);

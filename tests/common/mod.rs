@@ -221,6 +221,7 @@ fn boot_as(
         ptrace_mode: etb_core::connection::PtraceMode::Agent,
         trust: etb_core::sys::trust::TrustPolicy::default(),
         share_agent,
+        device_index: None,
     })
 }
 

@@ -677,6 +677,60 @@ static int t_cuda_errors() {
     return ok && nothing_left(rank) && nothing_left(rank2);
 }
 
+// BootstrapOptions::device_index: one process, two agents, each client on its own device (the
+// fake driver has two); empty is the default (cuda:0 for connect_client); a device the driver
+// does not have throws ETB_ERR_CUDA naming both.
+static int t_cuda_device_index() {
+    long long r0 = fresh_rank(), r1 = fresh_rank();
+    Agent a0 = start_agent(r0, 1, nullptr, nullptr), a1 = start_agent(r1, 1, nullptr, nullptr);
+    CHECK(a0.pid > 0 && a1.pid > 0, "agents did not start");
+    auto paths = [](long long rank) {
+        const std::string base = "/tmp/agent_rank" + std::to_string(rank);
+        return std::make_pair(base + "_command.lmdb", base + "_state.lmdb");
+    };
+    int ok = [&]() -> int {
+        etb::BootstrapOptions o;
+        o.connection_timeout_s = 5.0;
+        o.cuda_mode = etb::CudaMode::Require;
+        CHECK(!o.device_index && etb::detail::c_options(o, nullptr).device_index == -1, "empty: the C default, -1");
+        {
+            auto [client, info] = etb::connect_client(r0, paths(r0).first, paths(r0).second, o);
+            CHECK(info.device() == "cuda:0" && info.device_index() == 0, "connect's default: %s",
+                  info.device().c_str());
+        }
+        etb::BootstrapOptions o0 = o, o1 = o;
+        o0.device_index = 0;
+        o1.device_index = 1;
+        CHECK(etb::detail::c_options(o1, nullptr).device_index == 1, "c_options carries the choice");
+        {
+            auto [c0, i0] = etb::connect_client(r0, paths(r0).first, paths(r0).second, o0);
+            auto [c1, i1] = etb::connect_client(r1, paths(r1).first, paths(r1).second, o1);
+            CHECK(i0.device() == "cuda:0" && i0.device_name() == std::optional<std::string>("Fake GPU 0"),
+                  "client 0");
+            CHECK(i1.device() == "cuda:1" && i1.device_index() == 1 &&
+                      i1.device_name() == std::optional<std::string>("Fake GPU 1"),
+                  "client 1: %s", i1.device().c_str());
+            CHECK(c0.cuda_context() != c1.cuda_context(), "two primary contexts");
+            const uint64_t m0 = fake_alloc(0, 4096, 0), m1 = fake_alloc(1, 4096, 0);
+            etb::Payload p0 = c0.cuda_tensor_payload(etb::CudaTensorView(m0, etb::Dtype::Float32, {16}));
+            etb::Payload p1 = c1.cuda_tensor_payload(etb::CudaTensorView(m1, etb::Dtype::Float32, {16}));
+            CHECK(has_text(p0, std::string("float32\nK\0", 10)) && has_text(p1, "float32\nK\x01"),
+                  "each payload names its device");
+            EXPECT_THROW((void)c1.cuda_tensor_payload(etb::CudaTensorView(m0, etb::Dtype::Float32, {16})),
+                         ETB_ERR_INVALID_ARGUMENT, "another device (cuda:0) than the client's (cuda:1)");
+        }
+        etb::BootstrapOptions missing = o;
+        missing.device_index = 5;
+        missing.cuda_mode = etb::CudaMode::Auto;
+        EXPECT_THROW((void)etb::connect_client(r0, paths(r0).first, paths(r0).second, missing), ETB_ERR_CUDA,
+                     "device_index 5 is past the 2 device(s) the driver reports");
+        return 1;
+    }();
+    stop_agent(&a0);
+    stop_agent(&a1);
+    return ok && nothing_left(r0) && nothing_left(r1);
+}
+
 // etb::set_log_callback: records arrive with level and target (ctest sets
 // ETB_LOG=warn,etb_core::bootstrap=info), a throwing function is contained by the noexcept
 // trampoline, an empty function restores stderr and the previous one is never called again.
@@ -736,6 +790,7 @@ int main() {
     run_case("event_fd_and_wait_for", t_event_fd_and_wait_for);
     run_cuda_case("cuda_payloads", t_cuda_payloads);
     run_cuda_case("cuda_errors", t_cuda_errors);
+    run_cuda_case("cuda_device_index", t_cuda_device_index);
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

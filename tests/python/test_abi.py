@@ -47,7 +47,8 @@ def test_struct_sizes_and_offsets_match_the_header(tmp_path):
         assert int(c[f"{c_name} size"]) == ctypes.sizeof(cls), c_name
         for field, _ in cls._fields_:
             assert int(c[f"{c_name}.{field}"]) == getattr(cls, field).offset, f"{c_name}.{field}"
-    assert int(c["EtbBootstrapOptions size"]) == 56, "the size the header documents for 64-bit Linux"
+    assert int(c["EtbBootstrapOptions size"]) == 64, "the size the header documents for 64-bit Linux"
+    assert int(c["EtbBootstrapOptions.device_index"]) == 56, "past the 56 bytes of the layout before it"
     assert int(c["EtbCudaTensor size"]) == 48, "the size the header documents for 64-bit Linux"
 
 

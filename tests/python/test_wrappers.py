@@ -36,7 +36,7 @@ OMISSIONS = {
     ("Python", "etb_bootstrap_client"):
         "bootstrap_client calls etb_bootstrap_client_ex, which takes the same arguments and every option",
     ("Python", "etb_info_device_index"):
-        "BootstrapInfo has the reference's fields: `device` (\"cuda:{LOCAL_RANK}\") carries the index",
+        "BootstrapInfo has the reference's fields: `device` (\"cuda:{index}\") carries the index",
     ("Python", "etb_status_name"):
         "errors.STATUS names the statuses from the header's macros (test_abi.py checks them against etb_status_name)",
     ("Python", "etb_dtype_name"):

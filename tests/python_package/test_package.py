@@ -144,7 +144,7 @@ def test_mirrored_modules_and_top_level_names():
     fields = {f.name for f in __import__("dataclasses").fields(BootstrapInfo)}
     assert {"agent_rank", "global_rank", "rank_offset", "device", "command_queue_path", "state_path", "method"} <= fields
     extra = [p.name for p in inspect.signature(bootstrap_client).parameters.values() if p.kind == P.KEYWORD_ONLY]
-    assert extra == ["cuda_mode", "share_agent"]
+    assert extra == ["cuda_mode", "share_agent", "device_index"]
     # Type hints ship with it.
     assert (pathlib.Path(etha_tensor_bus.__file__).parent / "py.typed").exists()
 
@@ -363,6 +363,33 @@ def test_tensor_bus_client_constructor(agent, monkeypatch):
         assert client.info.command_queue_path == cq and client.info.state_path == st
     with pytest.raises(ConnectionError):
         etha_tensor_bus.TensorBusClient(rank + 1, *_paths(rank + 1), connection_timeout=0.1)
+
+
+def test_device_index_chooses_the_clients_device(agent, monkeypatch):
+    """device_index (keyword-only): the info's device follows it, for TensorBusClient (default
+    cuda:0) and bootstrap_client (default cuda:{LOCAL_RANK}); a bad one is refused first."""
+    agent()
+    rank = int(os.environ["AGENT_RANK"])
+    cq, st = _paths(rank)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with etha_tensor_bus.TensorBusClient(rank, cq, st, 5.0, cuda_mode="skip") as client:
+        assert client.info.device == "cuda:0", "a connect's default device, whatever LOCAL_RANK says"
+    with etha_tensor_bus.TensorBusClient(rank, cq, st, 5.0, cuda_mode="skip", device_index=3) as client:
+        assert client.info.device == "cuda:3" and not client.info.cuda_bound
+    client, info = bootstrap_client(cuda_mode="skip")
+    assert info.device == "cuda:1", "bootstrap's default: LOCAL_RANK"
+    client.close()
+    client, info = bootstrap_client(cuda_mode="skip", device_index=2)
+    assert info.device == "cuda:2"
+    client.close()
+    if not HAVE_CUDA:  # no driver to count devices: auto goes on unbound, on the chosen device
+        client, info = bootstrap_client(device_index=5)
+        assert info.device == "cuda:5" and not info.cuda_bound
+        client.close()
+    with pytest.raises(ValueError, match="device_index must be a CUDA device ordinal"):
+        etha_tensor_bus.TensorBusClient(rank, cq, st, 5.0, device_index=-1)
+    with pytest.raises(TypeError, match="device_index must be an int or None"):
+        bootstrap_client(device_index="0")
 
 
 def test_non_blocking_forms_and_semaphore_calls(agent, tmp_path):

@@ -7,13 +7,15 @@
 //!    attached as a follower, the agent's process identified.
 //! 3. `worker_lock`, `ptrace`: take the worker lock, then authorize the agent (only its pid, when
 //!    known) to ptrace this process.
-//! 4. `cuda`: bind this thread to `cuda:{LOCAL_RANK}`'s primary context, as the CUDA mode says.
+//! 4. `cuda`: bind this thread to its device's primary context, as the CUDA mode says: the
+//!    options' `device_index` when chosen, else `cuda:{LOCAL_RANK}` (bootstrap) or `cuda:0`
+//!    (a connect with explicit paths).
 
 use crate::client::Client;
 use crate::connection::steps::{Step, Trail};
 use crate::connection::{self, Settings};
-use crate::cuda::{self, CudaMode, CudaReport};
-use crate::error::Result;
+use crate::cuda::{self, CudaMode, CudaReport, Device, DeviceSource};
+use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::naming::{AgentPaths, NamingTemplate};
 use crate::protocol::rank::{self, EnvSource, Method, RankInfo};
 use crate::sys::trust::TrustPolicy;
@@ -34,8 +36,14 @@ pub struct BootstrapOptions<'a> {
     pub path_naming: Option<PathNaming<'a>>,
     pub connection_timeout: Timeout,
     pub env: &'a dyn EnvSource,
-    /// Whether to bind the worker to its GPU (`cuda:{LOCAL_RANK}`'s primary context).
+    /// Whether to bind the worker to its GPU (its device's primary context).
     pub cuda_mode: CudaMode,
+    /// The CUDA device this client binds and makes its payloads on, as the driver numbers devices
+    /// (so `CUDA_VISIBLE_DEVICES` applies), >= 0. `None`: `cuda:{LOCAL_RANK}` for
+    /// [`bootstrap_client`], `cuda:0` for [`connect_client`]. A process that drives several GPUs
+    /// makes one client per local agent, each with its own device. Chosen and past the driver's
+    /// device count: a `Cuda` error in every mode but `Skip` (which binds nothing).
+    pub device_index: Option<i32>,
     /// Whom to let ptrace this worker.
     pub ptrace_mode: PtraceMode,
     /// What is trusted beyond files of our own user, not writable by others.
@@ -50,8 +58,13 @@ pub struct BootstrapInfo {
     pub agent_rank: i64,
     pub global_rank: i64,
     pub rank_offset: Option<i64>,
+    /// `LOCAL_RANK` (0 when unset, and for a connect with explicit paths).
     pub local_rank: i32,
+    /// `cuda:{device_index}`.
     pub device: String,
+    /// The client's device: the options' `device_index` when chosen, else `LOCAL_RANK`
+    /// (bootstrap) or 0 (connect); reported also when the client is not bound (see `cuda`).
+    pub device_index: i32,
     pub paths: AgentPaths,
     pub method: Method,
     pub agent_pid: Option<i32>,
@@ -81,8 +94,21 @@ pub fn rank_origin(r: &RankInfo, template: Option<NamingTemplate>) -> connection
     }
 }
 
+/// A chosen device is an ordinal, >= 0: checked before anything else, so that a bad argument
+/// never waits for an agent.
+fn check_device_index(device_index: Option<i32>) -> Result<()> {
+    match device_index {
+        Some(i) if i < 0 => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("device_index is {i}: a CUDA device ordinal is 0 or more (none: the default device)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs the whole bootstrap.
 pub fn bootstrap_client(mut options: BootstrapOptions<'_>) -> Result<(Client, BootstrapInfo)> {
+    check_device_index(options.device_index)?;
     let mut trail = Trail::new();
     let ranks = rank::resolve(options.env)?;
     trail.pass(Step::Environment);
@@ -94,18 +120,19 @@ pub fn bootstrap_client(mut options: BootstrapOptions<'_>) -> Result<(Client, Bo
     .validate()?;
     trail.pass(Step::Paths);
     let origin = rank_origin(&ranks, template);
-    attach(&ranks, paths, origin, &options, trail)
+    attach(&ranks, paths, origin, &options, trail, DeviceSource::LocalRank)
 }
 
 /// Connects to agent `agent_rank` at explicit `paths`, reading nothing of the environment (the
 /// reference's `TensorBusClient(agent_rank, queue_path, state_path)`): the info's method is
-/// direct, its global rank -1, the device `cuda:0`. `options.path_naming` and `options.env`
-/// are not used.
+/// direct, its global rank -1, the device `options.device_index`'s (default `cuda:0`).
+/// `options.path_naming` and `options.env` are not used.
 pub fn connect_client(
     agent_rank: i64,
     paths: AgentPaths,
     options: &BootstrapOptions<'_>,
 ) -> Result<(Client, BootstrapInfo)> {
+    check_device_index(options.device_index)?;
     let mut trail = Trail::new();
     // The environment step: the rank is given, nothing is read.
     let ranks = RankInfo { agent_rank, global_rank: -1, rank_offset: None, local_rank: 0, method: Method::Direct };
@@ -119,17 +146,23 @@ pub fn connect_client(
         rank_offset: None,
         template: None,
     };
-    attach(&ranks, paths, origin, options, trail)
+    attach(&ranks, paths, origin, options, trail, DeviceSource::ConnectDefault)
 }
 
-/// From resolved ranks and paths to an attached client.
+/// From resolved ranks and paths to an attached client. `default_device` says where the device
+/// comes from when the options choose none (its ordinal is `ranks.local_rank`).
 fn attach(
     ranks: &RankInfo,
     paths: AgentPaths,
     origin: connection::Origin,
     options: &BootstrapOptions<'_>,
     mut trail: Trail,
+    default_device: DeviceSource,
 ) -> Result<(Client, BootstrapInfo)> {
+    let device = match options.device_index {
+        Some(ordinal) => Device { ordinal, source: DeviceSource::Chosen },
+        None => Device { ordinal: ranks.local_rank, source: default_device },
+    };
     let deadline = options.connection_timeout.start();
     let settings = Settings {
         trust: options.trust,
@@ -143,7 +176,7 @@ fn attach(
     connection::authorize_agent(&connection.agent, settings.ptrace_mode);
     trail.pass(Step::Ptrace);
     // Only once the agent is validated: a missing agent never costs a CUDA initialization.
-    let (cuda_binding, cuda) = cuda::bind(ranks.local_rank, options.cuda_mode)?;
+    let (cuda_binding, cuda) = cuda::bind(device, options.cuda_mode)?;
     trail.pass(Step::Cuda);
     let unbound = cuda.unbound_reason.clone().unwrap_or_default();
 
@@ -152,7 +185,8 @@ fn attach(
         global_rank: ranks.global_rank,
         rank_offset: ranks.rank_offset,
         local_rank: ranks.local_rank,
-        device: ranks.device(),
+        device: device.name(),
+        device_index: device.ordinal,
         paths: paths.clone(),
         method: ranks.method,
         agent_pid: connection.agent.pid(),
@@ -160,10 +194,12 @@ fn attach(
         steps: trail.passed().to_vec(),
     };
     log::info!(
-        "bootstrapped: {origin}, state {}, queue {}, agent {}, {:.3} ms",
+        "bootstrapped: {origin}, state {}, queue {}, agent {}, {} {}, {:.3} ms",
         paths.state.display(),
         paths.command_queue.display(),
         connection.agent,
+        info.device,
+        if cuda_binding.is_some() { "bound" } else { "not bound" },
         deadline.elapsed_secs() * 1e3
     );
     Ok((Client::new(ranks.agent_rank, paths, connection, cuda_binding, unbound, worker_lock, settings), info))

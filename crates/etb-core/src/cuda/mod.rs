@@ -213,6 +213,62 @@ pub struct CudaReport {
     pub unbound_reason: Option<String>,
 }
 
+/// Which device to bind, and where its ordinal came from: that says how messages name it and
+/// what an ordinal past the driver's device count does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Device {
+    /// The ordinal as the driver numbers devices (so `CUDA_VISIBLE_DEVICES` applies); >= 0.
+    pub ordinal: i32,
+    pub source: DeviceSource,
+}
+
+/// Where a [`Device`]'s ordinal came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSource {
+    /// `LOCAL_RANK`, bootstrap's default: past the device count, `Auto` goes on unbound.
+    LocalRank,
+    /// Device 0, the default of a connect with explicit paths: as `LocalRank`.
+    ConnectDefault,
+    /// The caller's `device_index`: past the device count it is an error in every mode but
+    /// `Skip` (a device named on purpose that does not exist is a mistake, not a CPU-only host).
+    Chosen,
+}
+
+impl Device {
+    /// `cuda:{ordinal}`, the device string of the info.
+    pub fn name(&self) -> String {
+        format!("cuda:{}", self.ordinal)
+    }
+
+    /// What to say when the driver reports only `count` devices.
+    fn past_count(&self, count: c_int) -> String {
+        let (ordinal, devices) = (
+            self.ordinal,
+            match count {
+                0 => "no device".to_string(),
+                1 => "1 device (cuda:0)".to_string(),
+                n => format!("{n} devices (cuda:0 to cuda:{})", n - 1),
+            },
+        );
+        let hidden = "CUDA_VISIBLE_DEVICES may hide the others";
+        match self.source {
+            DeviceSource::LocalRank => {
+                format!(
+                    "device ordinal {ordinal} (LOCAL_RANK) is past the {count} device(s) the driver reports ({hidden})"
+                )
+            }
+            DeviceSource::ConnectDefault => format!(
+                "device ordinal {ordinal} (the default of a connect without device_index) is past the {count} \
+                 device(s) the driver reports ({hidden})"
+            ),
+            DeviceSource::Chosen => format!(
+                "device_index {ordinal} is past the {count} device(s) the driver reports: it has {devices} \
+                 ({hidden}); choose one of those"
+            ),
+        }
+    }
+}
+
 /// A retain of a device's primary context, current on the bootstrapping thread.
 pub struct CudaBinding {
     api: &'static Api,
@@ -282,8 +338,10 @@ fn c_text(buf: &[u8]) -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Binds this thread to device `ordinal`'s primary context as `mode` says.
-pub fn bind(ordinal: i32, mode: CudaMode) -> Result<(Option<CudaBinding>, CudaReport)> {
+/// Binds this thread to `device`'s primary context as `mode` says. `Auto` goes on unbound when
+/// there is no driver, the driver fails, or (for a default device) the ordinal is past the device
+/// count; a chosen device past the count is an error in `Auto` too.
+pub fn bind(device: Device, mode: CudaMode) -> Result<(Option<CudaBinding>, CudaReport)> {
     if mode == CudaMode::Skip {
         let reason = Some("the CUDA mode was skip at bootstrap".to_string());
         return Ok((None, CudaReport { unbound_reason: reason, ..CudaReport::default() }));
@@ -299,10 +357,10 @@ pub fn bind(ordinal: i32, mode: CudaMode) -> Result<(Option<CudaBinding>, CudaRe
         }
     };
     let mut report = CudaReport::default();
-    match try_bind(api, ordinal, &mut report) {
+    match try_bind(api, device, &mut report) {
         Ok(binding) => Ok((Some(binding), report)),
-        Err(e) if mode == CudaMode::Require => Err(e),
-        Err(e) => {
+        Err(Unbound { error, chosen_is_missing }) if mode == CudaMode::Require || chosen_is_missing => Err(error),
+        Err(Unbound { error: e, .. }) => {
             log::warn!("not bound to a GPU: {e}");
             report.unbound_reason = Some(e.message().to_string());
             Ok((None, report))
@@ -310,8 +368,22 @@ pub fn bind(ordinal: i32, mode: CudaMode) -> Result<(Option<CudaBinding>, CudaRe
     }
 }
 
-fn try_bind(api: &'static Api, ordinal: i32, report: &mut CudaReport) -> Result<CudaBinding> {
+/// Why [`try_bind`] did not bind.
+struct Unbound {
+    error: Error,
+    /// The caller chose the device and the driver has no such device: an error in every mode.
+    chosen_is_missing: bool,
+}
+
+impl From<Error> for Unbound {
+    fn from(error: Error) -> Unbound {
+        Unbound { error, chosen_is_missing: false }
+    }
+}
+
+fn try_bind(api: &'static Api, device: Device, report: &mut CudaReport) -> std::result::Result<CudaBinding, Unbound> {
     use std::sync::atomic::Ordering;
+    let ordinal = device.ordinal;
     let me = std::process::id();
     match INIT_PID.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {}
@@ -322,7 +394,8 @@ fn try_bind(api: &'static Api, ordinal: i32, report: &mut CudaReport) -> Result<
                 format!(
                     "this process was forked from {pid} after CUDA was initialized there: CUDA cannot be used in it"
                 ),
-            ))
+            )
+            .into())
         }
     }
     // SAFETY (whole function): CUDA driver calls with out-pointers to locals of the right types
@@ -338,14 +411,11 @@ fn try_bind(api: &'static Api, ordinal: i32, report: &mut CudaReport) -> Result<
     let mut count = 0;
     // SAFETY: out-pointer to a local c_int.
     api.call("cuDeviceGetCount", unsafe { (api.device_get_count)(&mut count) })?;
-    if ordinal >= count {
-        return Err(Error::new(
-            ErrorKind::Cuda,
-            format!(
-                "device ordinal {ordinal} (LOCAL_RANK) is past the {count} device(s) the driver reports \
-                 (CUDA_VISIBLE_DEVICES may hide the others)"
-            ),
-        ));
+    if ordinal < 0 || ordinal >= count {
+        return Err(Unbound {
+            error: Error::new(ErrorKind::Cuda, device.past_count(count)),
+            chosen_is_missing: device.source == DeviceSource::Chosen,
+        });
     }
     let mut device = 0;
     // SAFETY: out-pointer to a local CUdevice; the ordinal is below the device count.
@@ -387,8 +457,25 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_device_is_named_as_it_was_chosen() {
+        let chosen = Device { ordinal: 5, source: DeviceSource::Chosen };
+        assert_eq!(
+            chosen.past_count(2),
+            "device_index 5 is past the 2 device(s) the driver reports: it has 2 devices (cuda:0 to cuda:1) \
+             (CUDA_VISIBLE_DEVICES may hide the others); choose one of those"
+        );
+        assert!(chosen.past_count(1).contains("it has 1 device (cuda:0)"));
+        assert!(chosen.past_count(0).contains("it has no device"));
+        let local = Device { ordinal: 3, source: DeviceSource::LocalRank };
+        assert!(local.past_count(2).starts_with("device ordinal 3 (LOCAL_RANK) is past the 2 device(s)"));
+        let connect = Device { ordinal: 0, source: DeviceSource::ConnectDefault };
+        assert!(connect.past_count(0).contains("the default of a connect without device_index"));
+        assert_eq!(chosen.name(), "cuda:5");
+    }
+
+    #[test]
     fn skip_never_touches_the_driver() {
-        let (binding, report) = bind(0, CudaMode::Skip).unwrap();
+        let (binding, report) = bind(Device { ordinal: 0, source: DeviceSource::Chosen }, CudaMode::Skip).unwrap();
         assert!(binding.is_none());
         assert_eq!((report.driver_version, report.identity), (0, None));
         assert_eq!(report.unbound_reason.as_deref(), Some("the CUDA mode was skip at bootstrap"));

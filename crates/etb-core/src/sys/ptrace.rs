@@ -63,16 +63,21 @@ pub fn current_grant() -> Option<Tracer> {
 
 /// Authorizes `tracer` without taking back what this process granted before: `PR_SET_PTRACER`
 /// holds one value per process, so authorizing a second agent's pid would silently revoke the
-/// first (while it lives, both get ANY, with a warning), and authorizing one pid would narrow an
-/// earlier ANY (which is then kept).
+/// first. The rule, for one process that serves several agents (one client per local GPU):
+/// the first pid is authorized alone; a second, different pid while the first process lives
+/// widens to ANY, with one warning naming both (a first pid that is gone is simply replaced);
+/// ANY is never narrowed again in this process (a later pid keeps ANY, silently).
 pub fn grant(tracer: Tracer, yama_dir: &Path) -> Result<Outcome> {
     let mut granted = granted();
     let effective = match (granted.1, tracer) {
         (Some(Tracer::Any), _) => Tracer::Any,
         (Some(Tracer::Pid(old)), Tracer::Pid(new)) if old != new && process_alive(old) => {
             log::warn!(
-                "this process already lets agent pid {old} ptrace it and now needs pid {new} too; the \
-                 kernel keeps one tracer per process, so every process is authorized (PR_SET_PTRACER_ANY)"
+                "this process already lets agent pid {old} ptrace it and now needs pid {new} too (one process \
+                 serving several agents); the kernel keeps one tracer per process, so every process of this user \
+                 may now ptrace it (PR_SET_PTRACER_ANY), for as long as it runs. To keep exactly one tracer, run \
+                 one worker process per agent; to say that this is intended (and silence this warning), choose the \
+                 ptrace mode any"
             );
             Tracer::Any
         }
