@@ -206,8 +206,16 @@ def c_tests():
 
 def pytest_suite(name, python, path, env, register=True):
     args = [path] if isinstance(path, str) else list(path)
-    summarize(name, "pytest", run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], register=register,
-                                   env=env, timeout=1800))
+    # pytest's tmp_path folders under build/, removed after the run: its default (/tmp/pytest-of-USER,
+    # the last three runs kept) would leave them in /tmp after the suite.
+    basetemp = BUILD / "pytest-tmp" / re.sub(r"[^A-Za-z0-9]+", "-", name)[:60]
+    shutil.rmtree(basetemp, ignore_errors=True)
+    basetemp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        summarize(name, "pytest", run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={basetemp}",
+                                       *args], register=register, env=env, timeout=1800))
+    finally:
+        shutil.rmtree(basetemp, ignore_errors=True)
 
 
 def python_tests(c_build):
