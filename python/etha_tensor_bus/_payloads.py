@@ -113,8 +113,8 @@ def tensor_payload(tensor, client_handle, keep):
     if iface is not None:
         return _cuda_array_payload(iface, client_handle, keep)
     raise TypeError(
-        f"a tensor must be a torch.Tensor, an object with __dlpack__ (JAX, CuPy...) or __cuda_array_interface__ "
-        f"(Numba...), a DLPack capsule or pre-pickled bytes, not {type(tensor).__name__}"
+        f"a tensor must be a torch.Tensor, an object with __cuda_array_interface__ (Numba...) or __dlpack__ (JAX, "
+        f"CuPy...), a DLPack capsule or pre-pickled bytes, not {type(tensor).__name__}"
     )
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.utils.dlpack
 
-from test_payloads_torch import DTYPES, OK, P, client, fake, lib, make, rebuild_args  # noqa: F401 (fixtures)
+from test_payloads_torch import DTYPES, OK, P, client, counter, fake, lib, make, rebuild_args  # noqa: F401
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
@@ -54,7 +54,7 @@ def test_versioned_and_legacy_unpickle_as_the_cuda_tensor_route(lib, client, fak
         _, want_handle = make(lib, client, code, base + offset, shape, strides)
         want = rebuild_args(payload(lib, want_handle))
         for legacy in (False, True):
-            address, _ = fd.managed(base, shape, device=(fd.KDL_CUDA, 1), dtype=(*DLPACK[dtype], 1), strides=strides,
+            address, ctx = fd.managed(base, shape, device=(fd.KDL_CUDA, 1), dtype=(*DLPACK[dtype], 1), strides=strides,
                                     byte_offset=offset, legacy=legacy)
             out = P()
             fn = lib.etb_client_dlpack_legacy_payload if legacy else lib.etb_client_dlpack_payload
@@ -64,7 +64,15 @@ def test_versioned_and_legacy_unpickle_as_the_cuda_tensor_route(lib, client, fak
             assert got[:12] + got[13:] == want[:12] + want[13:], (dtype, shape, strides, offset, legacy)
             assert got[5] == dtype and got[6] == 1 and tuple(got[1]) == shape, got
             assert got[9] == want[9] == offset, "byte_offset honoured: the storage starts at data + byte_offset"
+            # The consumer's release, then the free: the deleter runs once, in the free (and no
+            # payload is left deferred with its counter file at the process's end).
+            m, _, value = counter(got[11], got[12])
+            assert value == 1
+            m[64 + 8 * got[12]:72 + 8 * got[12]] = (0).to_bytes(8, "little")
+            m.close()
+            before = len(fd.DELETED)
             lib.etb_payload_free(out)
+            assert fd.DELETED[before:] == [ctx], "the deleter runs once, in the free"
         lib.etb_payload_free(want_handle)
     assert size >= 1
 
