@@ -61,6 +61,9 @@
  * The library's patch version.
  */
 #define ETB_VERSION_PATCH 0
+/* DLPack (dlpack.h, DLPack 1.x): declared only; include dlpack/dlpack.h for the definitions. */
+struct DLManagedTensorVersioned;
+struct DLManagedTensor;
 
 /**
  * An error.
@@ -1258,6 +1261,68 @@ EtbStatus etb_client_cuda_tensor_payload(const struct EtbClient *client,
                                          struct EtbPayload **payload_out);
 
 /**
+ * The same payload `etb_client_cuda_tensor_payload` makes for the same memory (the same
+ * `rebuild_cuda_tensor` arguments, reference counter and release rules), from a DLPack 1.x
+ * `DLManagedTensorVersioned` (dlpack.h): its `DLTensor` is converted into an `EtbCudaTensor`
+ * (`data + byte_offset` is the first element; strides in elements, NULL meaning compact) and
+ * goes through the same checks and code. `wait_on_stream` and `stream` are `EtbCudaTensor`'s
+ * (0: the producer's work is complete; 1: the agent first waits for the work queued so far on
+ * `stream`, a `CUstream` of the client's context, NULL the legacy default stream). Written to
+ * `*payload_out` (release with `etb_payload_free`). Only a bare `DLTensor` is not offered: a
+ * payload must own what keeps the memory alive.
+ *
+ * Checks, in this order, each `ETB_ERR_INVALID_ARGUMENT` naming what it found unless said: NULL
+ * arguments (`ETB_ERR_NULL_ARGUMENT`); the client's binding (`ETB_ERR_CUDA`); `version.major`
+ * other than 1 (only the version is read); `wait_on_stream`; the device type (only `kDLCUDA`:
+ * `kDLCPU`, `kDLCUDAHost`, `kDLCUDAManaged` and every other type refused by name, saying why);
+ * `device_id` other than the client's device; the dtype, mapped by name onto the 12
+ * `ETB_DTYPE_*` (DLPack's code 11 is float8_e4m3fnuz, not our 11), every other refused by name
+ * (float8 e4m3fnuz, e5m2fnuz, e8m0fnu, fp6, fp4, complex, uint16...), and `lanes` other than
+ * 1; `DLPACK_FLAG_BITMASK_IS_SUBBYTE_TYPE_PADDED`; then `etb_client_cuda_tensor_payload`'s
+ * checks of the layout (ndim 0..=64, sizes and strides >= 0, the span) and of the memory.
+ * `DLPACK_FLAG_BITMASK_READ_ONLY` is recorded: `etb_client_transfer*` with direction recv of a
+ * batch registered with this payload is refused before the queue.
+ *
+ * Ownership: on any failure the caller keeps `tensor` (its deleter is not called). On success
+ * the payload owns it: the caller must not use or delete it again. Its deleter runs exactly
+ * once, after `etb_payload_free` and only once the payload's reference-counter slot reads 0
+ * (`etb_payload_in_use` false): if it reads 0 at the free, `etb_payload_free` runs the deleter
+ * on the calling thread; otherwise the process's `etb-dlpack` thread (started on the first
+ * such free, one per process) looks each 10 ms and runs it there once the agent's torch
+ * released the memory. Never at `etb_client_close`, and never if the slot never reads 0: the
+ * producer's memory must outlive the agent's use. In a process forked after the payload was
+ * made, the free only forgets it (the deleter is the parent's to run). The deleter must be
+ * callable from any thread. Thread-safe.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `tensor` is NULL or a live managed tensor whose
+ * `dl_tensor.shape` (and `strides`, when not NULL) point to `ndim` readable int64s (when
+ * `version.major` is 1); `stream`, when waited on, is a stream of the client's context;
+ * `payload_out` is NULL or writable.
+ */
+EtbStatus etb_client_dlpack_payload(const struct EtbClient *client,
+                                    struct DLManagedTensorVersioned *tensor,
+                                    int32_t wait_on_stream,
+                                    void *stream,
+                                    struct EtbPayload **payload_out);
+
+/**
+ * `etb_client_dlpack_payload` for a legacy (pre-1.0) `DLManagedTensor`, which has no version
+ * and no flags (never read-only). The same checks but the version, the same payload, the same
+ * ownership: on failure the caller keeps `tensor`; on success its deleter runs exactly once,
+ * after `etb_payload_free` and once the slot reads 0, on the freeing thread or on the
+ * `etb-dlpack` thread. Thread-safe.
+ *
+ * # Safety
+ * As `etb_client_dlpack_payload`, with `tensor` NULL or a live legacy managed tensor.
+ */
+EtbStatus etb_client_dlpack_legacy_payload(const struct EtbClient *client,
+                                           struct DLManagedTensor *tensor,
+                                           int32_t wait_on_stream,
+                                           void *stream,
+                                           struct EtbPayload **payload_out);
+
+/**
  * What the reference sends for `tuple(device_mesh.mesh.shape)`: a tuple of the `ndims` ints
  * at `dims` (ndims >= 1, every dim >= 1, else `ETB_ERR_INVALID_ARGUMENT`), written to
  * `*payload_out` (release with `etb_payload_free`). Needs no client and no GPU. Thread-safe.
@@ -1317,7 +1382,9 @@ EtbStatus etb_payload_in_use(const struct EtbPayload *payload, bool *in_use_out)
 
 /**
  * Releases a payload: its bytes, and for a CUDA tensor payload its event and its
- * reference-counter slot (given back; reused only once it reads 0). NULL is accepted and
+ * reference-counter slot (given back; reused only once it reads 0). A DLPack payload's
+ * deleter runs here, on the calling thread, when its slot reads 0; otherwise later on the
+ * `etb-dlpack` thread, once it does (`etb_client_dlpack_payload`). NULL is accepted and
  * ignored. In a process forked after it was made it only forgets it. Freeing twice or using
  * it afterwards is undefined behaviour. Does not block.
  * Thread-safety: no other thread may use this payload during or after the free.

@@ -531,6 +531,32 @@ public:
         return Payload(payload);
     }
 
+    /// The payload of a DLPack 1.x managed tensor (etb_client_dlpack_payload): the same payload
+    /// cuda_tensor_payload makes for the same memory. `stream`: none when the producer's work is
+    /// complete; set (nullptr is the legacy default stream) when the agent must first wait for
+    /// the work queued on it. On success the returned Payload owns `tensor`: its deleter runs once,
+    /// after the Payload is destroyed and once its in_use() reads false (in the destructor on this
+    /// thread, or later on the library's etb-dlpack thread). On a throw (etb::Error:
+    /// ETB_ERR_INVALID_ARGUMENT naming the refused device type, dtype, lanes, layout or version;
+    /// ETB_ERR_CUDA for an unbound client) the caller still owns it. Thread-safe.
+    [[nodiscard]] Payload dlpack_payload(struct DLManagedTensorVersioned *tensor,
+                                         std::optional<void *> stream = std::nullopt) const {
+        EtbPayload *payload = nullptr;
+        detail::check(etb_client_dlpack_payload(client_.get(), tensor, stream ? 1 : 0, stream.value_or(nullptr),
+                                                &payload));
+        return Payload(payload);
+    }
+
+    /// dlpack_payload for a legacy (pre-1.0) DLManagedTensor (etb_client_dlpack_legacy_payload):
+    /// the same checks (no version, no flags), payload and ownership. Thread-safe.
+    [[nodiscard]] Payload dlpack_legacy_payload(struct DLManagedTensor *tensor,
+                                                std::optional<void *> stream = std::nullopt) const {
+        EtbPayload *payload = nullptr;
+        detail::check(etb_client_dlpack_legacy_payload(client_.get(), tensor, stream ? 1 : 0,
+                                                       stream.value_or(nullptr), &payload));
+        return Payload(payload);
+    }
+
     /// Sends RegisterTensors with the given payloads (borrowed for the call) and waits for it.
     /// bucket_size: none (or <= 0) for the agent's default. Payloads that do not look like pickles
     /// are ETB_ERR_INVALID_ARGUMENT, nothing enqueued.

@@ -113,6 +113,9 @@ class _Mapper:
     def __init__(self, c_ast):
         self.c_ast = c_ast
         self.opaque, self.structs, self.aliases = [], set(), set()
+        # Structs only declared (`struct DLManagedTensorVersioned;`: DLPack's, defined in dlpack.h):
+        # passed behind pointers, as c_void_p, and not the library's handles.
+        self.foreign = set()
 
     def base(self, node):
         """A TypeDecl's type (IdentifierType or Struct) as a ctypes expression."""
@@ -145,6 +148,8 @@ class _Mapper:
                 t = inner.type
                 if isinstance(t, c.Struct) and t.name in self.opaque:
                     return "c_void_p"  # a handle
+                if isinstance(t, c.Struct) and t.name in self.foreign:
+                    return "c_void_p"  # another header's struct (DLPack's managed tensors)
                 if isinstance(t, c.IdentifierType):
                     name = " ".join(t.names)
                     if name == "void" or name == "uint8_t":
@@ -194,6 +199,8 @@ def parse(header=HEADER):
                 continue
             types.append(("alias", ext.name, m.ctype(t)))
             m.aliases.add(ext.name)
+        elif isinstance(ext, c_ast.Decl) and isinstance(ext.type, c_ast.Struct) and ext.type.decls is None:
+            m.foreign.add(ext.type.name)  # struct X; (declared only)
         elif isinstance(ext, c_ast.Decl) and isinstance(ext.type, c_ast.FuncDecl):
             f = ext.type
             functions[ext.name] = Function(ext.name, m.ctype(f.type), m.params(f))

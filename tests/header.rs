@@ -75,13 +75,17 @@ fn the_headers_dtypes_are_the_cores() {
 }
 
 fn generate(root: &std::path::Path) -> Vec<u8> {
-    let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
+    let mut config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
     // The version macros are derived from Cargo.toml's version, which cbindgen cannot evaluate
-    // (src/ffi/version.rs).
+    // (src/ffi/version.rs); cbindgen.toml's after_includes (the DLPack declarations) follow them.
+    let mut after = etha_tensor_bus::ffi::version::header_macros();
+    if let Some(more) = config.after_includes.take() {
+        after = format!("{}\n{}", after.trim_end(), more);
+    }
     let bindings = cbindgen::Builder::new()
         .with_crate(root)
         .with_config(config)
-        .with_after_include(etha_tensor_bus::ffi::version::header_macros())
+        .with_after_include(after)
         .generate()
         .expect("cbindgen generates the header");
     let mut generated = Vec::new();

@@ -290,6 +290,11 @@ FUNCTIONS = {
     "etb_cuda_tensor_init": (None, [POINTER(EtbCudaTensor)]),
     # etb_client_cuda_tensor_payload(client, tensor, payload_out)
     "etb_client_cuda_tensor_payload": (EtbStatus, [c_void_p, POINTER(EtbCudaTensor), POINTER(c_void_p)]),
+    # etb_client_dlpack_payload(client, tensor, wait_on_stream, stream, payload_out)
+    "etb_client_dlpack_payload": (EtbStatus, [c_void_p, c_void_p, c_int32, c_void_p, POINTER(c_void_p)]),
+    # etb_client_dlpack_legacy_payload(client, tensor, wait_on_stream, stream, payload_out)
+    "etb_client_dlpack_legacy_payload": (EtbStatus, [c_void_p, c_void_p, c_int32, c_void_p,
+        POINTER(c_void_p)]),
     # etb_mesh_shape_payload(dims, ndims, payload_out)
     "etb_mesh_shape_payload": (EtbStatus, [POINTER(c_int64), c_size_t, POINTER(c_void_p)]),
     # etb_placements_payload(placements, count, payload_out)

@@ -99,17 +99,22 @@ def _is_torch_tensor(obj):
 
 def tensor_payload(tensor, client_handle, keep):
     """The bytes of one register_tensors entry. A native CUDA payload made for an object with
-    __cuda_array_interface__ is appended to `keep` (its memory must stay alive with the batch)."""
+    __cuda_array_interface__ or __dlpack__, or for a DLPack capsule, is appended to `keep` (its
+    memory must stay alive with the batch; a DLPack payload owns its producer's tensor)."""
     if isinstance(tensor, (bytes, bytearray, memoryview)):
         return bytes(tensor)
     if _is_torch_tensor(tensor):
         return _forking_dumps(tensor.detach())
+    if type(tensor).__name__ == "PyCapsule":
+        return _capsule_payload(tensor, client_handle, keep)
+    if hasattr(tensor, "__dlpack__"):  # before __cuda_array_interface__: CuPy has both
+        return _dlpack_object_payload(tensor, client_handle, keep)
     iface = getattr(tensor, "__cuda_array_interface__", None)
     if iface is not None:
         return _cuda_array_payload(iface, client_handle, keep)
     raise TypeError(
-        f"a tensor must be a torch.Tensor, an object with __cuda_array_interface__ (CuPy, Numba, JAX...) or "
-        f"pre-pickled bytes, not {type(tensor).__name__}"
+        f"a tensor must be a torch.Tensor, an object with __cuda_array_interface__ (Numba...) or __dlpack__ (JAX, "
+        f"CuPy...), a DLPack capsule or pre-pickled bytes, not {type(tensor).__name__}"
     )
 
 
@@ -143,6 +148,67 @@ def _cuda_array_payload(iface, client_handle, keep):
     payload = _NativePayload(out)
     keep.append(payload)
     return payload.bytes()
+
+
+# DLPack (docs/torch-ipc.md section 7). The consumer asks the producer for the tensor with the
+# stream it will use: the IPC event of the payload is recorded on CUDA's legacy default stream
+# (wait_on_stream 1, stream NULL), which is DLPack's stream 1; for another device type, None
+# (the library then refuses the tensor, naming the device).
+KDL_CUDA = 2
+LEGACY_DEFAULT_STREAM = 1
+# The capsule names of the DLPack Python specification, and those of a consumed capsule. Module
+# constants: PyCapsule_SetName keeps the pointer, so the strings must outlive every capsule.
+_VERSIONED, _USED_VERSIONED = b"dltensor_versioned", b"used_dltensor_versioned"
+_LEGACY, _USED_LEGACY = b"dltensor", b"used_dltensor"
+
+
+def _capsule_api():
+    api = ctypes.pythonapi
+    api.PyCapsule_IsValid.restype = ctypes.c_int
+    api.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    api.PyCapsule_SetName.restype = ctypes.c_int
+    api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    api.PyCapsule_GetName.restype = ctypes.c_char_p
+    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
+    return api
+
+
+def _capsule_payload(capsule, client_handle, keep):
+    """A DLPack capsule (DLPack Python spec): a versioned ("dltensor_versioned") or legacy
+    ("dltensor") managed tensor, through etb_client_dlpack_payload / _legacy_payload. Consumed
+    (renamed "used_...": its destructor then leaves the tensor to the payload) only on success;
+    refused, the capsule stays as it was and its own destructor deletes the tensor."""
+    api, lib = _capsule_api(), _native.lib()
+    for name, used, make in ((_VERSIONED, _USED_VERSIONED, lib.etb_client_dlpack_payload),
+                             (_LEGACY, _USED_LEGACY, lib.etb_client_dlpack_legacy_payload)):
+        if api.PyCapsule_IsValid(capsule, name):
+            managed = api.PyCapsule_GetPointer(capsule, name)
+            out = ctypes.c_void_p()
+            check(make(client_handle, managed, 1, None, ctypes.byref(out)))
+            payload = _NativePayload(out)  # owns the managed tensor from here on
+            if api.PyCapsule_SetName(capsule, used) != 0:
+                raise RuntimeError("PyCapsule_SetName failed on a consumed DLPack capsule")
+            keep.append(payload)
+            return payload.bytes()
+    got = api.PyCapsule_GetName(capsule)
+    if got in (_USED_VERSIONED, _USED_LEGACY):
+        raise ValueError(f"this DLPack capsule was consumed already ({got.decode()!r}): a capsule is used once")
+    raise TypeError(f"a capsule named {got!r} is not a DLPack capsule ('dltensor_versioned' or 'dltensor')")
+
+
+def _dlpack_object_payload(obj, client_handle, keep):
+    """An object with __dlpack__ (and __dlpack_device__): asked for a capsule with the stream the
+    payload's event is recorded on, max_version (1, 1) first; an older producer, whose __dlpack__
+    takes no max_version, gets the older call."""
+    device = obj.__dlpack_device__() if hasattr(obj, "__dlpack_device__") else (KDL_CUDA, 0)
+    stream = LEGACY_DEFAULT_STREAM if int(device[0]) == KDL_CUDA else None
+    try:
+        capsule = obj.__dlpack__(stream=stream, max_version=(1, 1))
+    except TypeError:
+        capsule = obj.__dlpack__(stream=stream)
+    return _capsule_payload(capsule, client_handle, keep)
 
 
 class _NativePayload(Owned):

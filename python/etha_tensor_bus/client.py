@@ -171,8 +171,13 @@ class TensorBusClient(Owned):
                          timeout: float = 30.0) -> "BatchHandler":
         """The reference's register_tensors, always blocking. `tensors` is a list of (tensor,
         pair_name): a torch tensor (sent as ForkingPickler.dumps(tensor.detach()), as the
-        reference), an object with __cuda_array_interface__ (a native CUDA payload, kept alive
-        with the returned BatchHandler), or pre-pickled bytes. An empty list, or a pair this client
+        reference), an object with __dlpack__ (JAX, CuPy; asked with stream=1, the legacy
+        default stream the payload's event is recorded on, and max_version=(1, 1)) or a DLPack
+        capsule (consumed: renamed used_dltensor[_versioned]), an object with
+        __cuda_array_interface__ only (Numba...), each a native CUDA payload kept alive with the
+        returned BatchHandler (a DLPack one owns the producer's tensor: its deleter runs once the
+        payload is freed and the agent released the memory), or pre-pickled bytes. Memory that is
+        not CUDA device memory (a NumPy array: kDLCPU) is refused naming the device. An empty list, or a pair this client
         never matched (init_pair, or adopt_pair for an earlier process's), is a ValueError with
         nothing sent: the agent would die of it."""
         items = list(tensors)

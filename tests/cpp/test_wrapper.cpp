@@ -6,6 +6,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "etha_tensor_bus.hpp"
 
+#include <dlpack/dlpack.h>
+
 #include "../c/harness.h"
 
 #include <dirent.h>
@@ -652,6 +654,33 @@ static int t_cuda_errors() {
                      ETB_ERR_INVALID_ARGUMENT, "past the end of its allocation");
         EXPECT_THROW((void)c.cuda_tensor_payload(etb::CudaTensorView(dev, static_cast<etb::Dtype>(12), {16})),
                      ETB_ERR_INVALID_ARGUMENT, "etb_client_cuda_tensor_payload: ");
+        // DLPack: a refusal leaves the tensor the caller's; a payload owns it (no elements: its
+        // deleter runs with the Payload's destructor).
+        {
+            static int deleted = 0;
+            int64_t shape[1] = {0};
+            DLManagedTensorVersioned m{};
+            m.version.major = DLPACK_MAJOR_VERSION;
+            m.deleter = [](DLManagedTensorVersioned *) { deleted++; };
+            m.dl_tensor.device = DLDevice{kDLCPU, 0};
+            m.dl_tensor.ndim = 1;
+            m.dl_tensor.shape = shape;
+            m.dl_tensor.dtype = DLDataType{kDLFloat, 32, 1};
+            EXPECT_THROW((void)c.dlpack_payload(&m), ETB_ERR_INVALID_ARGUMENT, "kDLCPU");
+            DLManagedTensor l{};
+            l.dl_tensor = m.dl_tensor;
+            l.deleter = [](DLManagedTensor *) { deleted++; };
+            EXPECT_THROW((void)c.dlpack_legacy_payload(&l), ETB_ERR_INVALID_ARGUMENT, "kDLCPU");
+            CHECK(deleted == 0, "a refusal ran the deleter");
+            m.dl_tensor.device = DLDevice{kDLCUDA, 1};
+            l.dl_tensor.device = DLDevice{kDLCUDA, 1};
+            {
+                etb::Payload p = c.dlpack_payload(&m, nullptr);
+                etb::Payload q = c.dlpack_legacy_payload(&l);
+                CHECK(!p.in_use() && deleted == 0, "no elements: not in use, nothing run yet");
+            }
+            CHECK(deleted == 2, "each deleter once, with the Payload (%d)", deleted);
+        }
         EXPECT_THROW(
             (void)c.cuda_tensor_payload(etb::CudaTensorView(dev, etb::Dtype::Float32, {4, 4}, std::vector<int64_t>{1})),
             ETB_ERR_INVALID_ARGUMENT, "etb::Client::cuda_tensor_payload: strides has 1 entries, shape 2");

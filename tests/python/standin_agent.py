@@ -32,13 +32,15 @@ type on purpose; --lenient (only for tests of the stand-in itself) accepts every
                      [--exit-after SECS] [--no-dequeue] [--exit-on TYPE] [--never-ack TYPE]
                      [--fail-on TYPE] [--fail-delay SECS] [--keep-files] [--unpickle]
                      [--hold TYPE SECS] [--stall-heartbeat] [--beat-hold SECS] [--record PATH]
-                     [--forking-loads PATH] [--lenient]
+                     [--forking-loads PATH] [--release-counters] [--lenient]
 """
 import argparse
+import mmap
 import os
 import pathlib
 import pickle
 import pickletools
+import re
 import signal
 import struct
 import sys
@@ -188,6 +190,38 @@ class QueueLeader:
                 pass
 
 
+def ref_counters(data):
+    """The (file, slot) of a rebuild_cuda_tensor payload's reference counter: the file's name is
+    a SHORT_BINBYTES starting b"/etb_rc_" (or torch's own "/torch_"), the slot the int after it."""
+    out = []
+    for m in re.finditer(rb"C(.)(/(?:etb_rc|torch)_)", data, re.S):
+        start = m.start(2)
+        name = data[start:start + m.group(1)[0]]
+        rest = data[start + len(name):]
+        if rest[:1] == b"K":
+            out.append((name.decode(), rest[1]))
+        elif rest[:1] == b"M":
+            out.append((name.decode(), int.from_bytes(rest[1:3], "little")))
+        elif rest[:1] == b"J":
+            out.append((name.decode(), int.from_bytes(rest[1:5], "little", signed=True)))
+    return out
+
+
+def release_counter(name, slot):
+    """Decrements one slot (64-byte header, then int64 slots), as torch's release does."""
+    try:
+        fd = os.open("/dev/shm/" + name.lstrip("/"), os.O_RDWR)
+    except FileNotFoundError:
+        return  # the worker freed its last payload of that file: torch tolerates it too
+    try:
+        with mmap.mmap(fd, 0) as m:
+            at = 64 + slot * 8
+            value = int.from_bytes(m[at:at + 8], "little", signed=True)
+            m[at:at + 8] = (value - 1).to_bytes(8, "little", signed=True)
+    finally:
+        os.close(fd)
+
+
 def describe(obj):
     """What --forking-loads records of one unpickled payload."""
     import torch
@@ -226,6 +260,10 @@ def main(argv=None):
                    help="unpickle every payload with torch's ForkingPickler.loads, as the real agent does (needs "
                         "torch), and append what it got as a JSON line: a tensor's dtype, shape and values, a mesh "
                         "shape, or the repr of anything else")
+    p.add_argument("--release-counters", action="store_true",
+                   help="on CleanupBatch, decrement the reference-counter slot of each of the batch's CUDA tensor "
+                        "payloads, as the real agent's torch does when their storages die (then etb_payload_in_use "
+                        "reads false and a DLPack payload's deleter may run)")
     a = p.parse_args(argv)
     if a.rank is not None:
         queue_path, state_path = default_paths(a.rank)
@@ -269,6 +307,7 @@ def main(argv=None):
         from multiprocessing.reduction import ForkingPickler
     signals = {}
     pairs, batches = set(), set()
+    held = {}  # batch -> the (file, slot) of its payloads' reference counters (--release-counters)
     unknown_cleanups = [0]  # the first few warnings are printed (the agent logs each one)
 
     def put_state(key, value):
@@ -345,6 +384,8 @@ def main(argv=None):
             pairs.add(cmd.pair_name)
         elif isinstance(cmd, RegisterTensors):
             batches.add(cmd.batch_id)
+            if a.release_counters:
+                held.setdefault(cmd.batch_id, []).extend(c for _, data in cmd.tensors for c in ref_counters(data))
         elif isinstance(cmd, Transfer):
             signals[cmd.batch_id] = cmd.transfer_type == "send"
         elif isinstance(cmd, QueryStatus):
@@ -361,6 +402,8 @@ def main(argv=None):
                     print(f"warning: CleanupBatch for unknown batch {cmd.batch_id!r}{later}", file=sys.stderr, flush=True)
             batches.discard(cmd.batch_id)
             signals.pop(cmd.batch_id, None)
+            for name, slot in held.pop(cmd.batch_id, []):
+                release_counter(name, slot)
         if cmd.semaphore_name and kind != a.never_ack:
             try:
                 sem = posix_ipc.Semaphore(cmd.semaphore_name)

@@ -14,17 +14,25 @@
 //! worker names what an earlier one made with [`Guard::adopt_pair`] / [`Guard::adopt_batch`].
 //! With the agent-sharing option the guard is off (a peer may have registered the batch): only
 //! what would kill the agent whatever it knows (an empty tensor list) is still refused.
+//!
+//! A batch registered with a read-only payload ([`read_only`]: DLPack's read-only flag) is
+//! remembered as such, with the guard on or off, and a `Transfer(recv)` of it is refused: the
+//! direction is known only then.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::commands::Command;
+use crate::payload::read_only;
+use crate::protocol::commands::{Command, TransferKind};
 
 #[derive(Default)]
 struct Known {
     pairs: HashSet<String>,
     batches: HashSet<String>,
+    /// Batches registered with a read-only payload (DLPack's flag): a receive would write them.
+    /// Kept also with the guard off: this client registered them.
+    read_only: HashSet<String>,
 }
 
 /// What one client knows its agent holds.
@@ -84,6 +92,17 @@ impl Guard {
                 ),
                 "register the batch first, or adopt_batch one that an earlier process of this worker registered",
             )),
+            Command::Transfer { batch_id, transfer_type: TransferKind::Recv }
+                if known.read_only.contains(*batch_id) =>
+            {
+                Err(refused(
+                    format!(
+                        "Transfer(recv) for batch {batch_id:?}: the batch holds a read-only payload (its DLPack \
+                         producer set DLPACK_FLAG_BITMASK_READ_ONLY) and a receive writes into its tensors"
+                    ),
+                    "send from it, or register a writable tensor to receive into",
+                ))
+            }
             Command::QueryStatus { batch_id, .. } if self.on && !known.batches.contains(*batch_id) => Err(refused(
                 format!(
                     "QueryStatus for batch {batch_id:?}: this client never registered that batch with its agent (or \
@@ -115,6 +134,11 @@ impl Guard {
                 }
                 if record {
                     known.batches.insert(batch_id.to_string());
+                    if read_only::holds_any(tensors.iter().map(|(_, bytes)| *bytes)) {
+                        known.read_only.insert(batch_id.to_string());
+                    } else {
+                        known.read_only.remove(*batch_id);
+                    }
                 }
                 Ok(())
             }
@@ -127,6 +151,7 @@ impl Guard {
             Command::CleanupBatch { batch_id } => {
                 if record {
                     known.batches.remove(*batch_id);
+                    known.read_only.remove(*batch_id);
                 }
                 Ok(())
             }
@@ -142,7 +167,6 @@ fn refused(what: String, instead: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::commands::TransferKind;
 
     fn transfer(batch_id: &str) -> Command<'_> {
         Command::Transfer { batch_id, transfer_type: TransferKind::Send }
@@ -177,6 +201,30 @@ mod tests {
         g.admit(&Command::CleanupBatch { batch_id: "never" }, true).unwrap();
         let empty = Command::RegisterTensors { batch_id: "e", tensors: vec![], bucket_size: None };
         assert!(g.admit(&empty, true).unwrap_err().message().contains("no tensors"));
+    }
+
+    #[test]
+    fn a_batch_with_a_read_only_payload_refuses_a_receive() {
+        // A payload the read-only registry knows by its bytes (as a DLPack payload with the flag).
+        let ro: &[u8] = b"\x80\x03guard-read-only-test.";
+        crate::payload::read_only::mark_for_tests(ro);
+        for on in [true, false] {
+            let g = Guard::new(on);
+            g.adopt_pair("p");
+            let register =
+                Command::RegisterTensors { batch_id: "b", tensors: vec![("p", b"x"), ("p", ro)], bucket_size: None };
+            g.admit(&register, true).unwrap();
+            let recv = Command::Transfer { batch_id: "b", transfer_type: TransferKind::Recv };
+            for record in [false, true] {
+                let e = g.admit(&recv, record).unwrap_err();
+                assert!(e.message().contains("read-only") && e.message().contains("nothing was enqueued"), "{e}");
+            }
+            g.admit(&transfer("b"), true).unwrap();
+            g.admit(&Command::CleanupBatch { batch_id: "b" }, true).unwrap();
+            g.adopt_batch("b");
+            g.admit(&recv, true).unwrap();
+        }
+        crate::payload::read_only::unmark_for_tests(ro);
     }
 
     #[test]

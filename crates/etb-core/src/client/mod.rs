@@ -34,9 +34,11 @@ pub use link::Proof;
 
 use crate::connection::steps::{Step, Trail};
 use crate::connection::{self, Connection, Settings};
+use crate::cuda::ipc::StreamHandle;
 use crate::cuda::{CuContext, CudaBinding};
 use crate::error::{Error, ErrorKind, Result};
 use crate::payload::cuda_tensor::CudaTensor;
+use crate::payload::dlpack::{self, DLTensor, Managed};
 use crate::payload::Payload;
 use crate::protocol::naming::AgentPaths;
 use crate::protocol::state_db::{unix_now, StateError};
@@ -228,6 +230,28 @@ impl Client {
         self.check_not_forked()?;
         let binding = self.binding()?;
         crate::payload::cuda_tensor::make(binding, tensor)
+    }
+
+    /// A CUDA tensor payload of a DLPack managed tensor (`payload::dlpack`): its `DLTensor`
+    /// (with `flags`, 0 for a legacy one) is checked against the client's device and converted
+    /// into the [`CudaTensor`] of [`Client::cuda_tensor_payload`], which makes the payload; on
+    /// success the payload owns `managed`, on failure the caller does (its deleter is not run).
+    ///
+    /// # Safety
+    /// `tensor` is the `DLTensor` of `managed`, whose shape and strides are readable for the call.
+    pub unsafe fn dlpack_payload(
+        &self,
+        managed: Managed,
+        tensor: &DLTensor,
+        flags: u64,
+        wait_on_stream: Option<StreamHandle>,
+    ) -> Result<Payload> {
+        self.check_not_forked()?;
+        let binding = self.binding()?;
+        // SAFETY: the caller's contract.
+        let d = unsafe { dlpack::describe(tensor, flags, binding.device_ordinal(), wait_on_stream) }?;
+        let payload = crate::payload::cuda_tensor::make(binding, &d.tensor)?;
+        Ok(payload.own_dlpack(managed, d.read_only))
     }
 
     /// Seconds since the agent's last heartbeat (however old).

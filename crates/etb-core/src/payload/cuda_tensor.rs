@@ -144,7 +144,7 @@ pub fn make(binding: &CudaBinding, t: &CudaTensor<'_>) -> Result<Payload> {
         event_handle: event.as_ref().map(|e| &e.handle[..]),
     });
     let bytes = FORMAT.cuda_tensor(&args);
-    Ok(Payload { bytes, slot: Some(slot), _event: event })
+    Ok(Payload::cuda(bytes, slot, event))
 }
 
 #[cfg(test)]
