@@ -1,5 +1,5 @@
 """DLPack producers over fake CUDA memory, in ctypes, for the tests (tests/python/test_dlpack.py,
-tests/torch/test_dlpack_torch.py, the stand-in `jax` of tests/torch/fake_jax): managed tensors
+tests/torch/test_dlpack_torch.py, the stand-in `jax` of tests/python/fake_jax): managed tensors
 (versioned, DLPack 1.x, and legacy) built as dlpack.h lays them out, wrapped in capsules whose
 destructor follows the DLPack Python specification (it deletes the tensor only while the capsule
 still has its unconsumed name), and objects with __dlpack__ / __dlpack_device__. Every deleter

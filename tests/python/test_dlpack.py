@@ -168,3 +168,40 @@ def test_dlpack_capsules_and_objects_through_register_tensors(python_agent, tmp_
 
 def json_line(line):
     return json.loads(line)
+
+
+def test_the_jax_example_sends_one_shard_per_local_gpu(python_agent, tmp_path):
+    """examples/python/jax_worker.py (the README's JAX example), run as written against two
+    strict stand-in agents, with the stand-in `jax` of tests/python/fake_jax over the fake driver's
+    two devices: each client on its own device sends its shard through DLPack, each agent receives
+    a CUDA payload naming its client's device, and every DLPack deleter runs (the agents release
+    the reference counters at CleanupBatch)."""
+    so = fake_driver(tmp_path)
+    ranks = [unique_rank(), unique_rank()]
+    records = [tmp_path / f"record{k}.jsonl" for k in range(2)]
+    for rank, record in zip(ranks, records):  # stopped (worker lock files removed) by the fixture
+        python_agent(rank, "--record", str(record), "--release-counters")
+    here = ROOT / "tests" / "python"
+    env = dict(os.environ, ETB_CUDA_DRIVER_PATH=str(so), ETB_LIBRARY_PATH=library_path(), FAKE_CUDA_DEVICES="2",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "python"), str(here / "fake_jax"), str(here)]),
+               FAKE_JAX_REPORT=str(tmp_path / "jax.json"))
+    for name in ("ETB_LOG", "AGENT_RANK_OFFSET", "AGENT_RANK", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "python" / "jax_worker.py"), *map(str, ranks)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines == [f"agent rank {ranks[0]} on cuda:0: sent step_0 from CudaDevice(id=0)",
+                     f"agent rank {ranks[1]} on cuda:1: sent step_0 from CudaDevice(id=1)"], out.stdout
+    for device, record in enumerate(records):
+        payloads = received(record, "step_0")
+        assert len(payloads) == 1 and b"rebuild_cuda_tensor" in payloads[0], payloads
+        assert b"ctorch\nbfloat16\nK" + bytes([device]) in payloads[0], payloads[0]
+        commands = [json_line(line) for line in record.read_text().splitlines()]
+        assert [(c["type"], c.get("transfer_type")) for c in commands if c["type"] in ("Transfer", "CleanupBatch")] == [
+            ("Transfer", "send"), ("CleanupBatch", None)], commands
+    # Each shard asked once, on its device, for a DLPack 1.x capsule on the legacy default stream;
+    # both deleters ran before the process ended.
+    report = json.loads((tmp_path / "jax.json").read_text())
+    assert report["calls"] == [[0, {"stream": 1, "max_version": [1, 1]}], [1, {"stream": 1, "max_version": [1, 1]}]], report
+    assert report["deleted"] == 2 and report["deleted_on"] == ["python", "python"], report  # in each free
