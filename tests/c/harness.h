@@ -31,6 +31,19 @@ static char g_why[1024];
         }                                                                  \
     } while (0)
 
+/* A library call's status, and its last error message (the functions of etha_tensor_bus.h, which
+ * each test program includes): fail the case with both when the status is not `want`, or when the
+ * message lacks `text`. */
+#define EXPECT(call, want)                                                                              \
+    do {                                                                                                \
+        EtbStatus s_ = (call);                                                                          \
+        CHECK(s_ == (want), "%s: got %s, want %s (%s)", #call, etb_status_name(s_), etb_status_name(want), \
+              etb_last_error_message());                                                                \
+    } while (0)
+#define SAYS(text)                                                                                      \
+    CHECK(strstr(etb_last_error_message(), (text)) != NULL, "message lacks \"%s\": %s", (text), \
+          etb_last_error_message())
+
 static inline void run_case(const char *name, int (*fn)(void)) {
     g_why[0] = '\0';
     if (fn()) {

@@ -28,14 +28,6 @@ int dlpack_other_order(void);
 
 static unsigned long long (*fake_alloc)(int, unsigned long long, int);
 
-#define EXPECT(call, want)                                                                              \
-    do {                                                                                                \
-        EtbStatus s_ = (call);                                                                          \
-        CHECK(s_ == (want), "%s: got %s, want %s (%s)", #call, etb_status_name(s_), etb_status_name(want), \
-              etb_last_error_message());                                                                \
-    } while (0)
-#define SAYS(text) CHECK(strstr(etb_last_error_message(), (text)) != NULL, "message lacks \"%s\": %s", (text), etb_last_error_message())
-
 /* ---- a producer: managed tensors whose deleter counts its calls and the thread it ran on ---- */
 
 typedef struct Producer {

@@ -12,13 +12,6 @@
 
 #include <sys/epoll.h>
 
-#define EXPECT(call, want)                                                                              \
-    do {                                                                                                \
-        EtbStatus s_ = (call);                                                                          \
-        CHECK(s_ == (want), "%s: got %s, want %s (%s)", #call, etb_status_name(s_), etb_status_name(want), \
-              etb_last_error_message());                                                                \
-    } while (0)
-
 static EtbClient *connect_to(long long rank) {
     EtbClient *client = NULL;
     EtbBootstrapInfo *info = NULL;

@@ -46,10 +46,6 @@ static void *current_context(void) {
     return ctx;
 }
 
-#define SAYS(text)                                                                                      \
-    CHECK(strstr(etb_last_error_message(), (text)) != NULL, "message lacks \"%s\": %s", (text), \
-          etb_last_error_message())
-
 /* ---- the library's ptrace records (the log callback) ---- */
 
 static pthread_mutex_t g_log_lock = PTHREAD_MUTEX_INITIALIZER;

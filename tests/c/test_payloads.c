@@ -49,14 +49,6 @@ static int singular_driver(void) {
     return variant && strcmp(variant, "singular") == 0;
 }
 
-#define EXPECT(call, want)                                                                              \
-    do {                                                                                                \
-        EtbStatus s_ = (call);                                                                          \
-        CHECK(s_ == (want), "%s: got %s, want %s (%s)", #call, etb_status_name(s_), etb_status_name(want), \
-              etb_last_error_message());                                                                \
-    } while (0)
-#define SAYS(text) CHECK(strstr(etb_last_error_message(), (text)) != NULL, "message lacks \"%s\": %s", (text), etb_last_error_message())
-
 /* A client on cuda:1 (through the fake driver) against a fresh agent. */
 static EtbClient *boot(Agent *agent, EtbCudaMode mode) {
     long long rank = fresh_rank();
