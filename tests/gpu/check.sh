@@ -11,22 +11,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 lib=${1:?usage: check.sh LIB.so ETB_DEV_AGENT [DEVICE]}
 agent=${2:?usage: check.sh LIB.so ETB_DEV_AGENT [DEVICE]}
 device=${3:-0}
-work=$(mktemp -d "${TMPDIR:-/tmp}/etb-gpu-XXXXXX")
-pid=
-cleanup() {
-    if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
 rank=$(( $$ * 10 ))
-"$agent" --command-queue "$work/gpu_check_command.lmdb" --state "$work/gpu_check_state.lmdb" \
-    --die-with-parent --exit-after 300 > "$work/agent.out" &
-pid=$!
-for _ in $(seq 200); do
-    grep -q ready "$work/agent.out" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { echo "etb-dev-agent exited before it was ready" >&2; exit 1; }
-    sleep 0.05
-done
-grep -q ready "$work/agent.out" || { echo "etb-dev-agent not ready after 10 s" >&2; exit 1; }
+. "$here/agent.sh"  # $work, start_agent, the clean-up on exit
+start_agent "$agent" "$work/gpu_check_state.lmdb" --command-queue "$work/gpu_check_command.lmdb" --state "$work/gpu_check_state.lmdb"
 export AGENT_RANK=$rank RANK=0 LOCAL_RANK=$device ETB_GPU_CHECK_ROOT=$work
 python3 "$here/check.py" "$lib"

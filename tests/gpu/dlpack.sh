@@ -15,24 +15,8 @@ agent=${2:?$usage}
 producer_python=${3:?$usage}
 torch_python=${4:?$usage}
 device=${5:-0}
-work=$(mktemp -d "${TMPDIR:-/tmp}/etb-gpu-XXXXXX")
-pid=
-cleanup() {
-    if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
 rank=$(( $$ * 10 + 2 ))
-"$agent" --rank "$rank" --die-with-parent --exit-after 300 > "$work/agent.out" &
-pid=$!
-for _ in $(seq 200); do
-    grep -q ready "$work/agent.out" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { echo "etb-dev-agent exited before it was ready" >&2; exit 1; }
-    sleep 0.05
-done
-grep -q ready "$work/agent.out" || { echo "etb-dev-agent not ready after 10 s" >&2; exit 1; }
+. "$here/agent.sh"  # $work, start_agent, the clean-up on exit
+start_agent "$agent" "/tmp/agent_rank${rank}_state.lmdb" --rank "$rank"
 export AGENT_RANK=$rank RANK=0 LOCAL_RANK=$device
-status=0
-"$producer_python" "$here/dlpack.py" produce "$lib" "$torch_python" "$work" || status=$?
-rm -f "/tmp/.agent_rank${rank}_state.lmdb.worker"
-exit $status
+"$producer_python" "$here/dlpack.py" produce "$lib" "$torch_python" "$work"

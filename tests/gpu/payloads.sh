@@ -20,21 +20,8 @@ lib=${1:?$usage}
 agent=${2:?$usage}
 torch_python=${3:?$usage}
 device=${4:-0}
-work=$(mktemp -d "${TMPDIR:-/tmp}/etb-gpu-XXXXXX")
-pid=
-cleanup() {
-    if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
 rank=$(( $$ * 10 + 1 ))
-"$agent" --rank "$rank" --die-with-parent --exit-after 300 > "$work/agent.out" &
-pid=$!
-for _ in $(seq 200); do
-    grep -q ready "$work/agent.out" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { echo "etb-dev-agent exited before it was ready" >&2; exit 1; }
-    sleep 0.05
-done
-grep -q ready "$work/agent.out" || { echo "etb-dev-agent not ready after 10 s" >&2; exit 1; }
+. "$here/agent.sh"  # $work, start_agent, the clean-up on exit
+start_agent "$agent" "/tmp/agent_rank${rank}_state.lmdb" --rank "$rank"
 export AGENT_RANK=$rank RANK=0 LOCAL_RANK=$device
 python3 "$here/payloads.py" "$lib" "$torch_python" "$(cat "$here/../torch-version")"
