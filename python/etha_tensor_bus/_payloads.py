@@ -162,17 +162,27 @@ _VERSIONED, _USED_VERSIONED = b"dltensor_versioned", b"used_dltensor_versioned"
 _LEGACY, _USED_LEGACY = b"dltensor", b"used_dltensor"
 
 
+class _CapsuleApi:
+    """Prototypes of our own for the four capsule functions (from ctypes.pythonapi's library, not
+    its attributes: setting their argtypes would change them for every other user of ctypes in
+    the process), made once."""
+
+    def __init__(self):
+        proto, api = ctypes.PYFUNCTYPE, ctypes.pythonapi
+        named = (ctypes.py_object, ctypes.c_char_p)
+        self.is_valid = proto(ctypes.c_int, *named)(("PyCapsule_IsValid", api))
+        self.get_pointer = proto(ctypes.c_void_p, *named)(("PyCapsule_GetPointer", api))
+        self.set_name = proto(ctypes.c_int, *named)(("PyCapsule_SetName", api))
+        self.get_name = proto(ctypes.c_char_p, ctypes.py_object)(("PyCapsule_GetName", api))
+
+
+_CAPSULE_API = []
+
+
 def _capsule_api():
-    api = ctypes.pythonapi
-    api.PyCapsule_IsValid.restype = ctypes.c_int
-    api.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    api.PyCapsule_SetName.restype = ctypes.c_int
-    api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    api.PyCapsule_GetName.restype = ctypes.c_char_p
-    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
-    return api
+    if not _CAPSULE_API:
+        _CAPSULE_API.append(_CapsuleApi())
+    return _CAPSULE_API[0]
 
 
 def _capsule_payload(capsule, client_handle, keep):
@@ -183,16 +193,16 @@ def _capsule_payload(capsule, client_handle, keep):
     api, lib = _capsule_api(), _native.lib()
     for name, used, make in ((_VERSIONED, _USED_VERSIONED, lib.etb_client_dlpack_payload),
                              (_LEGACY, _USED_LEGACY, lib.etb_client_dlpack_legacy_payload)):
-        if api.PyCapsule_IsValid(capsule, name):
-            managed = api.PyCapsule_GetPointer(capsule, name)
+        if api.is_valid(capsule, name):
+            managed = api.get_pointer(capsule, name)
             out = ctypes.c_void_p()
             check(make(client_handle, managed, 1, None, ctypes.byref(out)))
             payload = _NativePayload(out)  # owns the managed tensor from here on
-            if api.PyCapsule_SetName(capsule, used) != 0:
+            if api.set_name(capsule, used) != 0:
                 raise RuntimeError("PyCapsule_SetName failed on a consumed DLPack capsule")
             keep.append(payload)
             return payload.bytes()
-    got = api.PyCapsule_GetName(capsule)
+    got = api.get_name(capsule)
     if got in (_USED_VERSIONED, _USED_LEGACY):
         raise ValueError(f"this DLPack capsule was consumed already ({got.decode()!r}): a capsule is used once")
     raise TypeError(f"a capsule named {got!r} is not a DLPack capsule ('dltensor_versioned' or 'dltensor')")

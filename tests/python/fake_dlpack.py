@@ -92,7 +92,8 @@ def managed(data, shape, *, device=(KDL_CUDA, 0), dtype=(FLOAT, 32, 1), strides=
     return ctypes.addressof(m), ctx
 
 
-# The capsule API, with prototypes of our own (the library sets argtypes on ctypes.pythonapi's).
+# The capsule API, with prototypes of our own (as the library's: ctypes.pythonapi's attributes are
+# left as they are).
 _api = ctypes.pythonapi
 _DESTRUCTOR = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _new = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, _DESTRUCTOR)(("PyCapsule_New", _api))
